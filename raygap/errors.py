@@ -1,0 +1,32 @@
+"""Errors that the CLI turns into one line and exit code 2 (bad input)."""
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """Bad user input: a config/grid key, value or file. Printed as one line, exit 2."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 hint: str | None = None):
+        self.file, self.key, self.hint, self.problem = file, key, hint, message
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(str(self.file))
+        if self.key:
+            parts.append(self.key)
+        msg = ": ".join(parts + [self.problem])
+        if self.hint:
+            msg += f" ({self.hint})"
+        return msg
+
+    def with_file(self, file: str) -> "ConfigError":
+        if not self.file:
+            self.file = file
+            self.args = (self.line(),)
+        return self
+
+
+class DataError(Exception):
+    """Missing or corrupt media / dataset layout problems. Names the offending file."""

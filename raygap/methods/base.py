@@ -1,0 +1,92 @@
+"""The hook interface every training method implements.
+
+The training loop (``raygap.trial.fit``) calls these hooks and never branches on a
+method's name. A method is one file that subclasses :class:`Method`, declares its own
+params dataclass (its config keys under ``method:``) and registers itself::
+
+    @METHODS.register("concat", params=None, version=1)
+    class Concat(Method): ...
+
+Per batch:   out = forward(model, batch, st); loss, logs = loss(out, batch, st);
+             backward; after_backward(model, out, batch, st); optimizer step.
+Per epoch:   on_epoch_start(st) before the training pass, on_epoch_end(st) after it
+             (its dict lands in the epoch's history record), then evaluation through
+             predict(model, batch).
+``st`` is the loop's :class:`TrainState`; a method may replace ``st.optimizer``
+(``st.new_optimizer()``) or restrict ``st.train_indices`` (data purification).
+``state_dict``/``load_state_dict`` carry whatever the method keeps between epochs, so
+a trial resumed from a checkpoint continues exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+
+from ..models.net import ModelOutput
+
+
+@dataclass
+class MethodContext:
+    modalities: list[str]
+    num_classes: int
+    n_train: int
+    config: Any                  # the TrialConfig
+    device: torch.device
+
+
+@dataclass
+class TrainState:
+    epoch: int
+    epochs: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    new_optimizer: Callable[[], torch.optim.Optimizer]
+    data: Any                                   # the DatasetBundle
+    device: torch.device
+    predict_split: Callable[..., dict]          # (split name or split, indices=None) -> logits arrays
+    train_indices: np.ndarray | None = None     # None: the whole training split
+    history: list = field(default_factory=list)
+    log: Callable[[str], None] = print
+
+
+class Method:
+    """Default hooks: plain fusion cross-entropy, no gradient changes."""
+
+    def __init__(self, params, ctx: MethodContext):
+        self.p, self.ctx = params, ctx
+
+    def setup(self, model: torch.nn.Module) -> None:
+        """Called once after the model is built, before the optimizer exists."""
+
+    def on_epoch_start(self, st: TrainState) -> None:
+        pass
+
+    def forward(self, model, batch: dict, st: TrainState) -> ModelOutput:
+        return model(batch)
+
+    def loss(self, out: ModelOutput, batch: dict, st: TrainState) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_backward(self, model, out: ModelOutput, batch: dict, st: TrainState) -> None:
+        pass
+
+    def on_epoch_end(self, st: TrainState) -> dict[str, Any]:
+        return {}
+
+    def predict(self, model, batch: dict) -> ModelOutput:
+        return model(batch)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def unimodal_ce(out: ModelOutput, labels: torch.Tensor, reduction: str = "mean") -> dict[str, torch.Tensor]:
+    """CE of each modality's share of the fusion logits (paper Eq. 4, m in modalities)."""
+    return {m: Fn.cross_entropy(l, labels, reduction=reduction) for m, l in out.logits.items()}

@@ -1,0 +1,2 @@
+from . import backbones, fusion  # noqa: F401  (registration)
+from .net import ModelOutput, MultimodalNet, build_model  # noqa: F401

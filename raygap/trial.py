@@ -1,0 +1,318 @@
+"""One trial: a plain function of a config. No Ray here.
+
+``run_trial(cfg)`` builds the data, the model and the method, then runs :func:`fit`,
+the whole training loop in one function: per epoch a training pass through the
+method's hooks, an evaluation of the fused and per-modality predictions on validation
+and test, a checkpoint, and a report. The epoch a result reports is the best on the
+validation split (``train.select``), never chosen on test; the last epoch is
+reported too.
+
+Checkpoints (``<checkpoint_dir>/checkpoint.pt``) carry the model, optimizer,
+scheduler, method state, RNG state and history, so a resumed trial ends with the same
+numbers as one never interrupted.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from . import data as _data  # noqa: F401  (registers datasets)
+from . import methods as _methods  # noqa: F401  (registers methods)
+from .config import TrialConfig
+from .data.base import DatasetBundle, TensorSplit
+from .metrics import classification_metrics
+from .methods.base import MethodContext, TrainState
+from .models import build_model
+from .registry import DATASETS, METHODS
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrialDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrialResult:
+    key: str
+    metrics: dict[str, float]            # at the epoch chosen on validation (+ last_* and best_epoch)
+    history: list[dict[str, Any]]         # one record per epoch
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- building blocks
+def load_data(cfg: TrialConfig) -> DatasetBundle:
+    entry = DATASETS.get(cfg.data.name)
+    bundle = entry.obj(cfg.params("data"), cfg.common_data())
+    wanted = cfg.data.modalities
+    if wanted:
+        have = bundle.modality_names
+        missing = [m for m in wanted if m not in have]
+        if missing:
+            from .errors import ConfigError
+            raise ConfigError(f"dataset {cfg.data.name} has no modality {missing[0]!r} (has: {', '.join(have)})",
+                              key="data.modalities")
+        bundle.modalities = [s for m in wanted for s in bundle.modalities if s.name == m]
+    return bundle
+
+
+def build_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                               weight_decay=optim_cfg.weight_decay)
+    if optim_cfg.name == "adam":
+        return torch.optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+
+
+def build_scheduler(optim_cfg, optimizer, epochs: int):
+    if optim_cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, optim_cfg.step_size, optim_cfg.gamma)
+    if optim_cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    return None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+    return torch.device("cuda", 0)   # Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigns
+
+
+def iterate(split, batch_size: int, *, shuffle: bool, indices: np.ndarray | None = None,
+            generator: torch.Generator | None = None, num_workers: int = 0, drop_singleton: bool = False):
+    """Batches of a split: sliced straight out of memory for a TensorSplit, else a DataLoader."""
+    if isinstance(split, TensorSplit):
+        idx = torch.arange(len(split)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        if shuffle:
+            idx = idx[torch.randperm(len(idx), generator=generator)]
+        for s in range(0, len(idx), batch_size):
+            b = idx[s:s + batch_size]
+            if drop_singleton and len(b) == 1 and len(idx) > 1:
+                break
+            yield split.batch(b)
+        return
+    ds = split if indices is None else Subset(split, indices.tolist())
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                        num_workers=num_workers, drop_last=False, persistent_workers=False)
+    for batch in loader:
+        if drop_singleton and len(batch["label"]) == 1 and len(ds) > 1:
+            break
+        yield batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict_split(model, method, split, *, batch_size: int, device, amp: str = "none",
+                  indices: np.ndarray | None = None, num_workers: int = 0) -> dict[str, np.ndarray]:
+    """Logits of the fused head and of each modality, plus labels, over a split (eval mode)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, list] = {}
+    for batch in iterate(split, batch_size, shuffle=False, indices=indices, num_workers=num_workers):
+        batch = to_device(batch, device)
+        with autocast(device, amp):
+            o = method.predict(model, batch)
+        out.setdefault("fused", []).append(o.fused.float().cpu())
+        for m, l in o.logits.items():
+            out.setdefault(m, []).append(l.float().cpu())
+        out.setdefault("label", []).append(torch.as_tensor(batch["label"]).cpu())
+        out.setdefault("index", []).append(torch.as_tensor(batch["index"]).cpu())
+    model.train(was_training)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def evaluate(model, method, split, **kw) -> dict[str, float]:
+    pred = predict_split(model, method, split, **kw)
+    y = pred.pop("label")
+    pred.pop("index")
+    return classification_metrics(pred, y, int(max(y.max(initial=0) + 1, pred["fused"].shape[1])))
+
+
+def select_epoch(history: list[dict], select: str) -> int:
+    """Index of the epoch with the best validation metric (earliest on ties)."""
+    key = f"val_{select}"
+    vals = [h[key] for h in history]
+    if select == "loss":
+        vals = [-v if math.isfinite(v) else -math.inf for v in vals]
+    else:
+        vals = [v if math.isfinite(v) else -math.inf for v in vals]
+    return int(np.argmax(vals))
+
+
+def final_metrics(history: list[dict], select: str) -> dict[str, float]:
+    """Test metrics at the epoch chosen on validation, plus the last epoch's."""
+    b = select_epoch(history, select)
+    best, last = history[b], history[-1]
+    out = {k[len("test_"):]: v for k, v in best.items() if k.startswith("test_")}
+    out.update({f"val_{k[len('val_'):]}": v for k, v in best.items() if k.startswith("val_")})
+    out.update({f"last_{k[len('test_'):]}": v for k, v in last.items() if k.startswith("test_")})
+    out["best_epoch"] = best["epoch"]
+    out["last_epoch"] = last["epoch"]
+    for k, v in best.items():   # method-reported figures that belong in tables (e.g. data_pct)
+        if k.startswith("report_"):
+            out[k[len("report_"):]] = v
+    return out
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the loop
+def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
+        checkpoint_dir: str | Path | None = None,
+        report: Callable[[dict, Path | None], None] | None = None,
+        log: Callable[[str], None] = lambda s: None) -> TrialResult:
+    T = cfg.train
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+
+    model = build_model(bundle.modalities, bundle.num_classes, cfg.model).to(device)
+    ctx = MethodContext(bundle.modality_names, bundle.num_classes, len(bundle.train), cfg, device)
+    method = METHODS.get(cfg.method.name).obj(cfg.params("method"), ctx)
+    method.setup(model)
+    model.to(device)
+    new_optimizer = lambda: build_optimizer(cfg.optim, model.parameters())  # noqa: E731
+    optimizer = new_optimizer()
+    scheduler = build_scheduler(cfg.optim, optimizer, T.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=(T.amp == "fp16"))
+    pred_kw = dict(batch_size=T.eval_batch_size, device=device, amp=T.amp, num_workers=T.num_workers)
+    st = TrainState(0, T.epochs, model, optimizer, new_optimizer, bundle, device,
+                    predict_split=lambda split, indices=None: predict_split(
+                        model, method, bundle.split(split) if isinstance(split, str) else split,
+                        indices=indices, **pred_kw),
+                    log=log)
+
+    start = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    if ckpt_path and ckpt_path.exists():                       # resume
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        st.optimizer = optimizer = new_optimizer()
+        optimizer.load_state_dict(ck["optimizer"])
+        if scheduler is not None:
+            scheduler = build_scheduler(cfg.optim, optimizer, T.epochs)
+            scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        method.load_state_dict(ck["method"])
+        st.history, st.train_indices = ck["history"], ck["train_indices"]
+        torch.set_rng_state(ck["rng_torch"])
+        start = ck["epoch"] + 1
+        log(f"resumed from {ckpt_path} at epoch {start}")
+
+    shuffle_gen = torch.Generator()
+    for epoch in range(start, T.epochs):
+        st.epoch = epoch
+        t0 = time.perf_counter()
+        method.on_epoch_start(st)
+        if st.optimizer is not optimizer:                      # the method rebuilt it (stage switch)
+            optimizer = st.optimizer
+            if scheduler is not None:
+                scheduler = build_scheduler(cfg.optim, optimizer, T.epochs)
+        model.train()
+        shuffle_gen.manual_seed(cfg.seed * 100003 + epoch)     # order depends on (seed, epoch) only
+        sums: dict[str, torch.Tensor] = {}
+        n_seen = 0
+        for batch in iterate(bundle.train, T.batch_size, shuffle=True, indices=st.train_indices,
+                             generator=shuffle_gen, num_workers=T.num_workers, drop_singleton=True):
+            batch = to_device(batch, device)
+            with autocast(device, T.amp):
+                out = method.forward(model, batch, st)
+                loss, logs = method.loss(out, batch, st)
+            logs = {"loss": loss, **logs}
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            method.after_backward(model, out, batch, st)
+            scaler.step(optimizer)
+            scaler.update()
+            n = len(batch["label"])
+            n_seen += n
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * n
+        if scheduler is not None:
+            scheduler.step()
+        record: dict[str, Any] = {"epoch": epoch}
+        record.update({f"train_{k}": float(v) / max(n_seen, 1) for k, v in sums.items()})
+        if not all(math.isfinite(v) for k, v in record.items() if k.startswith("train_")):
+            raise TrialDiverged(f"training loss is not finite at epoch {epoch}: "
+                                + ", ".join(f"{k}={v}" for k, v in record.items() if k != "epoch"))
+        record["train_n"] = n_seen
+        record.update(method.on_epoch_end(st))
+        record["train_seconds"] = time.perf_counter() - t0
+        record.update({f"val_{k}": v for k, v in evaluate(model, method, bundle.val, **pred_kw).items()})
+        record.update({f"test_{k}": v for k, v in evaluate(model, method, bundle.test, **pred_kw).items()})
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        record["epoch_seconds"] = time.perf_counter() - t0
+        st.history.append(record)
+
+        if ckpt_path and T.checkpoint:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                          "scaler": scaler.state_dict(), "method": method.state_dict(),
+                          "history": st.history, "train_indices": st.train_indices,
+                          "rng_torch": torch.get_rng_state(), "key": cfg.key()}, ckpt_path)
+        if report is not None:
+            report(record, ckpt_path.parent if (ckpt_path and T.checkpoint) else None)
+        log(format_record(record, bundle.modality_names))
+
+    return TrialResult(cfg.key(), final_metrics(st.history, T.select), st.history,
+                       info={"device": str(device), "data": bundle.info,
+                             "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)})
+
+
+def format_record(r: dict, modalities: list[str]) -> str:
+    uni = " ".join(f"{m}={r.get(f'val_acc_{m}', float('nan')):.3f}" for m in modalities)
+    extra = ""
+    if "stage" in r:
+        extra = f" [{r['stage']}]"
+    return (f"epoch {r['epoch']:>3}{extra}  loss {r.get('train_loss', float('nan')):.4f}  "
+            f"val acc {r['val_acc']:.3f} f1 {r['val_macro_f1']:.3f} ({uni})  "
+            f"test acc {r['test_acc']:.3f}  {r['epoch_seconds']:.1f}s")
+
+
+def configure_threads(cfg: TrialConfig, allotted_cpus: float | None = None) -> int:
+    n = cfg.train.threads or int(allotted_cpus or 0) or (os.cpu_count() or 1)
+    n = max(1, n)
+    torch.set_num_threads(n)
+    return n
+
+
+def run_trial(cfg: TrialConfig, *, checkpoint_dir: str | Path | None = None,
+              report: Callable[[dict, Path | None], None] | None = None,
+              log: Callable[[str], None] = lambda s: None,
+              allotted_cpus: float | None = None) -> TrialResult:
+    """Build everything from the config and train. Deterministic for a seed on CPU."""
+    configure_threads(cfg, allotted_cpus)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = pick_device(cfg.train.device)
+    bundle = load_data(cfg)
+    return fit(cfg, bundle, device=device, checkpoint_dir=checkpoint_dir, report=report, log=log)
