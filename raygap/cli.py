@@ -64,7 +64,12 @@ def cmd_train(args) -> int:
 def cmd_prepare(args) -> int:
     from .data.prepare import main_prepare
 
-    opts = dict(kv.split("=", 1) for kv in (args.option or []))
+    opts = {}
+    for kv in args.option or []:
+        if "=" not in kv:
+            raise ConfigError(f"--option expects KEY=VALUE, got {kv!r}", key="--option")
+        k, v = kv.split("=", 1)
+        opts[k] = v
     return main_prepare(args.dataset, args.raw_dir, args.out_dir, opts)
 
 

@@ -1,0 +1,78 @@
+"""The one-trial engine: end to end on avdigits, resume, selection on validation, failures."""
+import math
+
+import pytest
+import torch
+
+from raygap.config import resolve
+from raygap.trial import TrialDiverged, final_metrics, load_data, run_trial, select_epoch
+
+FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+        "model": {"backbone": "small", "width": 4},
+        "optim": {"lr": 0.05}, "train": {"epochs": 4, "batch_size": 128, "device": "cpu", "threads": 2}}
+
+TIMING = ("train_seconds", "epoch_seconds")
+
+
+def _strip(history):
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resumed_trial_ends_with_the_same_metrics(tmp_path):
+    cfg = resolve(FAST)
+    full = run_trial(cfg, checkpoint_dir=tmp_path / "a")
+
+    def crash_after_epoch_1(record, ckpt):
+        if record["epoch"] == 1:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        run_trial(cfg, checkpoint_dir=tmp_path / "b", report=crash_after_epoch_1)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    seen = []
+    resumed = run_trial(cfg, checkpoint_dir=tmp_path / "b", report=lambda r, c: seen.append(r["epoch"]))
+    assert seen == [2, 3]                       # only the missing epochs ran
+    assert _strip(resumed.history) == _strip(full.history)
+    assert resumed.metrics == pytest.approx({k: v for k, v in full.metrics.items()})
+
+
+def test_same_seed_same_numbers_and_every_metric_present(tmp_path):
+    cfg = resolve({**FAST, "train": {**FAST["train"], "epochs": 2}})
+    a = run_trial(cfg)
+    b = run_trial(cfg)
+    assert _strip(a.history) == _strip(b.history)
+    for k in ("acc", "macro_f1", "acc_audio", "acc_visual", "macro_f1_audio", "macro_f1_visual",
+              "loss", "val_acc", "last_acc", "best_epoch"):
+        assert k in a.metrics and math.isfinite(a.metrics[k])
+    assert a.metrics["acc"] > 0.2       # 10 classes: clearly above chance after two epochs
+
+
+def test_reported_epoch_is_chosen_on_validation_not_test():
+    history = [
+        {"epoch": 0, "val_acc": 0.5, "test_acc": 0.9, "test_macro_f1": 0.9},
+        {"epoch": 1, "val_acc": 0.7, "test_acc": 0.6, "test_macro_f1": 0.6},
+        {"epoch": 2, "val_acc": 0.7, "test_acc": 0.8, "test_macro_f1": 0.8},
+    ]
+    assert select_epoch(history, "acc") == 1            # best val; earliest of ties
+    m = final_metrics(history, "acc")
+    assert m["acc"] == 0.6 and m["best_epoch"] == 1 and m["last_acc"] == 0.8
+    assert select_epoch([{"val_loss": 2.0}, {"val_loss": 1.0}], "loss") == 1
+
+
+def test_diverging_trial_raises():
+    cfg = resolve({**FAST, "data": {**FAST["data"], "nan_train": 1}, "train": {**FAST["train"], "epochs": 3}})
+    with pytest.raises(TrialDiverged, match="not finite at epoch 0"):
+        run_trial(cfg)
+
+
+def test_modalities_subset_and_unknown_modality():
+    cfg = resolve({**FAST, "data": {**FAST["data"], "modalities": ["visual"]}, "train": {**FAST["train"], "epochs": 1}})
+    r = run_trial(cfg)
+    assert "acc_visual" in r.metrics and "acc_audio" not in r.metrics
+    from raygap.errors import ConfigError
+    with pytest.raises(ConfigError):
+        load_data(resolve({**FAST, "data": {**FAST["data"], "modalities": ["smell"]}}))
