@@ -61,6 +61,72 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _store(args):
+    from .store import Store
+
+    return Store(Path(args.results) / "store.sqlite")
+
+
+def _grid(args):
+    from .grid import load_grid
+
+    return load_grid(args.grid, profile=getattr(args, "profile", None), sets=getattr(args, "set", None),
+                     skip_missing=getattr(args, "skip_missing", False))
+
+
+def cmd_run(args) -> int:
+    from .export import export_grid
+    from .grid import describe
+
+    grid = _grid(args)
+    store = _store(args)
+    for label, reason in grid.skipped:
+        print(f"skipped row {label!r}: {reason}")
+    if args.rerun:
+        keys = sorted({s.key for s in grid.trials if any(s.key.startswith(p) or p == "all" for p in args.rerun)})
+        if not keys:
+            raise ConfigError(f"--rerun {' '.join(args.rerun)} matches no trial of this grid", file=args.grid)
+        store.forget(keys)
+        print(f"--rerun: forgot {len(keys)} stored trial(s)")
+    if args.dry_run:
+        print(describe(grid, store))
+        return 0
+    from .runner import run_grid
+
+    summary = run_grid(grid, store, address=args.address, storage=args.storage,
+                       max_failures=args.max_failures, num_cpus=args.num_cpus,
+                       log=lambda s: print(s, flush=True))
+    paths = export_grid(grid, store, Path(args.results) / grid.name)
+    print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
+          f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
+    print("tables: " + ", ".join(str(p) for p in paths.values()))
+    if summary.failed:
+        print(f"raygap: {len(summary.failed)} trial(s) failed:", file=sys.stderr)
+        for key, err in summary.failed.items():
+            print(f"  {key}: {err}", file=sys.stderr)
+    return summary.exit_code
+
+
+def cmd_status(args) -> int:
+    from .export import status_text
+
+    print(status_text(_grid(args), _store(args)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_grid
+
+    grid = _grid(args)
+    formats = (args.format,) if args.format else ("csv", "md", "tex")
+    paths = export_grid(grid, _store(args), Path(args.results) / grid.name, formats=formats)
+    for kind, path in paths.items():
+        if args.format and kind.startswith("table"):
+            print(Path(path).read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr if args.format else sys.stdout)
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from .data.prepare import main_prepare
 
@@ -83,6 +149,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="trial directory (default results/train/<hash>); resumes from its checkpoint")
     t.add_argument("--fresh", action="store_true", help="discard an existing checkpoint in the trial directory")
     t.set_defaults(func=cmd_train)
+
+    def grid_args(sp, profile=True):
+        sp.add_argument("grid")
+        if profile:
+            sp.add_argument("--profile", help="overlay grids/profiles/NAME.yaml (demo, paper)")
+            sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a trial key in every trial")
+            sp.add_argument("--skip-missing", action="store_true",
+                            help="drop rows whose method is not implemented (they are listed, never silently)")
+        sp.add_argument("--results", default="results", help="results directory (store.sqlite, tables)")
+
+    r = sub.add_parser("run", help="run a grid's missing trials as Ray Tune trials and export its table")
+    grid_args(r)
+    r.add_argument("--address", help="join an existing Ray cluster (else $RAY_ADDRESS, else an embedded local one)")
+    r.add_argument("--storage", help="Tune storage: a local path, s3://, gs:// or a shared filesystem")
+    r.add_argument("--dry-run", action="store_true", help="print the trials, their hashes and which are done")
+    r.add_argument("--rerun", nargs="+", metavar="HASH", help="forget these stored trials (hash prefixes, or 'all') and run them again")
+    r.add_argument("--max-failures", type=int, default=1, help="Tune retries of a trial whose worker died")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray instance (default: all)")
+    r.set_defaults(func=cmd_run)
+
+    stt = sub.add_parser("status", help="what is done, running, failed, left")
+    grid_args(stt)
+    stt.set_defaults(func=cmd_status)
+
+    ex = sub.add_parser("export", help="write the paper-layout table again from the store")
+    grid_args(ex)
+    ex.add_argument("--format", choices=["csv", "md", "tex"], help="print this format (default: write all)")
+    ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("prepare", help="build a dataset's layout from the public downloads")
     pr.add_argument("dataset")

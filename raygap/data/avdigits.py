@@ -310,7 +310,7 @@ def corrupt_visual(img: torch.Tensor, labels: np.ndarray, mask: np.ndarray, mode
 
 
 # ----------------------------------------------------------------------------- builder
-@DATASETS.register("avdigits", params=AVDigitsParams)
+@DATASETS.register("avdigits", params=AVDigitsParams, in_memory=True)
 def build(params: AVDigitsParams, common: DataCommon) -> DatasetBundle:
     """Embedded audio-visual digits (sklearn digit images + eSpeak NG spoken digits)."""
     p, seed = params, int(common.split_seed)
