@@ -54,7 +54,10 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     from ray import tune
 
     from .config import resolve
-    from .trial import CHECKPOINT, fit, load_data, pick_device, configure_threads
+    from .errors import ConfigError, DataError
+    from .trial import CHECKPOINT, TrialDiverged, configure_threads, fit, load_data, pick_device
+
+    DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError)
 
     import torch
 
@@ -88,8 +91,15 @@ def trainable(config: dict, shared: dict | None = None) -> None:
 
     t0 = time.perf_counter()
     try:
-        result = fit(cfg, bundle, device=pick_device(cfg.train.device), checkpoint_dir=work, report=report)
-        final = {"final_json": json.dumps({"metrics": result.metrics, "info": {
+        try:
+            result = fit(cfg, bundle, device=pick_device(cfg.train.device), checkpoint_dir=work, report=report)
+        except DETERMINISTIC_FAILURES as e:
+            # the same config fails the same way again: report it as final instead of raising,
+            # so Tune does not spend its retries (meant for dead workers) on it
+            tune.report({"failed_json": json.dumps({"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}),
+                         "pid": os.getpid(), "node": node})
+            return
+        final = {"final_json": json.dumps({"metrics": result.metrics, "history": result.history, "info": {
             **result.info, "node": node, "pid": os.getpid(), "resumed_from_epoch": resumed_from,
             "wall_seconds": time.perf_counter() - t0}}, default=str), "pid": os.getpid(), "node": node}
         tune.report(final)
@@ -129,14 +139,18 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
                     f"  test acc {rec.get('test_acc', float('nan')):.4f}")
             if "final_json" in result:
                 fin = json.loads(result["final_json"])
-                store.save_done(key, fin["metrics"], hist, fin["info"].get("wall_seconds", 0.0), fin["info"])
+                store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
                 summary.done += 1
                 log(f"[{summary.done + len(summary.failed)}/{n_todo}] done {self._label(trial)} "
                     f"({key}): acc {fin['metrics'].get('acc', float('nan')):.4f}")
+            if "failed_json" in result:
+                self._fail(trial, json.loads(result["failed_json"])["error"])
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            self._fail(trial, _error_line(trial))
+
+        def _fail(self, trial, err: str):
             key = self._key(trial)
-            err = _error_line(trial)
             store.save_failed(key, err)
             summary.failed[key] = err
             log(f"[{summary.done + len(summary.failed)}/{n_todo}] FAILED {self._label(trial)} ({key}): {err}")
@@ -167,8 +181,7 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
@@ -251,7 +264,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
         tuner = tune.Tuner(
             fn,
             param_space={"t": tune.grid_search(items)},
-            tune_config=tune.TuneConfig(reuse_actors=True),
+            tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -272,6 +286,10 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
             ray.shutdown()
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+def _trial_name(trial) -> str:
+    return f"trial-{trial.config['t']['key']}"
 
 
 def _col(column: dict) -> str:
