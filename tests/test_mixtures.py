@@ -209,6 +209,12 @@ def test_naming_rules_disagree_on_crafted_data(family):
     # the same components, named the other way round
     assert nz.means == pytest.approx(lw.means[::-1])
     assert np.allclose(nz.posterior(x), lw.posterior(x)[:, ::-1])
+    # right_tail: the imbalanced component is the one further right (mean 2.0) -> balanced at 0.1;
+    # moving the origin to 1.8 makes nearest_zero pick the 2.0 component instead
+    rt = fit_mixture(family, x, balanced="right_tail")
+    assert abs(rt.means[0] - 0.1) < 0.1 and abs(rt.means[1] - 2.0) < 0.1
+    shifted = fit_mixture(family, x, balanced="nearest_zero", origin=1.8)
+    assert abs(shifted.means[0] - 2.0) < 0.1
 
 
 # ---- identity across refits ---------------------------------------------------------------

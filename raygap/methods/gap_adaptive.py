@@ -36,8 +36,9 @@ class GapAdaptiveParams:
     dominant: str = F("validation", choices=["validation", "config"],
                       help="validation: order the pair by validation accuracy at the switch; config: keep it")
     mixture: str = F("gmm", registry=MIXTURES, help="mixture family fitted to the z-scored gaps")
-    balanced: str = F("nearest_zero", choices=["nearest_zero", "largest_weight"],
-                      help="which component is 'balanced' at the first fit")
+    balanced: str = F("right_tail", choices=["right_tail", "nearest_zero", "largest_weight"],
+                      help="which component is 'balanced' at the first fit: right_tail = the imbalanced one "
+                           "is where the dominant modality leads most (larger mean gap)")
     alpha: float = F(1.0, range=(0.0, 100.0), help="weight of w0 * L_f")
     beta: float = F(1.0, range=(0.0, 100.0), help="weight of |g|^2")
     gamma: float = F(1.0, range=(0.0, 100.0), help="weight of w1 * |g - u0|^2")

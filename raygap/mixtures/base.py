@@ -35,7 +35,7 @@ ZERO_SPREAD = 1e-8        # std <= ZERO_SPREAD * max(1, |mean|): all values (nea
 MATCH_MIN = 1e-3          # |agreement score| below this: previous fit can't decide identity
 ABS_SCALE_FLOOR = 1e-12   # density guard in original units (user-built fits)
 FALLBACK_SCALE_FLOOR = 1e-6  # x max(1, |location|): the fallback component's smallest scale
-RULES = ("nearest_zero", "largest_weight")
+RULES = ("nearest_zero", "largest_weight", "right_tail")
 
 
 @dataclass
@@ -271,7 +271,9 @@ def balanced_index(weights: Sequence[float], means: Sequence[float], rule: str, 
     """Index (0 or 1) of the balanced component under ``rule``.
 
     nearest_zero: smallest |mu - origin| (ties: larger weight); largest_weight: larger pi
-    (ties: smaller |mu - origin|); a complete tie gives 0. ``origin`` is where "zero" lies
+    (ties: smaller |mu - origin|); right_tail: the imbalanced component is the one further
+    to the right (larger mu), so the balanced one has the smaller mu (ties: larger weight);
+    a complete tie gives 0. ``origin`` is where "zero" lies
     in the units of the data (for z-scored gaps: the z-value of a raw gap of 0).
     """
     a0, a1 = abs(means[0] - origin), abs(means[1] - origin)
@@ -280,6 +282,8 @@ def balanced_index(weights: Sequence[float], means: Sequence[float], rule: str, 
         key0, key1 = (a0, -w0), (a1, -w1)
     elif rule == "largest_weight":
         key0, key1 = (-w0, a0), (-w1, a1)
+    elif rule == "right_tail":
+        key0, key1 = (means[0], -w0), (means[1], -w1)
     else:
         raise ValueError(f"unknown balanced rule {rule!r} (choices: {', '.join(RULES)})")
     return 1 if key1 < key0 else 0
