@@ -1,0 +1,125 @@
+"""Figures from a finished trial's history (matplotlib, no display needed).
+
+* ``fig_fit``: the mixture fitted after warm-up over the histogram of the z-scored gaps
+  (the paper's Fig. 3);
+* ``fig_evolution``: the gap histogram at every refit, with the fitted components'
+  weights and means (Fig. 5);
+* ``fig_accuracy``: validation accuracy of the fused prediction and of each modality per
+  epoch, with the stage switch marked (Fig. 6).
+
+Every refit of ``gap_adaptive`` logs ``gap_hist``/``gap_hist_edges`` and ``fit_*`` in its
+epoch record (docs/method.md, Observability), so any finished trial can be drawn.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def component_pdf(x: np.ndarray, family: str, mu: float, sigma: float, nu: float | None) -> np.ndarray:
+    if family == "lmm":
+        return np.exp(-np.abs(x - mu) / sigma) / (2 * sigma)
+    if family == "smm" and nu:
+        from scipy.stats import t
+
+        return t.pdf(x, nu, loc=mu, scale=sigma)
+    return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
+def fits(history: list[dict]) -> list[dict]:
+    return [h for h in history if "gap_hist" in h]
+
+
+def fig_fit(history: list[dict], path: Path, title: str = "") -> Path | None:
+    recs = fits(history)
+    if not recs:
+        return None
+    r = recs[0]
+    plt = _plt()
+    edges = np.asarray(r["gap_hist_edges"])
+    counts = np.asarray(r["gap_hist"], float)
+    width = np.diff(edges)
+    dens = counts / max(counts.sum(), 1) / width
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(edges[:-1], dens, width=width, align="edge", alpha=0.4, color="grey", label="z-scored gaps")
+    x = np.linspace(edges[0], edges[-1], 400)
+    nus = r.get("fit_nu") or [None, None]
+    total = np.zeros_like(x)
+    for k, (name, color) in enumerate((("balanced (k=0)", "tab:blue"), ("imbalanced (k=1)", "tab:red"))):
+        y = r["fit_pi"][k] * component_pdf(x, r["fit_family"], r["fit_mu"][k], r["fit_sigma"][k], nus[k])
+        total += y
+        ax.plot(x, y, color=color, label=f"{name}: pi={r['fit_pi'][k]:.2f} mu={r['fit_mu'][k]:.2f}")
+    ax.plot(x, total, color="black", lw=1, label=f"{r['fit_family']} mixture")
+    ax.set_xlabel("normalised modality gap")
+    ax.set_ylabel("density")
+    ax.set_title(title or f"mixture fit at epoch {r['fit_epoch']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_evolution(history: list[dict], path: Path, title: str = "", max_panels: int = 6) -> Path | None:
+    recs = fits(history)
+    if not recs:
+        return None
+    idx = np.unique(np.linspace(0, len(recs) - 1, min(max_panels, len(recs))).round().astype(int))
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(idx), figsize=(2.6 * len(idx), 2.8), sharey=True, squeeze=False)
+    for ax, i in zip(axes[0], idx, strict=True):
+        r = recs[i]
+        edges = np.asarray(r["gap_hist_edges"])
+        # back to raw gap units so panels share an axis: raw = mean + std * z
+        raw = r["gap_mean"] + r["gap_std"] * edges
+        counts = np.asarray(r["gap_hist"], float)
+        ax.bar(raw[:-1], counts / counts.sum(), width=np.diff(raw), align="edge", alpha=0.6)
+        ax.set_title(f"epoch {r['fit_epoch']}\nw1>0.5: {r['frac_w1_gt_half']:.2f}", fontsize=8)
+        ax.set_xlabel("gap", fontsize=8)
+    axes[0][0].set_ylabel("share of samples")
+    fig.suptitle(title or "modality gap during adaptive training", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_accuracy(history: list[dict], modalities: list[str], path: Path, title: str = "") -> Path:
+    plt = _plt()
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(ep, [h["val_acc"] for h in history], color="black", label="fusion")
+    for m in modalities:
+        ax.plot(ep, [h.get(f"val_acc_{m}", float("nan")) for h in history], label=m)
+    switch = next((h["epoch"] for h in history if h.get("stage") in ("adaptive", "purify")), None)
+    if switch is not None:
+        ax.axvline(switch - 0.5, color="grey", ls="--", lw=1, label="switch")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title or "accuracy per modality")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def trial_figures(history: list[dict], modalities: list[str], out_dir: Path, stem: str, title: str = "") -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = [fig_accuracy(history, modalities, out_dir / f"{stem}_accuracy.png", title)]
+    for fn, suffix in ((fig_fit, "fit"), (fig_evolution, "gap_evolution")):
+        p = fn(history, out_dir / f"{stem}_{suffix}.png", title)
+        if p:
+            made.append(p)
+    return made
