@@ -133,6 +133,7 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
             hist = self.history.setdefault(key, [])
             if "record_json" in result:
                 rec = json.loads(result["record_json"])
+                rec["worker_pid"], rec["worker_node"] = result.get("pid"), result.get("node")
                 hist[:] = [h for h in hist if h["epoch"] < rec["epoch"]] + [rec]   # a restart replays epochs
                 store.record_epoch(key, hist)
                 log(f"  {self._label(trial)}: epoch {rec['epoch']}  val acc {rec.get('val_acc', float('nan')):.4f}"

@@ -1,0 +1,158 @@
+"""The grid runner on a real local Ray instance (num_cpus=2, no dashboard, loopback only)."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import ray  # noqa: E402
+
+from raygap.cli import main as cli_main  # noqa: E402
+from raygap.export import export_grid  # noqa: E402
+from raygap.grid import load_grid  # noqa: E402
+from raygap.runner import check_resources, run_grid  # noqa: E402
+from raygap.store import Store  # noqa: E402
+
+BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+        "model": {"backbone": "small", "width": 4},
+        "optim": {"lr": 0.1},
+        "train": {"epochs": 2, "batch_size": 256, "device": "cpu", "threads": 1}}
+
+
+def write_grid(path: Path, name: str, rows: dict, seeds=(0, 1), base=None, **extra) -> Path:
+    doc = {"name": name, "base": base or BASE, "rows": rows, "seeds": list(seeds),
+           "metrics": ["acc", "macro_f1"], "resources": {"cpu": 1, "gpu": 0}, **extra}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(path, results: Path, **kw):
+    grid = load_grid(path)
+    store = Store(results / "store.sqlite")
+    return grid, store, run_grid(grid, store, log=lambda s: None, **kw)
+
+
+def test_grid_runs_exports_reuses_and_runs_only_new_cells(local_ray, tmp_path):
+    rows = {"Concat": {"method": {"name": "concat"}}, "Control": {"method": {"name": "warmup_objective"}}}
+    g = write_grid(tmp_path / "tiny.yaml", "tiny", rows)
+    grid, store, s = run(g, tmp_path)
+    assert (s.total, s.reused, s.done, len(s.failed)) == (4, 0, 4, 0) and s.exit_code == 0
+    paths = export_grid(grid, store, tmp_path / "tiny")
+    table = Path(paths["table.md"] if "table.md" in paths else tmp_path / "tiny" / "table.md").read_text()
+    assert "Concat" in table and "Control" in table and "n=2" in table.replace(" ", "")
+    for k in {t.key for t in grid.trials}:
+        rec = store.get(k)
+        assert rec["status"] == "done" and len(rec["history"]) == 2 and 0 <= rec["metrics"]["acc"] <= 1
+    # a second run launches nothing (and does not even need Ray)
+    t0 = time.perf_counter()
+    _, _, s2 = run(g, tmp_path)
+    assert (s2.launched, s2.reused) == (0, 4) and time.perf_counter() - t0 < 10
+    # an edited grid (one more seed) runs only the new cells
+    write_grid(g, "tiny", rows, seeds=(0, 1, 2))
+    _, _, s3 = run(g, tmp_path)
+    assert (s3.total, s3.reused, s3.launched, s3.done) == (6, 4, 2, 2)
+    # another grid sharing the Concat cells runs nothing for them
+    other = write_grid(tmp_path / "other.yaml", "other", {"Baseline": {"method": {"name": "concat"}}}, seeds=(0, 2))
+    _, _, s4 = run(other, tmp_path)
+    assert (s4.total, s4.reused, s4.launched) == (2, 2, 0)
+
+
+def test_diverging_trial_fails_alone_with_exit_code_1(local_ray, tmp_path):
+    rows = {"Concat": {"method": {"name": "concat"}}, "Broken": {"data": {"nan_train": 1}}}
+    g = write_grid(tmp_path / "nan.yaml", "nan", rows, seeds=(0,))
+    code = cli_main(["run", str(g), "--results", str(tmp_path)])
+    assert code == 1
+    store = Store(tmp_path / "store.sqlite")
+    st = {t.label: store.get(t.key)["status"] for t in load_grid(g).trials}
+    assert st == {"Concat": "done", "Broken": "failed"}
+    err = store.get([t.key for t in load_grid(g).trials if t.label == "Broken"][0])["error"]
+    assert "TrialDiverged" in err and "not finite" in err
+
+
+def test_killed_worker_resumes_from_its_checkpoint(local_ray, tmp_path):
+    base = {**BASE, "train": {**BASE["train"], "epochs": 6}}
+    g = write_grid(tmp_path / "kill.yaml", "kill", {"Concat": {"method": {"name": "concat"}}}, seeds=(0,), base=base)
+    grid = load_grid(g)
+    key = grid.trials[0].key
+    store = Store(tmp_path / "store.sqlite")
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("s", run_grid(grid, store, log=lambda s: None, max_failures=2)))
+    th.start()
+    reader = Store(tmp_path / "store.sqlite")
+    pid, deadline = None, time.time() + 240
+    while time.time() < deadline:
+        rec = reader.get(key)
+        hist = (rec or {}).get("history") or []
+        if rec and rec["status"] == "running" and len(hist) >= 2:
+            pid = hist[-1]["worker_pid"]
+            break
+        time.sleep(0.2)
+    assert pid, "the trial never reported two epochs"
+    os.kill(pid, signal.SIGKILL)
+    th.join(timeout=300)
+    s = out["s"]
+    rec = store.get(key)
+    assert s.done == 1 and not s.failed and rec["status"] == "done"
+    assert [h["epoch"] for h in rec["history"]] == list(range(6))     # every epoch exactly once
+    assert rec["info"]["resumed_from_epoch"] >= 1                        # it resumed, not restarted
+
+
+def test_resource_check_says_why_in_one_line(local_ray, tmp_path):
+    nodes = ray.nodes()
+    assert check_resources([{"cpu": 1, "gpu": 0}], nodes) is None
+    msg = check_resources([{"cpu": 1, "gpu": 0.5}], nodes)
+    assert "GPU" in msg and "PENDING" in msg and "\n" not in msg
+    g = write_grid(tmp_path / "gpu.yaml", "gpu", {"Concat": {"method": {"name": "concat"}}}, seeds=(0,),
+                   base={**BASE, "train": {**BASE["train"], "device": "auto"}})
+    doc = yaml.safe_load(g.read_text())
+    doc["resources"] = {"cpu": 1, "gpu": 1}
+    g.write_text(yaml.safe_dump(doc))
+    assert cli_main(["run", str(g), "--results", str(tmp_path)]) == 2
+
+
+def _done_rows(db: Path) -> dict:
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db, timeout=10) as c:
+        return dict(c.execute("SELECT key, finished FROM trials WHERE status='done'").fetchall())
+
+
+def test_driver_interrupted_mid_grid_then_rerun_runs_every_trial_once(tmp_path):
+    base = {**BASE, "train": {**BASE["train"], "epochs": 3}}
+    g = write_grid(tmp_path / "intr.yaml", "intr", {"Concat": {"method": {"name": "concat"}},
+                                                    "Control": {"method": {"name": "warmup_objective"}}},
+                   seeds=(0, 1, 2), base=base)
+    cmd = [sys.executable, "-m", "raygap", "run", str(g), "--results", str(tmp_path), "--num-cpus", "2"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "store.sqlite"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_done_rows(db)) < 2:
+        time.sleep(0.5)
+    first = _done_rows(db)
+    assert 2 <= len(first) < 6, "interrupt came too late to test anything"
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+    assert p.returncode != 0
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    after = _done_rows(db)
+    assert len(after) == 6
+    assert all(after[k] == first[k] for k in first)          # finished trials were not run again
+    assert "6 distinct trial(s)" in r.stdout and f"{len(first)} reused" in r.stdout
