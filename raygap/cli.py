@@ -100,6 +100,9 @@ def cmd_run(args) -> int:
     print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
     print("tables: " + ", ".join(str(p) for p in paths.values()))
+    if summary.unfinished:
+        print(f"raygap: interrupted: {summary.unfinished} trial(s) not finished; run the same command "
+              "again to finish them (finished trials are kept)", file=sys.stderr)
     if summary.failed:
         print(f"raygap: {len(summary.failed)} trial(s) failed:", file=sys.stderr)
         for key, err in summary.failed.items():

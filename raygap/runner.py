@@ -16,8 +16,9 @@ import json
 import math
 import os
 import shutil
-import sys
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +36,14 @@ class RunSummary:
     launched: int = 0
     done: int = 0                     # finished in this run
     failed: dict[str, str] = field(default_factory=dict)    # key -> error line
+    unfinished: int = 0               # launched but neither done nor failed (the run was interrupted)
     wall_seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        if self.failed:
+            return 1
+        return 130 if self.unfinished else 0
 
 
 # ----------------------------------------------------------------------------- the trainable
@@ -247,6 +251,11 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     from ray import tune
 
     started = _start_ray(address, num_cpus, log)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM stops the run the way Ctrl-C does (Tune stops its trials, the embedded Ray
+        # is shut down, finished trials are already in the store); set after ray.init, which
+        # installs a handler of its own
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         problem = check_resources([s.resources for s in todo], ray.nodes())
         if problem:
@@ -282,6 +291,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
                 store.save_failed(key, err)
                 summary.failed[key] = err
+        st = store.status_of([s.key for s in todo])
+        summary.unfinished = sum(1 for s in todo if st.get(s.key) not in ("done", "failed"))
     finally:
         if started:
             ray.shutdown()
