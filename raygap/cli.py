@@ -97,9 +97,12 @@ def cmd_run(args) -> int:
                        max_failures=args.max_failures, num_cpus=args.num_cpus,
                        log=lambda s: print(s, flush=True))
     paths = export_grid(grid, store, Path(args.results) / grid.name)
+    figures = _figures(grid, store, Path(args.results) / grid.name / "figures")
     print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
     print("tables: " + ", ".join(str(p) for p in paths.values()))
+    if figures:
+        print(f"figures: {len(figures)} in {Path(args.results) / grid.name / 'figures'}")
     if summary.unfinished:
         print(f"raygap: interrupted: {summary.unfinished} trial(s) not finished; run the same command "
               "again to finish them (finished trials are kept)", file=sys.stderr)
@@ -108,6 +111,12 @@ def cmd_run(args) -> int:
         for key, err in summary.failed.items():
             print(f"  {key}: {err}", file=sys.stderr)
     return summary.exit_code
+
+
+def _figures(grid, store, out_dir: Path) -> list:
+    from .report import grid_figures
+
+    return grid_figures(grid, store, out_dir)
 
 
 def cmd_status(args) -> int:
@@ -122,9 +131,12 @@ def cmd_export(args) -> int:
 
     grid = _grid(args)
     formats = (args.format,) if args.format else ("csv", "md", "tex")
-    paths = export_grid(grid, _store(args), Path(args.results) / grid.name, formats=formats)
+    store = _store(args)
+    paths = export_grid(grid, store, Path(args.results) / grid.name, formats=formats)
+    paths["figures"] = Path(args.results) / grid.name / "figures"
+    _figures(grid, store, paths["figures"])
     for kind, path in paths.items():
-        if args.format and kind.startswith("table"):
+        if args.format and kind == f"table.{args.format}":
             print(Path(path).read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr if args.format else sys.stdout)
     return 0

@@ -123,3 +123,29 @@ def trial_figures(history: list[dict], modalities: list[str], out_dir: Path, ste
         if p:
             made.append(p)
     return made
+
+
+def _slug(s: str) -> str:
+    keep = "".join(c if c.isalnum() else "_" for c in s)
+    return "_".join(p for p in keep.split("_") if p)[:60] or "row"
+
+
+def grid_figures(grid, store, out_dir: Path) -> list[Path]:
+    """For every (row, column) cell of a grid: the figures of its first finished seed."""
+    out_dir = Path(out_dir)
+    made: list[Path] = []
+    seen = set()
+    for t in grid.trials:
+        cell = (t.label, tuple(t.column.items()))
+        if cell in seen:
+            continue
+        rec = store.get(t.key)
+        if not rec or rec["status"] != "done" or not rec.get("history"):
+            continue
+        seen.add(cell)
+        col = "_".join(str(v) for v in t.column.values())
+        stem = f"{_slug(t.label)}_{_slug(col)}_seed{t.seed}" if col else f"{_slug(t.label)}_seed{t.seed}"
+        mods = t.config.data.modalities or [k[len("val_acc_"):] for k in rec["history"][0]
+                                            if k.startswith("val_acc_")]
+        made += trial_figures(rec["history"], mods, out_dir, stem, f"{t.label} | {col} | seed {t.seed}")
+    return made
