@@ -1,9 +1,28 @@
-"""Tables from the store, in the paper's layout: rows x (column value x metric), each cell
-``mean ± std (n)`` over the seeds that are done. Accuracy-like metrics (in [0, 1]) are
-shown in percent with two decimals, as the paper does; ``data_pct`` is already a percent.
-The std is the sample std (ddof = 1); with one seed the cell shows the value alone.
-A cell with fewer done seeds than the grid asks for says so (``n=2/3``); a cell with none
-shows ``–``. Every file is written atomically (temp file + rename).
+"""Tables from the store, in the paper's layout, and the ``raygap status`` report.
+
+``results/<grid>/`` gets (every file written atomically: temp file + fsync + rename):
+
+* ``trials.csv`` -- one line per cell membership (a trial shared by two cells appears
+  twice): ``label``, the column values (one column per column key, e.g. ``data.name``),
+  ``seed``, ``hash``, ``status`` (done / failed / running / pending / new), ``error``,
+  ``attempts``, ``wall_seconds``, every config key flattened (``config.method.rho``) and
+  every final metric (``metric.acc``), raw (fractions, not percent).
+* ``table.csv``, ``table.md``, ``table.tex`` -- rows in grid order x (column value x
+  metric). A cell is ``mean ± std (n=k)`` over the seeds whose trial is done:
+
+  - accuracy-like metrics (``acc``, ``macro_f1``, their ``acc_<modality>``, ``val_`` and
+    ``last_`` variants), stored as fractions in [0, 1], are shown in percent; every
+    other metric as stored (``data_pct`` is already a percent); two decimals, as the paper;
+  - std is the sample std (ddof = 1); with one done seed the cell is the value alone
+    (no ``±``: a std of one sample is undefined);
+  - ``(n=3)`` when every seed of the cell is done, ``(n=2/3)`` when only some are;
+  - ``– (0/3)`` when none is done; ``n/a (n=3)`` when trials are done but none reports
+    the metric (e.g. Concat has no Data %);
+  - the LaTeX table leaves ``(n=...)`` out of complete cells and keeps it on partial ones.
+
+  Row notes (a row's ``note``) are footnotes: ``*``, ``**``... after the label, the texts
+  below the table (CSV: a ``Note`` column). Rows skipped because their method is not
+  implemented are listed below the table (Markdown, LaTeX comment).
 """
 from __future__ import annotations
 
@@ -12,148 +31,240 @@ import io
 import math
 import os
 import statistics
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from .config import flatten
 
-PERCENT = {"acc", "macro_f1"}       # and their per-modality / last_ variants
+PERCENT = {"acc", "macro_f1"}
+METRIC_LABELS = {"acc": "Acc", "macro_f1": "Macro-F1", "data_pct": "Data %", "best_epoch": "Epoch"}
+DASH = "–"
 
 
-def _is_percent(metric: str) -> bool:
+def is_percent(metric: str) -> bool:
+    """Whether ``metric`` is a fraction in [0, 1] shown in percent."""
     base = metric.removeprefix("last_").removeprefix("val_")
     return base in PERCENT or base.startswith(("acc_", "macro_f1_"))
 
 
-def atomic_write(path: Path, text: str) -> Path:
+def metric_label(metric: str) -> str:
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    for pre, name in (("acc_", "Acc"), ("macro_f1_", "Macro-F1")):
+        if metric.startswith(pre):
+            return f"{name} ({metric[len(pre):]})"
+    return metric
+
+
+def atomic_write(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, whole."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
     return path
 
 
-def _header(grid, col: dict) -> str:
-    return " / ".join(str(grid.column_labels.get(v, v)) for v in col.values()) or "result"
+# ----------------------------------------------------------------------------- cells
+class Cell:
+    """The values of one (row, column, metric) cell over the seeds that are done."""
+
+    def __init__(self, values: list[float], done: int, total: int):
+        self.values, self.done, self.total = values, done, total
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def text(self, with_n: bool = True, complete_n: bool = True) -> str:
+        return fmt(self.values, self.total, with_n=with_n, done=self.done, complete_n=complete_n)
 
 
-def cells(grid, store) -> tuple[list[dict], list[dict]]:
-    """(column combos in order, one dict per row: label -> {(col_idx, metric): (values, n_total)})."""
-    combos, seen = [], set()
-    for t in grid.trials:
-        k = tuple(t.column.items())
-        if k not in seen:
-            seen.add(k)
-            combos.append(t.column)
-    rows = []
-    for label in grid.row_labels:
-        row = {"label": label, "cells": {}}
-        for ci, col in enumerate(combos):
-            specs = [t for t in grid.trials if t.label == label and t.column == col]
-            for m in grid.metrics:
-                vals = []
-                for t in specs:
-                    rec = store.get(t.key)
-                    if rec and rec["status"] == "done":
-                        v = (rec["metrics"] or {}).get(m)
-                        if isinstance(v, (int, float)) and math.isfinite(v):
-                            vals.append(float(v) * (100.0 if _is_percent(m) else 1.0))
-                row["cells"][(ci, m)] = (vals, len(specs))
-        rows.append(row)
-    return combos, rows
-
-
-def fmt(vals: list[float], n_total: int, with_n: bool = True) -> str:
+def fmt(vals: list[float], n_total: int, with_n: bool = True, done: int | None = None,
+        complete_n: bool = True) -> str:
+    """``82.00 ± 2.00 (n=3)``, ``70.00 (n=1/3)``, ``– (0/3)``, ``n/a (n=3)`` (see the module doc)."""
+    done = len(vals) if done is None else done
     if not vals:
-        return "–" + (f" (0/{n_total})" if with_n and n_total else "")
+        if done:
+            return "n/a" + (f" (n={done})" if with_n else "")
+        return DASH + (f" (0/{n_total})" if with_n and n_total else "")
     mean = statistics.fmean(vals)
     s = f"{mean:.2f}" if len(vals) == 1 else f"{mean:.2f} ± {statistics.stdev(vals):.2f}"
     if with_n:
-        s += f" (n={len(vals)})" if len(vals) == n_total else f" (n={len(vals)}/{n_total})"
+        if len(vals) < n_total:
+            s += f" (n={len(vals)}/{n_total})"
+        elif complete_n:
+            s += f" (n={len(vals)})"
     return s
+
+
+def table_cells(grid, store) -> tuple[list[dict], dict[tuple[str, int, str], Cell]]:
+    """(column combos in table order, (row label, column index, metric) -> Cell)."""
+    combos = grid.column_combos()
+    recs = store.records(t.key for t in grid.trials)
+    out: dict[tuple[str, int, str], Cell] = {}
+    for label in grid.row_labels:
+        for ci, col in enumerate(combos):
+            specs = grid.cell(label, col)
+            done = [recs[t.key] for t in specs if t.key in recs and recs[t.key]["status"] == "done"]
+            for m in grid.metrics:
+                vals = []
+                for rec in done:
+                    v = (rec["metrics"] or {}).get(m)
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                        vals.append(float(v) * (100.0 if is_percent(m) else 1.0))
+                out[(label, ci, m)] = Cell(vals, len(done), len(specs))
+    return combos, out
+
+
+def _marks(grid) -> dict[str, str]:
+    return {label: "*" * (i + 1) for i, label in enumerate(lab for lab in grid.row_labels if lab in grid.notes)}
 
 
 def table_rows(grid, store) -> tuple[list[str], list[list[str]]]:
-    combos, rows = cells(grid, store)
-    header = ["Method"] + [f"{_header(grid, c)} {m}" for c in combos for m in grid.metrics]
+    """Header and body of the flat table (CSV, Markdown)."""
+    combos, cells = table_cells(grid, store)
+    marks = _marks(grid)
+    header = ["Method"] + [f"{grid.column_header(c)} {metric_label(m)}" for c in combos for m in grid.metrics]
     body = []
-    for r in rows:
-        label = r["label"] + (" *" if r["label"] in grid.notes else "")
-        body.append([label] + [fmt(*r["cells"][(ci, m)]) for ci in range(len(combos)) for m in grid.metrics])
+    for label in grid.row_labels:
+        body.append([label + (f" {marks[label]}" if label in marks else "")]
+                    + [cells[(label, ci, m)].text() for ci in range(len(combos)) for m in grid.metrics])
     return header, body
 
 
-def to_csv(header, body) -> str:
+def to_csv(grid, header: list[str], body: list[list[str]]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(body)
+    w = csv.writer(buf, lineterminator="\n")
+    marks = _marks(grid)
+    if marks:
+        w.writerow(header + ["Note"])
+        for label, row in zip(grid.row_labels, body, strict=True):
+            w.writerow(row + [grid.notes.get(label, "")])
+    else:
+        w.writerow(header)
+        w.writerows(body)
     return buf.getvalue()
 
 
-def to_markdown(grid, header, body) -> str:
-    lines = [f"# {grid.name}" + (f" — {grid.description}" if grid.description else ""), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+def _md(s: str) -> str:
+    return str(s).replace("|", "\\|")
+
+
+def to_markdown(grid, header: list[str], body: list[list[str]]) -> str:
+    lines = [f"# {grid.name}" + (f": {grid.description}" if grid.description else ""), "",
+             "| " + " | ".join(_md(h) for h in header) + " |",
+             "|" + "---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in body]
     lines.append("")
-    lines.append("mean ± sample std over seeds, in percent for accuracy and macro-F1; (n) = seeds done; "
-                 "the epoch is chosen on validation.")
-    for label, note in grid.notes.items():
-        lines.append(f"\\* {label}: {note}")
-    for label, reason in grid.skipped:
-        lines.append(f"Not run: {label} — {reason}")
-    return "\n".join(lines) + "\n"
+    lines.append("Mean ± sample std over the seeds that are done, accuracy and macro-F1 in percent; "
+                 "(n=k) seeds done, (n=k/N) when only k of N are; – none done. The reported epoch is chosen on "
+                 "validation." + (f" Profile: {grid.profile}." if grid.profile else ""))
+    marks = _marks(grid)
+    if marks:
+        lines.append("")
+        lines += [f"{_md(marks[label]).replace('*', chr(92) + '*')} {_md(label)}: {_md(grid.notes[label])}  "
+                  for label in marks]
+    if grid.skipped:
+        lines.append("")
+        lines += [f"Not run: {_md(label)} ({_md(reason)})  " for label, reason in grid.skipped]
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("–", "--"), ("α", r"$\alpha$"), ("β", r"$\beta$"), ("γ", r"$\gamma$"),
-                 ("ρ", r"$\rho$"), ("τ", r"$\tau$")):
-        s = s.replace(a, b)
-    return s
+_TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+              "<": r"\textless{}", ">": r"\textgreater{}", "|": r"$|$",
+              "±": r"$\pm$", "–": "--", "—": "---", "²": r"$^2$", "≥": r"$\geq$", "≤": r"$\leq$",
+              "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "ρ": r"$\rho$", "τ": r"$\tau$",
+              "λ": r"$\lambda$", "σ": r"$\sigma$", "μ": r"$\mu$"}
+
+
+def tex_escape(s: Any) -> str:
+    """Plain text -> LaTeX text (pdflatex-safe for the labels raygap's grids use)."""
+    return "".join(_TEX_CHARS.get(ch, ch) for ch in str(s)).replace("$$", "")
 
 
 def to_latex(grid, store) -> str:
-    combos, rows = cells(grid, store)
-    nm = len(grid.metrics)
-    out = [r"\begin{tabular}{l" + "c" * (nm * len(combos)) + "}", r"\toprule"]
-    out.append("Method & " + " & ".join(rf"\multicolumn{{{nm}}}{{c}}{{{_tex(_header(grid, c))}}}" for c in combos)
-               + r" \\")
-    if nm > 1:
-        out.append(" ".join(rf"\cmidrule(lr){{{2 + i * nm}-{1 + (i + 1) * nm}}}" for i in range(len(combos))))
-    out.append(" & " + " & ".join(_tex(m) for _ in combos for m in grid.metrics) + r" \\")
+    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), one multicolumn header per
+    column value (dataset), one sub-column per metric."""
+    combos, cells = table_cells(grid, store)
+    nm, marks = len(grid.metrics), _marks(grid)
+    ncols = 1 + nm * len(combos)
+    out = [f"% {grid.name}: {grid.description}".rstrip(": "), r"% requires \usepackage{booktabs}",
+           r"\begin{tabular}{l" + "c" * (ncols - 1) + "}", r"\toprule"]
+    out.append("Method & " + " & ".join(rf"\multicolumn{{{nm}}}{{c}}{{{tex_escape(grid.column_header(c))}}}"
+                                        for c in combos) + r" \\")
+    out.append(" ".join(rf"\cmidrule(lr){{{2 + i * nm}-{1 + (i + 1) * nm}}}" for i in range(len(combos))))
+    out.append(" & " + " & ".join(tex_escape(metric_label(m)) for _ in combos for m in grid.metrics) + r" \\")
     out.append(r"\midrule")
-    for r in rows:
-        cellsx = [_tex(fmt(*r["cells"][(ci, m)], with_n=False)) for ci in range(len(combos)) for m in grid.metrics]
-        out.append(_tex(r["label"]) + " & " + " & ".join(cellsx) + r" \\")
+    for label in grid.row_labels:
+        name = tex_escape(label) + (rf"$^{{{marks[label]}}}$" if label in marks else "")
+        vals = [tex_escape(cells[(label, ci, m)].text(complete_n=False))
+                for ci in range(len(combos)) for m in grid.metrics]
+        out.append(name + " & " + " & ".join(vals) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
+    if marks:       # after the tabular, so long notes wrap to the float's width
+        out.append(r"\par\smallskip{\footnotesize")
+        out += [rf"$^{{{marks[label]}}}$ {tex_escape(label)}: {tex_escape(grid.notes[label])}\par"
+                for label in marks]
+        out.append("}")
+    out += [f"% not run: {label} ({reason})" for label, reason in grid.skipped]
     return "\n".join(out) + "\n"
 
 
 def trials_csv(grid, store) -> str:
-    recs = []
+    recs = store.records(t.key for t in grid.trials)
+    rows = []
     for t in grid.trials:
-        rec = store.get(t.key) or {}
-        row = {"label": t.label, **{f"col:{k}": v for k, v in t.column.items()}, "seed": t.seed, "hash": t.key,
-               "status": rec.get("status", "new"), "error": rec.get("error") or ""}
+        rec = recs.get(t.key) or {}
+        row: dict[str, Any] = {"label": t.label, **{k: v for k, v in t.column.items()}, "seed": t.seed,
+                               "hash": t.key, "status": rec.get("status", "new"), "error": rec.get("error") or "",
+                               "attempts": rec.get("attempts", 0), "wall_seconds": rec.get("wall_seconds")}
         row.update({f"config.{k}": v for k, v in flatten(t.config.to_dict()).items()})
-        row.update({f"metric.{k}": v for k, v in (rec.get("metrics") or {}).items()})
-        recs.append(row)
+        row.update({f"metric.{k}": v for k, v in sorted((rec.get("metrics") or {}).items())})
+        rows.append(row)
     fields: list[str] = []
-    for r in recs:
-        fields += [k for k in r if k not in fields]
+    seen: set[str] = set()
+    for r in rows:
+        for k in r:
+            if k not in seen:
+                seen.add(k)
+                fields.append(k)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
-    w.writerows(recs)
+    w.writerows(rows)
     return buf.getvalue()
 
 
-def export_grid(grid, store, out_dir: Path, formats=("csv", "md", "tex")) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    header, body = table_rows(grid, store)
+def export_grid(grid, store, out_dir: str | Path | None = None,
+                formats: tuple[str, ...] | list[str] = ("csv", "md", "tex")) -> dict[str, Path]:
+    """Write ``trials.csv`` and ``table.<fmt>`` for each of ``formats`` (csv, md, tex) into
+    ``out_dir`` (default ``results/<grid name>``). Returns file name -> path."""
+    bad = [f for f in formats if f not in ("csv", "md", "tex")]
+    if bad:
+        raise ValueError(f"unknown table format(s) {bad}: choose from csv, md, tex")
+    out_dir = Path(out_dir) if out_dir is not None else Path("results") / grid.name
     paths = {"trials.csv": atomic_write(out_dir / "trials.csv", trials_csv(grid, store))}
+    header, body = table_rows(grid, store)
     if "csv" in formats:
-        paths["table.csv"] = atomic_write(out_dir / "table.csv", to_csv(header, body))
+        paths["table.csv"] = atomic_write(out_dir / "table.csv", to_csv(grid, header, body))
     if "md" in formats:
         paths["table.md"] = atomic_write(out_dir / "table.md", to_markdown(grid, header, body))
     if "tex" in formats:
@@ -161,29 +272,38 @@ def export_grid(grid, store, out_dir: Path, formats=("csv", "md", "tex")) -> dic
     return paths
 
 
+# ----------------------------------------------------------------------------- status
 def status_text(grid, store) -> str:
+    """``raygap status``: per row and column the trials done / running / failed / missing
+    (missing = pending or never started), the totals over distinct trials, each failed
+    trial's error on one line, and the skipped rows."""
     distinct = grid.distinct()
     st = store.status_of(list(distinct))
-    lines = [f"grid {grid.name}: {len(grid.trials)} cells, {len(distinct)} distinct trials"]
-    header = f"  {'row':40s} {'column':20s} done running failed missing"
-    lines.append(header)
-    combos = []
-    for t in grid.trials:
-        if t.column not in combos:
-            combos.append(t.column)
+    combos = grid.column_combos()
+    lines = [f"grid {grid.name} ({grid.path})" + (f", profile {grid.profile}" if grid.profile else "")
+             + f": {len(grid.trials)} cells, {len(distinct)} distinct trials"]
+    lw = max([len(r) for r in grid.row_labels] + [3])
+    cols = [", ".join(str(v) for v in c.values()) or "-" for c in combos]
+    cw = max([len(c) for c in cols] + [6])
+    lines.append(f"  {'row':{lw}s}  {'column':{cw}s}  done running failed missing")
     for label in grid.row_labels:
-        for col in combos:
-            keys = [t.key for t in grid.trials if t.label == label and t.column == col]
+        for col, colname in zip(combos, cols, strict=True):
+            keys = [t.key for t in grid.cell(label, col)]
             c = {s: sum(1 for k in keys if st.get(k) == s) for s in ("done", "running", "failed")}
             miss = len(keys) - sum(c.values())
-            colname = ", ".join(str(v) for v in col.values()) or "-"
-            lines.append(f"  {label[:40]:40s} {colname[:20]:20s} {c['done']:4d} {c['running']:7d} {c['failed']:6d} {miss:7d}")
+            lines.append(f"  {label:{lw}s}  {colname:{cw}s}  {c['done']:4d} {c['running']:7d} {c['failed']:6d} "
+                         f"{miss:7d}")
     tot = {s: sum(1 for k in distinct if st.get(k) == s) for s in ("done", "running", "failed")}
     lines.append(f"total: {tot['done']} done, {tot['running']} running, {tot['failed']} failed, "
-                 f"{len(distinct) - sum(tot.values())} missing")
-    for k in distinct:
-        if st.get(k) == "failed":
-            lines.append(f"  failed {k}: {(store.get(k) or {}).get('error')}")
+                 f"{len(distinct) - sum(tot.values())} missing (of {len(distinct)} distinct trials)")
+    failed = [k for k in distinct if st.get(k) == "failed"]
+    if failed:
+        recs = store.records(failed)
+        for k in failed:
+            t = distinct[k]
+            col = ", ".join(str(v) for v in t.column.values())
+            err = ((recs.get(k) or {}).get("error") or "").splitlines()
+            lines.append(f"  failed {k} ({t.label} | {col} | seed {t.seed}): {err[0] if err else '?'}")
     for label, reason in grid.skipped:
         lines.append(f"  skipped row {label!r}: {reason}")
     return "\n".join(lines)

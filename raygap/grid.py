@@ -1,40 +1,87 @@
-"""Grid files -> fully resolved, validated trial configs.
+"""Grid files -> fully resolved, validated trial specs (no Ray here).
 
-A grid (``grids/*.yaml``) has ``name``, ``description``, ``base`` (a trial config shared
-by every trial), ``rows`` (label -> overrides), ``sweep`` (key -> values, expanded as a
-cartesian product into more rows labelled ``key=value, ...`` with the last part of the
-key), ``columns`` (key -> values, crossed with every row), ``seeds``, ``metrics``,
-``resources``, and optional ``column_labels`` (value -> header) and ``notes``
-(row label -> footnote).
+Grid file (``grids/*.yaml``)
+----------------------------
+``name``          the grid's name (default: the file's stem); results go to ``results/<name>/``
+``description``   free text, printed in the exported tables
+``base``          a trial config shared by every trial
+``base_by``       optional: ``{dotted key: {value: overrides}}`` -- part of the base, applied
+                  to the trials whose resolved key has that value (like a profile's
+                  ``overlay_by``, one layer lower: a profile's overlay wins over it). Table IV
+                  uses it for Adam's learning rate, which the paper does not give.
+``rows``          label -> overrides (nested or dotted keys). A row may carry ``note: text``,
+                  a footnote for that row in the exported tables (it is not a config key).
+``sweep``         dotted key -> list of values, expanded as a cartesian product into more
+                  rows, after the ``rows``. A sweep row is labelled ``leaf=value`` with the
+                  last part of the key (``rho=0.95``, ``purify_tau=0.5``), joined with
+                  ``", "`` for several keys; the full dotted key is used where two swept keys
+                  share a last part. A label that collides with a row's is an error.
+``columns``       dotted key -> list of values, crossed with every row
+                  (typically ``data.name: [cremad, ave, ks]``)
+``seeds``         list of distinct non-negative integers; each (row, column) runs per seed
+``metrics``       the metric names the tables show (``acc``, ``macro_f1``, ``data_pct``...)
+``resources``     per trial, e.g. ``{cpu: 4, gpu: 0.5}``
+``column_labels`` optional: column value -> header (``cremad: CREMA-D``)
+``notes``         optional: row label -> footnote (the same as a row's ``note``)
 
-Profiles (``grids/profiles/NAME.yaml``) overlay every grid: ``overlay`` (merged onto
-every trial), ``overlay_by`` (``{dotted key: {value: overrides}}``, applied to the trials
-whose resolved value of that key matches -- method-specific keys are only valid for
-their method), and ``columns`` / ``seeds`` / ``resources`` (replacing the grid's).
+Profiles (``grids/profiles/NAME.yaml``) overlay any grid:
+``description``; ``overlay`` (merged onto every trial); ``overlay_by``
+(``{dotted key: {value: overrides}}``: applied to the trials whose resolved value of that
+key -- defaults included -- equals ``value``; needed because method- and dataset-specific
+keys are rejected for other methods and datasets); ``columns``, ``seeds`` (replace the
+grid's) and ``resources`` (merged over the grid's).
 
-Merge order per trial: base -> profile.overlay -> matching profile.overlay_by -> row ->
-column values -> ``--set``. Rows and columns win over profiles, ``--set`` over all.
+Merge order per trial::
+
+    grid resources -> base -> matching base_by -> profile resources -> profile.overlay
+      -> matching profile.overlay_by -> row -> column values -> --set
+
+so rows and columns win over profiles, profiles over the base, ``--set`` over everything.
+``base_by`` and ``overlay_by`` match against the trial as it would be with the row, column
+and ``--set`` applied, so a row that switches ``method.name`` gets that method's overlay.
+
+Every trial is validated with :func:`raygap.config.resolve` before anything runs; an
+error is one :class:`ConfigError` line naming the file and the row / column / layer the
+offending key came from, e.g.
+``grids/x.yaml: rows.Full: method.rhoo: unknown key (nearest valid key: method.rho)``.
+
+Two cells that resolve to the same config have the same key: they are one trial (both
+memberships are kept in ``Grid.trials``; ``Grid.distinct()`` has it once).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrialConfig, deep_merge, nearest, parse_set, read_yaml, resolve, set_dotted
+from .config import (
+    SECTIONS,
+    TrialConfig,
+    deep_merge,
+    flatten,
+    nearest,
+    parse_set,
+    read_yaml,
+    resolve,
+    set_dotted,
+)
 from .errors import ConfigError
 from .registry import METHODS
 
-GRID_KEYS = ["name", "description", "base", "rows", "sweep", "columns", "seeds", "metrics", "resources",
+GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources",
              "column_labels", "notes"]
 PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
+ROW_NOTE = "note"
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "grids" / "profiles"
 
 
 @dataclass
 class TrialSpec:
+    """One cell membership: (row label, column values, seed) -> a resolved trial."""
     label: str
     column: dict[str, Any]
     seed: int
@@ -49,22 +96,43 @@ class Grid:
     description: str
     path: Path
     metrics: list[str]
-    row_labels: list[str]
-    columns: dict[str, list]
+    row_labels: list[str]               # as in the file, then sweep rows; skipped rows removed
+    columns: dict[str, list]            # after the profile's replacement
     column_labels: dict
     seeds: list[int]
-    notes: dict[str, str]
+    notes: dict[str, str]               # row label -> footnote
     trials: list[TrialSpec] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (row label, reason)
     profile: str | None = None
+    resources: dict = field(default_factory=dict)
 
     def distinct(self) -> dict[str, TrialSpec]:
+        """key -> the first cell that uses it (each distinct trial once, in grid order)."""
         out: dict[str, TrialSpec] = {}
         for t in self.trials:
             out.setdefault(t.key, t)
         return out
 
+    def column_combos(self) -> list[dict]:
+        """The column value combinations, in table order."""
+        keys = list(self.columns)
+        return [dict(zip(keys, c, strict=True)) for c in itertools.product(*(self.columns[k] for k in keys))]
 
+    def cell(self, label: str, column: dict) -> list[TrialSpec]:
+        """The trials (one per seed) of one table cell."""
+        return [t for t in self.trials if t.label == label and t.column == column]
+
+    def column_header(self, column: dict) -> str:
+        return " / ".join(str(label_for(self.column_labels, v)) for v in column.values()) or "result"
+
+
+def label_for(labels: dict, value) -> Any:
+    if value in labels:
+        return labels[value]
+    return {str(k): v for k, v in labels.items()}.get(str(value), value)
+
+
+# ----------------------------------------------------------------------------- helpers
 def _get(d: dict, dotted: str):
     cur: Any = d
     for p in dotted.split("."):
@@ -74,165 +142,336 @@ def _get(d: dict, dotted: str):
     return cur
 
 
-def _mapping(v, what: str, file: str) -> dict:
-    if v is None:
+def _resolved_value(raw: dict, dotted: str):
+    """The value of ``dotted`` in a raw (unresolved) trial, falling back to the section
+    default (``method.name`` -> ``concat``, ``data.name`` -> ``avdigits``...)."""
+    v = _get(raw, dotted)
+    if v is not None:
+        return v
+    parts = dotted.split(".")
+    if len(parts) == 2 and parts[0] in SECTIONS:
+        for f in dataclasses.fields(SECTIONS[parts[0]]):
+            if f.name == parts[1] and f.default is not dataclasses.MISSING:
+                return f.default
+    return None
+
+
+def _mapping(v, what: str, file: str, *, allow_none: bool = True) -> dict:
+    if v is None and allow_none:
         return {}
     if not isinstance(v, dict):
-        raise ConfigError(f"expected a mapping, got {type(v).__name__}", file=file, key=what)
+        raise ConfigError(f"expected a mapping, got {_short(v)}", file=file, key=what)
     return v
 
 
 def _list(v, what: str, file: str) -> list:
-    if not isinstance(v, list) or not v:
-        raise ConfigError(f"expected a non-empty list, got {v!r}", file=file, key=what)
+    if not isinstance(v, list):
+        raise ConfigError(f"expected a list, got {_short(v)}", file=file, key=what,
+                          hint=f"write {what}: [{v!r}]" if isinstance(v, (int, float, str)) else None)
+    if not v:
+        raise ConfigError("expected a non-empty list", file=file, key=what)
     return v
 
 
-def load_profile(name: str, profiles_dir: Path | None = None) -> dict:
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _norm(layer: dict) -> dict:
+    """A layer with dotted keys expanded (so it can be flattened to compare keys)."""
+    return deep_merge({}, layer)
+
+
+def _check_seeds(seeds, file: str, what: str = "seeds") -> list[int]:
+    seeds = _list(seeds, what, file)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not (0 <= s < 2**31):
+            raise ConfigError(f"seeds must be integers in [0, 2**31), got {s!r}", file=file, key=what)
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"duplicate seeds {dup}", file=file, key=what)
+    return list(seeds)
+
+
+def _check_columns(columns: dict, file: str, what: str = "columns") -> dict[str, list]:
+    out = {}
+    for k, v in columns.items():
+        vals = _list(v, f"{what}.{k}", file)
+        for x in vals:
+            if isinstance(x, (dict, list)):
+                raise ConfigError(f"column values must be scalars, got {_short(x)}", file=file, key=f"{what}.{k}")
+        if len({str(x) for x in vals}) != len(vals):
+            raise ConfigError(f"duplicate values in {vals}", file=file, key=f"{what}.{k}")
+        out[str(k)] = list(vals)
+    return out
+
+
+def load_profile(name: str, profiles_dir: Path | str | None = None) -> dict:
+    """Read and check ``profiles_dir/NAME.yaml`` (default ``grids/profiles``)."""
     d = Path(profiles_dir or PROFILES_DIR)
     path = d / f"{name}.yaml"
     if not path.exists():
         have = sorted(p.stem for p in d.glob("*.yaml"))
         raise ConfigError(f"no profile {name!r}", file=str(path), key="--profile",
                           hint=f"choices: {', '.join(have)}; nearest: {nearest(name, have)!r}" if have else None)
-    doc = read_yaml(path) or {}
+    file = str(path)
+    doc = read_yaml(path)
+    doc = {} if doc is None else doc
     if not isinstance(doc, dict):
-        raise ConfigError("a profile must be a mapping", file=str(path))
+        raise ConfigError("a profile must be a mapping", file=file)
     for k in doc:
         if k not in PROFILE_KEYS:
-            raise ConfigError("unknown key", file=str(path), key=str(k),
+            raise ConfigError("unknown key", file=file, key=str(k),
                               hint=f"nearest valid key: {nearest(k, PROFILE_KEYS)}")
-    doc["_path"] = str(path)
-    return doc
+    out = {"_path": file, "description": str(doc.get("description") or "")}
+    out["overlay"] = _mapping(doc.get("overlay"), "overlay", file)
+    out["overlay_by"] = _by_value(doc.get("overlay_by"), "overlay_by", file)
+    if doc.get("columns") is not None:
+        out["columns"] = _check_columns(_mapping(doc["columns"], "columns", file), file)
+    if doc.get("seeds") is not None:
+        out["seeds"] = _check_seeds(doc["seeds"], file)
+    out["resources"] = _mapping(doc.get("resources"), "resources", file)
+    return out
+
+
+def _by_value(doc, what: str, file: str) -> dict[str, dict[str, dict]]:
+    """``{dotted key: {value: overrides}}`` checked, with the values as strings."""
+    out: dict[str, dict[str, dict]] = {}
+    for key, by_value in _mapping(doc, what, file).items():
+        by_value = _mapping(by_value, f"{what}.{key}", file, allow_none=False)
+        out[str(key)] = {str(v): _mapping(over, f"{what}.{key}.{v}", file) for v, over in by_value.items()}
+    return out
 
 
 def _sweep_rows(sweep: dict, file: str) -> dict[str, dict]:
-    keys = list(sweep)
+    keys = [str(k) for k in sweep]
     if not keys:
         return {}
     for k in keys:
         _list(sweep[k], f"sweep.{k}", file)
+    leaves = [k.split(".")[-1] for k in keys]
+    names = [leaf if leaves.count(leaf) == 1 else k for k, leaf in zip(keys, leaves, strict=True)]
     rows = {}
     for combo in itertools.product(*(sweep[k] for k in keys)):
-        label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo, strict=True))
+        label = ", ".join(f"{n}={v}" for n, v in zip(names, combo, strict=True))
         over: dict = {}
         for k, v in zip(keys, combo, strict=True):
-            set_dotted(over, k, v)
+            set_dotted(over, k, copy.deepcopy(v))
         rows[label] = over
     return rows
 
 
+def _where(label: str, column: dict) -> str:
+    col = ", ".join(f"{k}={v}" for k, v in column.items())
+    return f"rows.{label}" + (f" [{col}]" if col else "")
+
+
+def _blame(e: ConfigError, layers: list[tuple[str, str | None, dict]], label: str, column: dict,
+           grid_file: str) -> ConfigError:
+    """Point a trial's validation error at the layer that set the offending key."""
+    source = None
+    if e.key:
+        for name, file, layer in reversed(layers):
+            flat = flatten(_norm(layer)) if isinstance(layer, dict) else {}
+            if e.key in flat or any(k.startswith(e.key + ".") for k in flat):
+                source = (name, file)
+                break
+    cell = _where(label, column)
+    if source is None or source[0] == "row":
+        where, file = cell, grid_file
+    elif source[0] == "columns":
+        k = e.key if e.key in column else next(iter(column), "")
+        where, file = f"columns.{k}={column.get(k)} (rows.{label})", grid_file
+    elif source[0] == "--set":
+        where, file = f"--set (for {grid_file} {cell})", None
+    elif source[1] != grid_file:
+        where, file = f"{source[0]} (for {grid_file} {cell})", source[1]
+    else:
+        where, file = f"{source[0]} ({cell})", grid_file
+    err = ConfigError(e.problem, file=file, key=f"{where}: {e.key}" if e.key else where, hint=e.hint)
+    return err
+
+
+# ----------------------------------------------------------------------------- loading
 def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | None = None,
-              skip_missing: bool = False, profiles_dir: Path | None = None) -> Grid:
+              skip_missing: bool = False, profiles_dir: Path | str | None = None) -> Grid:
+    """Expand a grid file (with an optional profile and ``--set`` items) into validated trials.
+
+    Raises :class:`ConfigError` (one line) on any problem with the file, the profile or
+    any trial. Rows whose ``method.name`` is not registered fail, naming the missing
+    methods, unless ``skip_missing``: then they are dropped and listed in ``grid.skipped``.
+    """
     from .plugins import load_all
 
     load_all()
     file = str(path)
     doc = read_yaml(path)
     if not isinstance(doc, dict):
-        raise ConfigError("a grid must be a mapping", file=file)
+        raise ConfigError(f"a grid must be a mapping, got {_short(doc)}", file=file)
     for k in doc:
         if k not in GRID_KEYS:
             raise ConfigError("unknown key", file=file, key=str(k), hint=f"nearest valid key: {nearest(k, GRID_KEYS)}")
-    name = str(doc.get("name") or Path(path).stem)
+    name = doc.get("name") if doc.get("name") is not None else Path(path).stem
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"expected a plain name (it names results/<name>/), got {_short(name)}", file=file, key="name")
+    description = doc.get("description") or ""
+    if not isinstance(description, str):
+        raise ConfigError(f"expected text, got {_short(description)}", file=file, key="description")
     base = _mapping(doc.get("base"), "base", file)
-    rows = dict(_mapping(doc.get("rows"), "rows", file))
-    for label, over in rows.items():
-        _mapping(over, f"rows.{label}", file)
-    rows.update(_sweep_rows(_mapping(doc.get("sweep"), "sweep", file), file))
+    base_by = _by_value(doc.get("base_by"), "base_by", file)
+
+    # rows: explicit ones, then the sweep
+    notes = {str(k): str(v) for k, v in _mapping(doc.get("notes"), "notes", file).items()}
+    rows: dict[str, dict] = {}
+    for label, over in _mapping(doc.get("rows"), "rows", file).items():
+        over = dict(_mapping(over, f"rows.{label}", file))
+        label = str(label)
+        if ROW_NOTE in over:
+            notes[label] = str(over.pop(ROW_NOTE))
+        rows[label] = over
+    for label, over in _sweep_rows(_mapping(doc.get("sweep"), "sweep", file), file).items():
+        if label in rows:
+            raise ConfigError(f"the sweep row {label!r} has the label of a row", file=file, key="sweep")
+        rows[label] = over
     if not rows:
         raise ConfigError("the grid has no rows (give `rows` or `sweep`)", file=file, key="rows")
-    columns = _mapping(doc.get("columns"), "columns", file)
-    seeds = doc.get("seeds", [0])
-    resources = _mapping(doc.get("resources"), "resources", file)
-    prof = load_profile(profile, profiles_dir) if profile else {}
-    if prof:
-        columns = _mapping(prof.get("columns"), "columns", prof["_path"]) or columns
-        seeds = prof.get("seeds", seeds)
-        resources = {**resources, **_mapping(prof.get("resources"), "resources", prof["_path"])}
-    for k, v in columns.items():
-        _list(v, f"columns.{k}", file)
-    seeds = _list(seeds, "seeds", file)
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ConfigError(f"seeds must be non-negative integers, got {s!r}", file=file, key="seeds")
-    metrics = doc.get("metrics", ["acc"])
-    if not isinstance(metrics, list) or not metrics:
-        raise ConfigError(f"expected a non-empty list, got {metrics!r}", file=file, key="metrics")
-    overlay = _mapping(prof.get("overlay"), "overlay", prof.get("_path", file))
-    overlay_by = _mapping(prof.get("overlay_by"), "overlay_by", prof.get("_path", file))
-    set_items = parse_set(sets)
+    for label in notes:
+        if label not in rows:
+            raise ConfigError(f"note for {label!r}, which is not a row", file=file, key="notes",
+                              hint=f"nearest row: {nearest(label, rows)!r}")
 
-    grid = Grid(name=name, description=str(doc.get("description", "")), path=Path(path), metrics=list(metrics),
-                row_labels=list(rows), columns=columns, column_labels=_mapping(doc.get("column_labels"), "column_labels", file),
-                seeds=seeds, notes={str(k): str(v) for k, v in _mapping(doc.get("notes"), "notes", file).items()},
-                profile=profile)
-    col_keys = list(columns)
-    col_values = list(itertools.product(*(columns[k] for k in col_keys))) if col_keys else [()]
+    columns = _check_columns(_mapping(doc.get("columns"), "columns", file), file)
+    seeds = _check_seeds(doc["seeds"], file) if "seeds" in doc else [0]
+    metrics = _list(doc.get("metrics", ["acc"]), "metrics", file)
+    if not all(isinstance(m, str) and m for m in metrics):
+        raise ConfigError(f"metric names must be strings, got {metrics!r}", file=file, key="metrics")
+    grid_resources = _mapping(doc.get("resources"), "resources", file)
+    column_labels = _mapping(doc.get("column_labels"), "column_labels", file)
+
+    prof = load_profile(profile, profiles_dir) if profile else {}
+    pfile = prof.get("_path")
+    if prof:
+        columns = prof.get("columns", columns)
+        seeds = prof.get("seeds", seeds)
+    prof_resources = prof.get("resources", {})
+    overlay = prof.get("overlay", {})
+    overlay_by = prof.get("overlay_by", {})
+    set_layer: dict = {}
+    try:
+        for k, v in parse_set(sets):
+            set_dotted(set_layer, k, v)
+    except ConfigError as e:
+        raise ConfigError(e.problem, key=f"--set: {e.key}" if e.key and e.key != "--set" else "--set",
+                          hint=e.hint) from None
+
+    grid = Grid(name=name, description=description, path=Path(path), metrics=[str(m) for m in metrics],
+                row_labels=list(rows), columns=columns, column_labels=column_labels, seeds=seeds, notes=notes,
+                profile=profile, resources={**grid_resources, **prof_resources})
     missing: dict[str, str] = {}
     for label, over in rows.items():
-        for combo in col_values:
-            column = dict(zip(col_keys, combo, strict=True))
-            where = f"rows.{label}" + (f" [{', '.join(f'{k}={v}' for k, v in column.items())}]" if column else "")
-            raw = deep_merge(deep_merge(base, overlay), {})
-            probe = deep_merge(deep_merge(raw, over), {k: v for k, v in column.items()})
-            for k, v in set_items:
-                set_dotted(probe, k, v)
-            for key, by_value in overlay_by.items():
-                val = _get(probe, key)
-                if val is not None and str(val) in {str(x) for x in _mapping(by_value, f"overlay_by.{key}", prof.get("_path", file))}:
-                    match = {str(x): y for x, y in by_value.items()}[str(val)]
-                    raw = deep_merge(raw, _mapping(match, f"overlay_by.{key}.{val}", prof.get("_path", file)))
-            raw = deep_merge(raw, over)
+        for column in grid.column_combos():
+            col_layer: dict = {}
             for k, v in column.items():
-                set_dotted(raw, k, copy.deepcopy(v))
-            for k, v in set_items:
-                set_dotted(raw, k, v)
-            raw["resources"] = {**resources, **(raw.get("resources") or {})}
-            method = _get(raw, "method.name") or "concat"
-            if method not in METHODS:
-                missing[label] = method
+                set_dotted(col_layer, k, copy.deepcopy(v))
+            top = [("row", file, over), ("columns", file, col_layer), ("--set", None, set_layer)]
+            layers: list[tuple[str, str | None, dict]] = [
+                ("resources", file, {"resources": grid_resources}), ("base", file, base)]
+            try:
+                layers += _matching(base_by, "base_by", file, layers, top)
+                if prof:
+                    layers += [("resources", pfile, {"resources": prof_resources}), ("overlay", pfile, overlay)]
+                    layers += _matching(overlay_by, "overlay_by", pfile, layers, top)
+                layers += top
+                raw = _merge(layers)
+            except ConfigError as e:        # e.g. a dotted key through a non-section value
+                raise _blame(e, layers, label, column, file) from None
+            method = _resolved_value(raw, "method.name")
+            if not isinstance(method, str) or method not in METHODS:
+                missing.setdefault(label, str(method))
                 continue
             for seed in seeds:
                 raw["seed"] = seed
                 try:
                     cfg = resolve(raw)
                 except ConfigError as e:
-                    e.key = f"{where}: {e.key}" if e.key else where
-                    raise e.with_file(file) from None
-                grid.trials.append(TrialSpec(label, column, seed, cfg, cfg.key(), dict(cfg.to_dict()["resources"])))
+                    raise _blame(e, layers, label, column, file) from None
+                grid.trials.append(TrialSpec(label, dict(column), seed, cfg, cfg.key(),
+                                             dict(cfg.to_dict()["resources"])))
     if missing:
+        methods = sorted(set(missing.values()))
         if not skip_missing:
-            labels = ", ".join(f"{lab!r}" for lab in missing)
-            raise ConfigError(f"rows {labels} use methods not implemented yet "
-                              f"({', '.join(sorted(set(missing.values())))}; implemented: {', '.join(METHODS.names())})",
+            rows_used = ", ".join(f"{lab!r} ({m})" for lab, m in missing.items())
+            typos = [f"{m!r} -> {close[0]!r}?" for m in methods
+                     if (close := difflib.get_close_matches(m, METHODS.names(), n=1, cutoff=0.75))]
+            raise ConfigError(f"methods not implemented, in rows {rows_used} "
+                              f"(implemented: {', '.join(METHODS.names())}"
+                              + (f"; did you mean {', '.join(typos)}" if typos else "") + ")",
                               file=file, key="rows", hint="pass --skip-missing to run the other rows")
-        grid.skipped = [(lab, f"method {m!r} is not implemented yet") for lab, m in missing.items()]
+        grid.skipped = [(lab, f"method {m!r} is not implemented") for lab, m in missing.items()]
         grid.row_labels = [r for r in grid.row_labels if r not in missing]
     return grid
 
 
+def _matching(by: dict[str, dict[str, dict]], what: str, file: str | None, below: list, top: list) -> list:
+    """The layers of ``by`` whose key has, in the trial (``below`` + ``top``), that value."""
+    probe = _merge(below + top)
+    out = []
+    for key, by_value in by.items():
+        val = _resolved_value(probe, key)
+        if val is not None and str(val) in by_value:
+            out.append((f"{what}.{key}.{val}", file, by_value[str(val)]))
+    return out
+
+
+def _merge(layers: list[tuple[str, str | None, dict]]) -> dict:
+    out: dict = {}
+    for _, _, layer in layers:
+        out = deep_merge(out, layer)
+    return out
+
+
+# ----------------------------------------------------------------------------- reports
 def describe(grid: Grid, store) -> str:
-    """The --dry-run listing: every trial with its hash and stored status, then totals."""
+    """The ``--dry-run`` listing: one line per cell (label, column values, seed, key, stored
+    status: done / failed / running / pending / new), skipped rows, then the totals."""
     status = store.status_of([t.key for t in grid.trials])
-    lines = [f"grid {grid.name}" + (f" (profile {grid.profile})" if grid.profile else "")]
+    lines = [f"grid {grid.name} ({grid.path})" + (f", profile {grid.profile}" if grid.profile else "")]
+    width = max((len(t.label) for t in grid.trials), default=10)
     for t in grid.trials:
         col = ", ".join(f"{k}={v}" for k, v in t.column.items()) or "-"
-        lines.append(f"  {t.key}  {status.get(t.key, 'new'):8s}  {t.label} | {col} | seed {t.seed}")
-    distinct = grid.distinct()
-    done = sum(1 for k in distinct if status.get(k) == "done")
+        lines.append(f"  {t.label:{width}s}  {col:20s}  seed {t.seed:<3d} {t.key}  {status.get(t.key, 'new')}")
     for label, reason in grid.skipped:
         lines.append(f"  skipped row {label!r}: {reason}")
+    distinct = grid.distinct()
+    done = sum(1 for k in distinct if status.get(k) == "done")
     lines.append(f"{len(grid.trials)} cells, {len(distinct)} distinct trials: {done} already done (reused), "
                  f"{len(distinct) - done} to run")
     return "\n".join(lines)
 
 
-def count_trials(paths: list[str | Path], profile: str | None = None, skip_missing: bool = True) -> tuple[int, int]:
-    """(distinct trials over all the grids, naive count summing every grid's cells)."""
-    keys, naive = set(), 0
-    for p in paths:
-        g = load_grid(p, profile=profile, skip_missing=skip_missing)
+def count_trials(grid_paths: list[str | Path], profile: str | None = None, skip_missing: bool = True,
+                 profiles_dir: Path | str | None = None) -> tuple[int, int]:
+    """(distinct trials over all the grids together, naive count: the sum of every grid's cells).
+
+    With ``skip_missing=False`` rows of unimplemented methods must not exist (ConfigError);
+    to count them anyway see :func:`count_cells_including_missing`."""
+    keys: set[str] = set()
+    naive = 0
+    for p in grid_paths:
+        g = load_grid(p, profile=profile, skip_missing=skip_missing, profiles_dir=profiles_dir)
         naive += len(g.trials)
         keys |= {t.key for t in g.trials}
     return len(keys), naive
+
+
+def count_cells_including_missing(grid_paths: list[str | Path], profile: str | None = None,
+                                  profiles_dir: Path | str | None = None) -> tuple[int, int]:
+    """Like :func:`count_trials` but also counting the cells of skipped (unimplemented)
+    rows: each is a distinct trial (different method names never share a key)."""
+    distinct, naive = count_trials(grid_paths, profile, True, profiles_dir)
+    extra = 0
+    for p in grid_paths:
+        g = load_grid(p, profile=profile, skip_missing=True, profiles_dir=profiles_dir)
+        extra += len(g.skipped) * len(g.column_combos()) * len(g.seeds)
+    return distinct + extra, naive + extra

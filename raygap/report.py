@@ -126,7 +126,7 @@ def trial_figures(history: list[dict], modalities: list[str], out_dir: Path, ste
 
 
 def _slug(s: str) -> str:
-    keep = "".join(c if c.isalnum() else "_" for c in s)
+    keep = "".join(c if (c.isascii() and c.isalnum()) else "_" for c in s)
     return "_".join(p for p in keep.split("_") if p)[:60] or "row"
 
 

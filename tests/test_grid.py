@@ -1,0 +1,346 @@
+"""Grid expansion: counts, merge order, profiles, --set, dedup, shared trials across the
+paper's tables, unimplemented methods, the malformed-grid corpus (no Ray, no training)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raygap.errors import ConfigError
+from raygap.grid import count_cells_including_missing, count_trials, describe, load_grid
+from raygap.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+GRIDS = ROOT / "grids"
+BAD = Path(__file__).resolve().parent / "grids_bad"
+TABLES = sorted(GRIDS.glob("table*.yaml"))
+
+
+def write(tmp_path: Path, doc: dict, name: str = "g.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return p
+
+
+@pytest.fixture
+def profiles(tmp_path):
+    d = tmp_path / "profiles"
+    d.mkdir()
+    (d / "p.yaml").write_text(yaml.safe_dump({
+        "description": "test profile",
+        "overlay": {"train": {"epochs": 7, "batch_size": 32}, "optim": {"lr": 0.05}},
+        "overlay_by": {"method.name": {"gap_adaptive": {"method": {"warmup_epochs": 2, "rho": 0.5}}},
+                       "optim.name": {"adam": {"optim": {"lr": 0.003}}}},
+        "seeds": [0, 1], "resources": {"cpu": 2}}))
+    (d / "cols.yaml").write_text(yaml.safe_dump({"columns": {"data.name": ["avdigits"]}, "seeds": [5]}))
+    return d
+
+
+# ----------------------------------------------------------------------------- expansion
+def test_counts_rows_x_columns_x_seeds_with_sweep(tmp_path):
+    g = write(tmp_path, {"name": "t", "base": {"method": {"name": "gap_adaptive"}},
+                         "rows": {"A": {}, "B": {"method": {"alpha": 0.0}}},
+                         "sweep": {"method.rho": [0.9, 0.8], "method.warmup_epochs": [1, 2, 3]},
+                         "columns": {"data.val_fraction": [0.1, 0.2]}, "seeds": [0, 1, 2]})
+    grid = load_grid(g)
+    assert grid.row_labels[:3] == ["A", "B", "rho=0.9, warmup_epochs=1"]
+    assert len(grid.row_labels) == 2 + 2 * 3
+    assert len(grid.trials) == 8 * 2 * 3 == len(grid.distinct())
+    t = next(t for t in grid.trials if t.label == "rho=0.8, warmup_epochs=3")
+    assert (t.config.method.rho, t.config.method.warmup_epochs) == (0.8, 3)
+    assert grid.columns == {"data.val_fraction": [0.1, 0.2]} and grid.seeds == [0, 1, 2]
+
+
+def test_sweep_labels_use_the_full_key_when_leaves_collide(tmp_path):
+    g = write(tmp_path, {"rows": {}, "sweep": {"data.val_fraction": [0.1], "data.test_fraction": [0.2]}})
+    assert load_grid(g).row_labels == ["val_fraction=0.1, test_fraction=0.2"]
+    g = write(tmp_path, {"base": {"optim": {"name": "sgd"}}, "rows": {},
+                         "sweep": {"optim.gamma": [0.5], "method.gamma": [0.5]},
+                         "columns": {"method.name": ["gap_adaptive"]}})
+    assert load_grid(g).row_labels == ["optim.gamma=0.5, method.gamma=0.5"]
+
+
+def test_merge_order_base_profile_overlay_by_row_column_set(tmp_path, profiles):
+    g = write(tmp_path, {"name": "t", "base": {"train": {"epochs": 3, "eval_batch_size": 17},
+                                               "method": {"name": "gap_adaptive"}},
+                         "rows": {"A": {"train.batch_size": 16},          # dotted row keys work
+                                  "C": {"method": {"name": "concat"}},
+                                  "Adam": {"optim": {"name": "adam"}},
+                                  "AdamLr": {"optim": {"name": "adam", "lr": 0.01}}},
+                         "sweep": {"method.rho": [0.8]},
+                         "columns": {"train.eval_batch_size": [100, 200]},
+                         "resources": {"cpu": 4, "gpu": 0}})
+    grid = load_grid(g, profile="p", profiles_dir=profiles, sets=["optim.weight_decay=0.001", "train.epochs=9"])
+    a = next(t for t in grid.trials if t.label == "A")
+    assert a.config.train.batch_size == 16           # row over profile overlay
+    assert a.config.train.eval_batch_size == 100     # column over base
+    assert a.config.optim.lr == 0.05                 # profile overlay over base default
+    assert a.config.method.warmup_epochs == 2 and a.config.method.rho == 0.5   # overlay_by matched
+    assert a.config.optim.weight_decay == 0.001 and a.config.train.epochs == 9          # --set over everything
+    assert next(t for t in grid.trials if t.label == "rho=0.8").config.method.rho == 0.8  # row over overlay_by
+    assert next(t for t in grid.trials if t.label == "Adam").config.optim.lr == 0.003     # overlay_by.optim.name
+    assert next(t for t in grid.trials if t.label == "AdamLr").config.optim.lr == 0.01    # row over it
+    assert a.resources == {"cpu": 2.0, "gpu": 0.0}   # profile resources over the grid's
+    assert len(grid.trials) == 5 * 2 * 2             # the profile's seeds [0, 1]
+
+
+def test_overlay_by_is_not_applied_to_other_methods(tmp_path, profiles):
+    # warmup_epochs is a gap_adaptive key: applied to concat it would be rejected
+    g = write(tmp_path, {"rows": {"C": {"method": {"name": "concat"}}, "D": {}},
+                         "base": {"method": {"name": "gap_adaptive"}}})
+    grid = load_grid(g, profile="p", profiles_dir=profiles, sets=["method.name=concat"])
+    assert {t.config.method.name for t in grid.trials} == {"concat"}
+
+
+def test_overlay_by_matches_default_values(tmp_path):
+    d = tmp_path / "prof"
+    d.mkdir()
+    (d / "x.yaml").write_text(yaml.safe_dump({"overlay_by": {"data.name": {"avdigits": {"data": {"visual_corrupt": 0.4}}},
+                                                             "method.name": {"concat": {"train": {"epochs": 5}}}}}))
+    grid = load_grid(write(tmp_path, {"rows": {"A": {}}}), profile="x", profiles_dir=d)
+    cfg = grid.trials[0].config                      # no data.name / method.name written anywhere
+    assert cfg.data.visual_corrupt == 0.4 and cfg.train.epochs == 5
+
+
+def test_base_by_sits_below_the_profile(tmp_path):
+    d = tmp_path / "prof"
+    d.mkdir()
+    (d / "fast.yaml").write_text(yaml.safe_dump({"overlay_by": {"optim.name": {"adam": {"optim": {"lr": 0.003}}}}}))
+    (d / "plain.yaml").write_text(yaml.safe_dump({"overlay": {"train": {"epochs": 3}}}))
+    g = write(tmp_path, {"base_by": {"optim.name": {"adam": {"optim": {"lr": 1e-4}}}},
+                         "rows": {"S": {}, "A": {"optim": {"name": "adam"}}}})
+    lr = lambda grid: {t.label: t.config.optim.lr for t in grid.trials}
+    assert lr(load_grid(g)) == {"S": 2e-3, "A": 1e-4}
+    assert lr(load_grid(g, profile="plain", profiles_dir=d)) == {"S": 2e-3, "A": 1e-4}
+    assert lr(load_grid(g, profile="fast", profiles_dir=d)) == {"S": 2e-3, "A": 0.003}
+
+
+def test_profile_columns_and_seeds_replace_the_grids(tmp_path, profiles):
+    g = write(tmp_path, {"rows": {"A": {}}, "columns": {"data.name": ["cremad", "ave", "ks"]}, "seeds": [0, 1, 2]})
+    grid = load_grid(g, profile="cols", profiles_dir=profiles)
+    assert grid.columns == {"data.name": ["avdigits"]} and grid.seeds == [5]
+    assert [(t.column, t.seed) for t in grid.trials] == [({"data.name": "avdigits"}, 5)]
+
+
+def test_identical_cells_are_one_trial_with_both_memberships(tmp_path):
+    g = write(tmp_path, {"rows": {"A": {}, "B": {"train": {"epochs": 100}}, "C": {"train": {"epochs": 5}}},
+                         "seeds": [0, 1]})
+    grid = load_grid(g)                              # epochs 100 is the default: A and B are one trial
+    assert len(grid.trials) == 6 and len(grid.distinct()) == 4
+    a = {t.seed: t.key for t in grid.trials if t.label == "A"}
+    b = {t.seed: t.key for t in grid.trials if t.label == "B"}
+    assert a == b and a[0] != a[1]
+
+
+def test_resources_do_not_change_the_key(tmp_path):
+    g = write(tmp_path, {"rows": {"A": {}, "B": {"resources": {"cpu": 3}}}})
+    grid = load_grid(g)
+    assert len(grid.distinct()) == 1 and [t.resources["cpu"] for t in grid.trials] == [1.0, 3.0]
+
+
+def test_row_notes_and_column_labels(tmp_path):
+    g = write(tmp_path, {"rows": {"A": {"note": "a footnote"}, "B": {"train": {"epochs": 5}}},
+                         "notes": {"B": "another"}, "column_labels": {"avdigits": "AV-Digits"},
+                         "columns": {"data.name": ["avdigits"]}})
+    grid = load_grid(g)
+    assert grid.notes == {"A": "a footnote", "B": "another"}
+    assert grid.column_header({"data.name": "avdigits"}) == "AV-Digits"
+
+
+# ----------------------------------------------------------------------------- the paper's tables
+@pytest.mark.parametrize("profile", ["demo", "paper", None])
+def test_tables_share_the_full_model_trial(profile):
+    cells = {}
+    for g, lab in [("table2", "Ours (Prob Gap)"), ("table3", "Ours (Full Model)"), ("table4", "SGD (Reset State)"),
+                   ("table5", "GMM(Prob)"), ("table6", "rho=0.95")]:
+        grid = load_grid(GRIDS / f"{g}.yaml", profile=profile, skip_missing=True)
+        cells[g] = {(tuple(t.column.items()), t.seed): t.key for t in grid.trials if t.label == lab}
+        assert cells[g], (g, lab)
+    full = cells["table3"]
+    assert len(set(full.values())) == len(full)     # one trial per (dataset, seed)
+    for g in ("table2", "table5", "table6"):
+        assert cells[g] == full, g
+    assert cells["table4"] and all(full[c] == k for c, k in cells["table4"].items())   # table4: CREMA-D, AVE
+
+
+@pytest.mark.parametrize("profile", ["demo", "paper"])
+def test_control_rows_are_shared_too(profile):
+    key = lambda g, lab: {t.key for t in load_grid(GRIDS / g, profile=profile, skip_missing=True).trials
+                          if t.label == lab}
+    control = key("table3.yaml", "Warm-up objective (raygap control)")
+    assert control == key("table2.yaml", "Warm-up objective (raygap control)") \
+        == key("table7.yaml", "Baseline (warm-up objective)")
+    assert key("table7.yaml", "Baseline (Concat)") == key("table2.yaml", "Baseline (Concat)")
+
+
+def test_paper_tables_layout():
+    expect = {"table2": (12, 3, ["acc", "macro_f1"]), "table3": (7, 3, ["acc"]), "table4": (4, 2, ["acc"]),
+              "table5": (6, 3, ["acc"]), "table6": (5, 3, ["acc"]), "table7": (8, 3, ["data_pct", "acc"])}
+    for name, (nrows, ncols, metrics) in expect.items():
+        grid = load_grid(GRIDS / f"{name}.yaml", skip_missing=True)
+        assert len(grid.row_labels) + len(grid.skipped) == nrows, name
+        assert len(grid.columns["data.name"]) == ncols and grid.metrics == metrics and grid.seeds == [0, 1, 2]
+        assert grid.description
+        cfg = grid.trials[0].config
+        assert (cfg.model.backbone, cfg.optim.momentum, cfg.train.batch_size, cfg.train.epochs) == \
+            ("resnet18", 0.9, 64, 100)
+    t6 = load_grid(GRIDS / "table6.yaml")
+    assert t6.row_labels == ["rho=1.0", "rho=0.95", "rho=0.9", "rho=0.85", "rho=0.8"]
+    t7 = load_grid(GRIDS / "table7.yaml")
+    assert next(t.config.method.purify_tau for t in t7.trials if t.label == "purify_tau=0.95") == 0.95
+    assert "raygap" in load_grid(GRIDS / "table3.yaml").notes["Warm-up objective (raygap control)"]
+
+
+def test_table4_adam_learning_rate_per_profile():
+    lr = lambda p: {t.label: t.config.optim.lr for t in load_grid(GRIDS / "table4.yaml", profile=p).trials}
+    assert lr(None)["Adam (Reset State)"] == lr("paper")["Adam (Same State)"] == 1e-4
+    assert lr("paper")["SGD (Same State)"] == 2e-3
+    assert lr("demo")["Adam (Reset State)"] == 3e-3 and lr("demo")["SGD (Reset State)"] == 0.1
+    assert "1e-4" in load_grid(GRIDS / "table4.yaml").description
+
+
+def test_demo_and_paper_profiles():
+    demo = load_grid(GRIDS / "table3.yaml", profile="demo")
+    assert demo.columns == {"data.name": ["avdigits"]} and len(demo.trials) == 7 * 1 * 3
+    full = next(t for t in demo.trials if t.label == "Ours (Full Model)").config
+    assert (full.model.backbone, full.model.width, full.optim.lr, full.train.epochs, full.train.device,
+            full.train.threads, full.method.warmup_epochs, full.data.visual_corrupt) == \
+        ("small", 16, 0.1, 12, "cpu", 1, 4, 0.3)
+    assert all(t.resources == {"cpu": 1.0, "gpu": 0.0} for t in demo.trials)
+    paper = load_grid(GRIDS / "table3.yaml", profile="paper")
+    full = next(t for t in paper.trials if t.label == "Ours (Full Model)").config
+    assert (full.model.backbone, full.optim.lr, full.train.epochs, full.train.device, full.train.amp,
+            full.method.warmup_epochs) == ("resnet18", 2e-3, 100, "auto", "none", 10)
+    assert {t.column["data.name"] for t in paper.trials} == {"cremad", "ave", "ks"}
+    assert all(t.resources == {"cpu": 4.0, "gpu": 0.5} for t in paper.trials)
+
+
+def test_distinct_trials_fewer_than_naive():
+    distinct, naive = count_trials(TABLES, "paper")
+    assert (distinct, naive) == (225, 294)
+    # the unimplemented Table II baselines, counted: 8 rows x 3 datasets x 3 seeds more of each
+    assert count_cells_including_missing(TABLES, "paper") == (225 + 72, 294 + 72)
+    assert count_trials(TABLES, "demo") == (78, 102)
+
+
+# ----------------------------------------------------------------------------- unimplemented methods
+def test_unimplemented_rows_fail_unless_skipped():
+    with pytest.raises(ConfigError) as e:
+        load_grid(GRIDS / "table2.yaml", profile="demo")
+    line = e.value.line()
+    assert "\n" not in line and "table2.yaml" in line
+    for m in ("gblending", "ogm_ge", "pmr", "mmcosine", "agm", "mla", "dnr", "opm_ogm"):
+        assert m in line
+    grid = load_grid(GRIDS / "table2.yaml", profile="demo", skip_missing=True)
+    assert [lab for lab, _ in grid.skipped] == ["G-Blending", "OGM-GE", "PMR", "MMCosine", "AGM", "MLA", "D&R",
+                                               "OPM&OGM"]
+    assert all("not implemented" in reason for _, reason in grid.skipped)
+    assert grid.row_labels == ["Baseline (Concat)", "Ours (Prob Gap)", "Ours (KL Gap)",
+                               "Warm-up objective (raygap control)"]
+    assert {t.label for t in grid.trials} == set(grid.row_labels)
+
+
+def test_method_typo_gets_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_grid(write(tmp_path, {"rows": {"X": {"method": {"name": "gap_adaptiv"}}}}))
+    assert "did you mean 'gap_adaptiv' -> 'gap_adaptive'?" in e.value.line()
+
+
+# ----------------------------------------------------------------------------- malformed grids
+BAD_EXPECT = {
+    "unknown_top_key.yaml": ("bse", "nearest valid key: base"),
+    "unknown_trial_key.yaml": ("rows.Full: method.rhoo", "nearest valid key: method.rho"),
+    "unknown_base_key.yaml": ("base", "optim.learning_rate"),
+    "wrong_type.yaml": ("rows.Full: train.epochs", "expected an integer"),
+    "empty_rows.yaml": ("rows", "no rows"),
+    "bad_range.yaml": ("rows.Full: method.rho", "out of range"),
+    "unknown_method.yaml": ("rows", "my_method"),
+    "unknown_dataset.yaml": ("columns.data.name=avdigitz", "avdigitz"),
+    "bad_yaml.yaml": ("", "invalid YAML"),
+    "seeds_not_list.yaml": ("seeds", "expected a list"),
+    "duplicate_seeds.yaml": ("seeds", "duplicate"),
+    "columns_not_list.yaml": ("columns.data.name", "expected a list"),
+    "sweep_not_list.yaml": ("sweep.method.rho", "expected a list"),
+    "row_not_mapping.yaml": ("rows.A", "expected a mapping"),
+    "note_for_missing_row.yaml": ("notes", "'Ful'"),
+    "not_a_mapping.yaml": ("", "must be a mapping"),
+}
+
+
+def test_the_corpus_is_covered():
+    assert sorted(p.name for p in BAD.glob("*.yaml")) == sorted(BAD_EXPECT)
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_EXPECT))
+def test_malformed_grid_is_one_line_naming_file_and_key(bad):
+    where, problem = BAD_EXPECT[bad]
+    with pytest.raises(ConfigError) as e:
+        load_grid(BAD / bad)
+    line = e.value.line()
+    assert "\n" not in line and line.startswith(str(BAD / bad)), line
+    assert where in line and problem in line, line
+
+
+def test_the_examples_error_format(tmp_path):
+    p = write(tmp_path, {"rows": {"Full": {"method": {"name": "gap_adaptive", "rhoo": 0.9}}}}, "x.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_grid(p)
+    assert e.value.line() == f"{p}: rows.Full: method.rhoo: unknown key for method 'gap_adaptive' " \
+                             "(nearest valid key: method.rho)"
+
+
+def test_errors_from_profile_and_set_name_their_source(tmp_path):
+    d = tmp_path / "prof"
+    d.mkdir()
+    (d / "broken.yaml").write_text(yaml.safe_dump({"overlay": {"train": {"epochs": 0}}}))
+    (d / "typo.yaml").write_text(yaml.safe_dump({"overlay": {}, "sed": [1]}))
+    g = write(tmp_path, {"rows": {"A": {}}})
+    with pytest.raises(ConfigError) as e:
+        load_grid(g, profile="broken", profiles_dir=d)
+    assert e.value.line().startswith(str(d / "broken.yaml") + ": overlay") and "train.epochs" in e.value.line()
+    with pytest.raises(ConfigError) as e:
+        load_grid(g, profile="typo", profiles_dir=d)
+    assert "typo.yaml: sed: unknown key (nearest valid key: seeds)" in e.value.line()
+    with pytest.raises(ConfigError) as e:
+        load_grid(g, profile="nope", profiles_dir=d)
+    assert "no profile 'nope'" in e.value.line() and "broken" in e.value.line()
+    with pytest.raises(ConfigError) as e:
+        load_grid(g, sets=["train.epochs=-1"])
+    assert e.value.line().startswith("--set") and "train.epochs" in e.value.line()
+    with pytest.raises(ConfigError) as e:
+        load_grid(g, sets=["train.epochs"])
+    assert "KEY=VALUE" in e.value.line()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_grid(tmp_path / "nope.yaml")
+    assert "nope.yaml: no such file" in e.value.line()
+
+
+def test_cli_exit_2_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "raygap", "run", str(BAD / "unknown_trial_key.yaml"), "--dry-run",
+                        "--results", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [l for l in r.stderr.strip().splitlines() if "method.rhoo" in l]
+
+
+# ----------------------------------------------------------------------------- dry run
+def test_describe_lists_every_cell_with_status_and_totals(tmp_path):
+    g = write(tmp_path, {"name": "d", "rows": {"A": {}, "B": {"train": {"epochs": 100}}, "C": {"train": {"epochs": 5}}},
+                         "seeds": [0, 1]})
+    grid = load_grid(g)
+    store = Store(tmp_path / "store.sqlite")
+    a0 = next(t for t in grid.trials if t.label == "A" and t.seed == 0)
+    c1 = next(t for t in grid.trials if t.label == "C" and t.seed == 1)
+    store.save_done(a0.key, {"acc": 0.5}, [], 1.0, {})
+    store.save_failed(c1.key, "boom")
+    text = describe(grid, store)
+    lines = text.splitlines()
+    assert len(lines) == 1 + 6 + 1
+    assert sum(1 for ln in lines if a0.key in ln and ln.rstrip().endswith("done")) == 2    # A and B share it
+    assert any(c1.key in ln and ln.rstrip().endswith("failed") for ln in lines)
+    assert lines[-1] == "6 cells, 4 distinct trials: 1 already done (reused), 3 to run"

@@ -1,0 +1,294 @@
+"""The SQLite trial store and the exported tables, on hand-made results (no Ray, no training)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing as mp
+import pickle
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raygap import export as export_mod
+from raygap.export import atomic_write, export_grid, fmt, status_text, tex_escape
+from raygap.grid import load_grid
+from raygap.store import Store
+
+GRIDS = Path(__file__).resolve().parent.parent / "grids"
+
+
+def write(tmp_path: Path, doc: dict, name: str = "g.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return p
+
+
+# ----------------------------------------------------------------------------- store
+def test_store_round_trip_on_a_real_sqlite_file(tmp_path):
+    db = tmp_path / "sub" / "store.sqlite"
+    s = Store(db)
+    s.mark_running("k1", {"seed": 0, "method": {"name": "concat"}})
+    s.record_epoch("k1", [{"epoch": 0, "val_acc": 0.4}])
+    rec = s.get("k1")
+    assert rec["status"] == "running" and rec["attempts"] == 1 and rec["history"] == [{"epoch": 0, "val_acc": 0.4}]
+    assert rec["config"] == {"seed": 0, "method": {"name": "concat"}} and rec["started"] is not None
+    s.save_done("k1", {"acc": 0.5, "f": float("nan")}, [{"epoch": 0}, {"epoch": 1}], 3.0, {"node": "n"})
+    other = Store(db)                                 # a second connection sees the committed row
+    rec = other.get("k1")
+    assert rec["status"] == "done" and rec["metrics"] == {"acc": 0.5, "f": None} and rec["wall_seconds"] == 3.0
+    assert rec["info"] == {"node": "n"} and rec["finished"] >= rec["started"] and rec["error"] is None
+    assert other.get("nope") is None
+    with sqlite3.connect(db) as c:                   # the documented schema, WAL mode
+        cols = [r[1] for r in c.execute("PRAGMA table_info(trials)")]
+        assert cols == ["key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
+                        "finished", "wall_seconds", "info"]
+        assert [r[1] for r in c.execute("PRAGMA table_info(memberships)")] == ["grid", "key", "label", "column", "seed"]
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert json.loads(c.execute("SELECT metrics FROM trials").fetchone()[0]) == {"acc": 0.5, "f": None}
+
+
+def test_done_is_never_overwritten_by_a_failure(tmp_path):
+    s = Store(tmp_path / "store.sqlite")
+    s.save_done("k1", {"acc": 0.5}, [], 1.0, {})
+    s.save_failed("k1", "late failure\nwith a traceback")
+    s.mark_running("k1", {"seed": 0})
+    s.record_epoch("k1", [{"epoch": 9}])
+    rec = s.get("k1")
+    assert rec["status"] == "done" and rec["metrics"] == {"acc": 0.5} and rec["error"] is None and rec["history"] == []
+    s.save_failed("k2", "TrialDiverged: nan loss\n  Traceback ...")
+    assert s.get("k2")["error"] == "TrialDiverged: nan loss"       # one line
+    s.mark_running("k2", {"seed": 0})                                # a retry
+    assert s.get("k2")["status"] == "running" and s.get("k2")["attempts"] == 2 and s.get("k2")["error"] is None
+    assert s.status_of(["k1", "k2", "k3"]) == {"k1": "done", "k2": "running"}
+    assert s.done_keys() == {"k1"}
+
+
+def test_forget_and_rerun(tmp_path):
+    s = Store(tmp_path / "store.sqlite")
+    for k in ("a", "b", "c"):
+        s.save_done(k, {"acc": 1.0}, [], 1.0, {})
+    assert s.forget(["a", "b", "zz"]) == 2
+    assert s.done_keys() == {"c"} and s.get("a") is None
+    s.mark_running("a", {})
+    assert s.get("a")["attempts"] == 1
+
+
+def test_register_memberships_pending_rows_and_rows_for_grid(tmp_path):
+    g = write(tmp_path, {"name": "m", "rows": {"A": {}, "B": {"train": {"epochs": 100}}}, "seeds": [0, 1],
+                         "columns": {"data.val_fraction": [0.1]}})
+    grid = load_grid(g)
+    s = Store(tmp_path / "store.sqlite")
+    s.register(grid)
+    s.register(grid)                                                  # idempotent
+    rows = s.rows_for_grid("m")
+    assert len(rows) == 4 and [r["label"] for r in rows] == ["A", "A", "B", "B"]
+    assert rows[0]["column"] == {"data.val_fraction": 0.1} and rows[0]["status"] == "pending"
+    assert rows[0]["config"]["train"]["epochs"] == 100 and rows[0]["attempts"] == 0
+    assert len(s.status_of(r["key"] for r in rows)) == 2             # A and B share their trials
+    s.save_done(rows[0]["key"], {"acc": 0.9}, [], 1.0, {})
+    assert [r["status"] for r in s.rows_for_grid("m")] == ["done", "pending", "done", "pending"]
+    assert s.grids() == ["m"] and s.memberships("m")[0]["column"] == {"data.val_fraction": 0.1}
+    s.forget([rows[1]["key"]])
+    assert [r["status"] for r in s.rows_for_grid("m")] == ["done", "new", "done", "new"]
+
+
+def test_store_migrates_the_old_membership_column(tmp_path):
+    db = tmp_path / "store.sqlite"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE memberships (grid TEXT NOT NULL, key TEXT NOT NULL, label TEXT NOT NULL, "
+                  "col TEXT NOT NULL, seed INTEGER NOT NULL, PRIMARY KEY (grid, key, label, col))")
+        c.execute("INSERT INTO memberships VALUES ('g', 'k', 'A', '{}', 0)")
+    assert Store(db).memberships("g") == [{"key": "k", "label": "A", "column": {}, "seed": 0}]
+
+
+def test_store_pickles_as_its_path(tmp_path):
+    s = Store(tmp_path / "store.sqlite")
+    s.save_done("k", {"acc": 1.0}, [], 1.0, {})
+    t = pickle.loads(pickle.dumps(s))
+    assert t.path == s.path and t.get("k")["status"] == "done"
+
+
+def test_readers_do_not_block_on_an_open_write(tmp_path):
+    db = tmp_path / "store.sqlite"
+    writer = Store(db)
+    writer.save_done("k", {"acc": 1.0}, [], 1.0, {})
+    raw = sqlite3.connect(db, isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")                                    # a write in progress
+    raw.execute("UPDATE trials SET status='failed' WHERE key='k'")
+    reader = Store(db)                                                # opening and reading do not wait
+    assert reader.status_of(["k"]) == {"k": "done"}                   # the last committed state
+    raw.execute("ROLLBACK")
+    raw.close()
+
+
+def _read_statuses(path, n, out):
+    s = Store(path)
+    seen = [len(s.done_keys()) for _ in range(n)]
+    out.put(seen)
+
+
+def test_one_writer_and_a_reader_process(tmp_path):
+    db = tmp_path / "store.sqlite"
+    writer = Store(db)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_read_statuses, args=(str(db), 300, q))
+    p.start()
+    threads = [threading.Thread(target=lambda i=i: [writer.save_done(f"k{i}-{j}", {"acc": 0.1}, [], 0.1, {})
+                                                    for j in range(50)]) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = q.get(timeout=120)
+    p.join(timeout=60)
+    assert p.exitcode == 0 and seen == sorted(seen)                   # counts only grow; no lock errors
+    assert len(writer.done_keys()) == 100
+
+
+# ----------------------------------------------------------------------------- cells
+def test_cell_format():
+    assert fmt([80.0, 82.0, 84.0], 3) == "82.00 ± 2.00 (n=3)"
+    assert fmt([70.0], 3) == "70.00 (n=1/3)"
+    assert fmt([70.0], 1) == "70.00 (n=1)"
+    assert fmt([80.0, 84.0], 3) == "82.00 ± 2.83 (n=2/3)"
+    assert fmt([], 3) == "– (0/3)"
+    assert fmt([], 3, done=3) == "n/a (n=3)"
+    assert fmt([80.0, 82.0, 84.0], 3, complete_n=False) == "82.00 ± 2.00"
+    assert fmt([80.0, 82.0, 84.0], 3, with_n=False) == "82.00 ± 2.00"
+
+
+def test_tex_escape():
+    assert tex_escape("D&R 50% a_b") == r"D\&R 50\% a\_b"
+    assert tex_escape("Ours w/o |g_i|² (β=0)") == r"Ours w/o $|$g\_i$|^2$ ($\beta$=0)"
+    assert tex_escape("82.00 ± 2.00") == r"82.00 $\pm$ 2.00"
+
+
+# ----------------------------------------------------------------------------- exports
+@pytest.fixture
+def filled(tmp_path):
+    g = write(tmp_path, {"name": "ex", "description": "an example",
+                         "rows": {"A": {}, "B": {"method": {"name": "warmup_objective"}, "note": "raygap's control"},
+                                  "C & D": {"train": {"epochs": 5}}},
+                         "columns": {"data.val_fraction": [0.1, 0.2]}, "seeds": [0, 1, 2],
+                         "metrics": ["acc", "macro_f1", "data_pct"], "column_labels": {0.1: "V10", 0.2: "V20"}})
+    grid = load_grid(g)
+    store = Store(tmp_path / "store.sqlite")
+    store.register(grid)
+    cell = lambda lab, v: [t for t in grid.trials if t.label == lab and t.column["data.val_fraction"] == v]
+    for t, acc in zip(cell("A", 0.1), (0.80, 0.82, 0.84), strict=True):
+        store.save_done(t.key, {"acc": acc, "macro_f1": acc - 0.1, "data_pct": 100.0}, [], 1.0, {})
+    tb = cell("B", 0.2)
+    store.save_done(tb[0].key, {"acc": 0.7, "macro_f1": 0.6}, [], 1.0, {})
+    store.save_failed(tb[1].key, "TrialDiverged: nan")
+    store.mark_running(tb[2].key, tb[2].config.to_dict())
+    return grid, store, tmp_path
+
+
+def test_exports_paper_layout_partial_cells(filled):
+    grid, store, tmp = filled
+    paths = export_grid(grid, store, tmp / "out")
+    assert set(paths) == {"trials.csv", "table.csv", "table.md", "table.tex"}
+    md = paths["table.md"].read_text()
+    assert "| Method | V10 Acc | V10 Macro-F1 | V10 Data % | V20 Acc | V20 Macro-F1 | V20 Data % |" in md
+    assert "| A | 82.00 ± 2.00 (n=3) | 72.00 ± 2.00 (n=3) | 100.00 ± 0.00 (n=3) | – (0/3) | – (0/3) | – (0/3) |" in md
+    assert "| B * | – (0/3) | – (0/3) | – (0/3) | 70.00 (n=1/3) | 60.00 (n=1/3) | n/a (n=1) |" in md
+    assert "\\* B: raygap's control" in md and "an example" in md
+    rows = list(csv.reader(io.StringIO(paths["table.csv"].read_text())))
+    assert rows[0][0] == "Method" and rows[0][-1] == "Note" and len(rows) == 4
+    assert rows[1][1] == "82.00 ± 2.00 (n=3)" and rows[2][-1] == "raygap's control" and rows[3][0] == "C & D"
+
+
+def test_latex_structure(filled):
+    grid, store, tmp = filled
+    tex = export_grid(grid, store, tmp / "out", formats=("tex",))["table.tex"].read_text()
+    assert r"\begin{tabular}{lcccccc}" in tex and r"\toprule" in tex and r"\midrule" in tex
+    assert tex.index(r"\bottomrule") < tex.index(r"\end{tabular}") < tex.index("raygap's control")
+    assert r"\multicolumn{3}{c}{V10} & \multicolumn{3}{c}{V20}" in tex
+    assert r"\cmidrule(lr){2-4} \cmidrule(lr){5-7}" in tex
+    assert r"A & 82.00 $\pm$ 2.00 & 72.00 $\pm$ 2.00 & 100.00 $\pm$ 0.00 & -- (0/3)" in tex
+    assert r"B$^{*}$ & " in tex and r"70.00 (n=1/3)" in tex and r"C \& D & " in tex
+    assert r"$^{*}$ B: raygap's control\par" in tex and r"{\footnotesize" in tex
+    body = [ln for ln in tex.splitlines() if ln.endswith(r"\\") and "&" in ln]
+    assert all(ln.count(" & ") == 6 for ln in body if "multicolumn" not in ln)   # 1 + 2 x 3 cells
+    assert len([ln for ln in body if "multicolumn" not in ln]) == 1 + 3     # metric header + 3 rows
+
+
+def test_trials_csv_one_line_per_membership(filled):
+    grid, store, tmp = filled
+    text = export_grid(grid, store, tmp / "out", formats=())["trials.csv"].read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == len(grid.trials) == 3 * 2 * 3
+    assert list(rows[0])[:6] == ["label", "data.val_fraction", "seed", "hash", "status", "error"]
+    assert {r["status"] for r in rows} == {"done", "failed", "running", "pending"}
+    r = next(r for r in rows if r["status"] == "failed")
+    assert r["error"] == "TrialDiverged: nan" and r["label"] == "B"
+    done = next(r for r in rows if r["label"] == "A" and r["status"] == "done")
+    assert float(done["metric.acc"]) in (0.8, 0.82, 0.84) and done["config.optim.lr"] == "0.002"
+    assert "config.method.name" in done and "config.resources.cpu" in done
+
+
+def test_writes_are_atomic_and_leave_no_temp_files(filled, monkeypatch):
+    grid, store, tmp = filled
+    out = tmp / "out"
+    export_grid(grid, store, out)
+    before = (out / "table.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md", "table.tex", "trials.csv"]
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(export_mod.os, "replace", boom)               # die between write and rename
+    store.save_done(grid.trials[-1].key, {"acc": 0.1}, [], 1.0, {})
+    with pytest.raises(RuntimeError):
+        export_grid(grid, store, out)
+    assert (out / "table.md").read_text() == before                   # the old file, whole
+    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md", "table.tex", "trials.csv"]
+    monkeypatch.undo()
+    atomic_write(out / "x.txt", "hello")
+    assert (out / "x.txt").read_text() == "hello"
+
+
+def test_default_out_dir_is_results_grid_name(filled, monkeypatch):
+    grid, store, tmp = filled
+    monkeypatch.chdir(tmp)
+    paths = export_grid(grid, store, formats=("md",))
+    assert paths["table.md"] == Path("results") / "ex" / "table.md" and paths["table.md"].exists()
+    with pytest.raises(ValueError):
+        export_grid(grid, store, tmp / "o", formats=("pdf",))
+
+
+def test_status_text(filled):
+    grid, store, _ = filled
+    st = status_text(grid, store)
+    lines = st.splitlines()
+    assert "6 cells" not in lines[0] and "18 cells, 18 distinct trials" in lines[0]
+    assert any(ln.split()[:6] == ["A", "0.1", "3", "0", "0", "0"] for ln in lines)
+    assert any(ln.split()[:6] == ["B", "0.2", "1", "1", "1", "0"] for ln in lines)
+    assert "total: 4 done, 1 running, 1 failed, 12 missing (of 18 distinct trials)" in st
+    assert sum("TrialDiverged: nan" in ln for ln in lines) == 1
+    failed_line = next(ln for ln in lines if "TrialDiverged" in ln)
+    assert "B | 0.2 | seed 1" in failed_line
+
+
+def test_paper_grid_exports_with_skipped_rows(tmp_path):
+    grid = load_grid(GRIDS / "table2.yaml", profile="demo", skip_missing=True)
+    store = Store(tmp_path / "store.sqlite")
+    t = next(t for t in grid.trials if t.label == "Ours (Prob Gap)")
+    store.save_done(t.key, {"acc": 0.9, "macro_f1": 0.88}, [], 1.0, {})
+    paths = export_grid(grid, store, tmp_path / "table2")
+    md = paths["table.md"].read_text()
+    assert "| Ours (Prob Gap) | 90.00 (n=1/3) | 88.00 (n=1/3) |" in md
+    assert "Not run: OGM-GE (method 'ogm_ge' is not implemented)" in md
+    assert "Warm-up objective (raygap control) \\*" in md or "Warm-up objective (raygap control) *" in md
+    tex = paths["table.tex"].read_text()
+    assert r"\multicolumn{2}{c}{AV-Digits}" in tex and "% not run: OGM-GE" in tex
+    assert r"Baseline (Concat)" in tex
+    t3 = load_grid(GRIDS / "table3.yaml", profile="demo")
+    tex3 = export_grid(t3, store, tmp_path / "table3", formats=("tex",))["table.tex"].read_text()
+    assert "²" not in tex3 and "α" not in tex3 and r"($\alpha$=0)" in tex3
+    # Table II's Prob Gap trial is Table III's Full Model: the result shows there too
+    assert r"Ours (Full Model) & 90.00 (n=1/3)" in tex3
