@@ -64,6 +64,12 @@ def main():
     print("single-trial times: " + ", ".join(f"{s:.1f}s" for s in single) + f"  (sum {sum(single):.1f}s)")
     print(f"grid wall time (raygap run, Ray start-up included): {grid_wall:.1f}s; sum/cores = {ideal:.1f}s")
     print(f"ratio grid / (sum / cores) = {grid_wall / ideal:.3f}   (goal <= 1.10)")
+    import sqlite3
+    with sqlite3.connect(tmp / "results" / "store.sqlite") as c:
+        start, end = c.execute("SELECT min(started), max(finished) FROM trials WHERE status='done'").fetchone()
+    print(f"of which Ray start-up, imports and dataset build before the first trial, and shutdown: "
+          f"{grid_wall - (end - start):.1f}s; first trial start -> last trial end {end - start:.1f}s, "
+          f"ratio {(end - start) / ideal:.3f}")
     print(f"fully cached re-run: {cached:.1f}s   (goal < 10 s)")
 
 

@@ -36,6 +36,8 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out or Path("results") / "train" / cfg.key()).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError("exists and is not a directory", key="--out", file=str(out))
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
