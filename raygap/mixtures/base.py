@@ -199,7 +199,22 @@ class Family:
 
     @classmethod
     def fit(cls, z: np.ndarray, inits: list[dict], *, seed: int, max_iter: int, tol: float) -> RawFit:
-        """EM from each start in ``inits``; return the best by log-likelihood."""
+        """EM from each start in ``inits``; return the best by log-likelihood (the first on ties)."""
+        data = cls.prepare(z)
+        best = None
+        for p in inits:
+            f = cls._em(data, p, max_iter, tol)
+            if best is None or f.mean_loglik > best.mean_loglik:
+                best = f
+        return best
+
+    @classmethod
+    def prepare(cls, z: np.ndarray) -> np.ndarray:
+        """The data as the family's EM wants it (e.g. sorted once)."""
+        return z
+
+    @classmethod
+    def _em(cls, z: np.ndarray, p: dict, max_iter: int, tol: float) -> RawFit:
         raise NotImplementedError
 
     @classmethod

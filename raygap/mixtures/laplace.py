@@ -58,14 +58,8 @@ class Laplace(Family):
         return RawFit(weights=w, means=mu, scales=b, dof=None, converged=converged, n_iter=it, mean_loglik=ll)
 
     @classmethod
-    def fit(cls, z, inits, *, seed, max_iter, tol):
-        zs = np.sort(z, kind="stable")          # sorted once; weighted medians are O(N) per step
-        best = None
-        for p in inits:
-            f = cls._em(zs, p, max_iter, tol)
-            if best is None or f.mean_loglik > best.mean_loglik:
-                best = f
-        return best
+    def prepare(cls, z):
+        return np.sort(z, kind="stable")        # sorted once; weighted medians are O(N) per step
 
     @classmethod
     def single(cls, x):

@@ -86,15 +86,6 @@ class StudentT(Family):
         return RawFit(weights=w, means=mu, scales=s, dof=nu, converged=converged, n_iter=it, mean_loglik=ll)
 
     @classmethod
-    def fit(cls, z, inits, *, seed, max_iter, tol):
-        best = None
-        for p in inits:
-            f = cls._em(z, p, max_iter, tol)
-            if best is None or f.mean_loglik > best.mean_loglik:
-                best = f
-        return best
-
-    @classmethod
     def single(cls, x):
         # fallback: median / std with a near-Gaussian dof
         return float(np.median(x)), float(np.std(x)), DOF_MAX
