@@ -127,8 +127,12 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def predict_split(model, method, split, *, batch_size: int, device, amp: str = "none",
-                  indices: np.ndarray | None = None, num_workers: int = 0) -> dict[str, np.ndarray]:
-    """Logits of the fused head and of each modality, plus labels, over a split (eval mode)."""
+                  indices: np.ndarray | None = None, num_workers: int = 0,
+                  features: bool = False) -> dict[str, np.ndarray]:
+    """Logits of the fused head and of each modality, plus labels, over a split (eval mode).
+
+    With ``features=True`` each modality's encoder features come back too, as ``feat_<m>``.
+    """
     was_training = model.training
     model.eval()
     out: dict[str, list] = {}
@@ -139,6 +143,9 @@ def predict_split(model, method, split, *, batch_size: int, device, amp: str = "
         out.setdefault("fused", []).append(o.fused.float().cpu())
         for m, l in o.logits.items():
             out.setdefault(m, []).append(l.float().cpu())
+        if features:
+            for m, f in o.features.items():
+                out.setdefault(f"feat_{m}", []).append(f.float().cpu())
         out.setdefault("label", []).append(torch.as_tensor(batch["label"]).cpu())
         out.setdefault("index", []).append(torch.as_tensor(batch["index"]).cpu())
     model.train(was_training)
@@ -204,9 +211,9 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     scaler = torch.amp.GradScaler(device.type, enabled=(T.amp == "fp16"))
     pred_kw = dict(batch_size=T.eval_batch_size, device=device, amp=T.amp, num_workers=T.num_workers)
     st = TrainState(0, T.epochs, model, optimizer, new_optimizer, bundle, device,
-                    predict_split=lambda split, indices=None: predict_split(
+                    predict_split=lambda split, indices=None, features=False: predict_split(
                         model, method, bundle.split(split) if isinstance(split, str) else split,
-                        indices=indices, **pred_kw),
+                        indices=indices, features=features, **pred_kw),
                     log=log)
 
     start = 0
@@ -242,20 +249,22 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         for batch in iterate(bundle.train, T.batch_size, shuffle=True, indices=st.train_indices,
                              generator=shuffle_gen, num_workers=T.num_workers, drop_singleton=True):
             batch = to_device(batch, device)
-            with autocast(device, T.amp):
-                out = method.forward(model, batch, st)
-                loss, logs = method.loss(out, batch, st)
-            logs = {"loss": loss, **logs}
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            method.after_backward(model, out, batch, st)
-            scaler.step(optimizer)
-            scaler.update()
             n = len(batch["label"])
             n_seen += n
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() * n
+            for phase in method.phases(st):                    # one optimizer step per phase
+                st.phase = phase
+                with autocast(device, T.amp):
+                    out = method.forward(model, batch, st)
+                    loss, logs = method.loss(out, batch, st)
+                logs = {"loss": loss, **logs}
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                method.after_backward(model, out, batch, st)
+                scaler.step(optimizer)
+                scaler.update()
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * n
         if scheduler is not None:
             scheduler.step()
         record: dict[str, Any] = {"epoch": epoch}

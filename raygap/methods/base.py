@@ -7,8 +7,11 @@ params dataclass (its config keys under ``method:``) and registers itself::
     @METHODS.register("concat", params=None, version=1)
     class Concat(Method): ...
 
-Per batch:   out = forward(model, batch, st); loss, logs = loss(out, batch, st);
-             backward; after_backward(model, out, batch, st); optimizer step.
+Per batch:   for st.phase in phases(st):   (one phase, None, unless the method says otherwise)
+                 out = forward(model, batch, st); loss, logs = loss(out, batch, st);
+                 backward; after_backward(model, out, batch, st); optimizer step.
+             A method that takes several optimizer steps per batch (MLA: one per modality)
+             returns several phases; the loss of each phase adds into the epoch's logs.
 Per epoch:   on_epoch_start(st) before the training pass, on_epoch_end(st) after it
              (its dict lands in the epoch's history record), then evaluation through
              predict(model, batch).
@@ -47,8 +50,9 @@ class TrainState:
     new_optimizer: Callable[[], torch.optim.Optimizer]
     data: Any                                   # the DatasetBundle
     device: torch.device
-    predict_split: Callable[..., dict]          # (split name or split, indices=None) -> logits arrays
+    predict_split: Callable[..., dict]          # (split, indices=None, features=False) -> arrays
     train_indices: np.ndarray | None = None     # None: the whole training split
+    phase: Any = None                           # the current element of method.phases(st)
     history: list = field(default_factory=list)
     log: Callable[[str], None] = print
 
@@ -64,6 +68,10 @@ class Method:
 
     def on_epoch_start(self, st: TrainState) -> None:
         pass
+
+    def phases(self, st: TrainState) -> tuple:
+        """The optimizer steps taken on each batch, as opaque labels (``st.phase``)."""
+        return (None,)
 
     def forward(self, model, batch: dict, st: TrainState) -> ModelOutput:
         return model(batch)
