@@ -47,7 +47,10 @@ class DataSection(DataCommon):
 
 @dataclass
 class ModelSection:
-    backbone: str = F("resnet18", registry=BACKBONES, help="encoder for every modality")
+    backbone: str = F("resnet18", registry=BACKBONES, help="encoder for image modalities (spectrograms, frames)")
+    sequence_backbone: str = F("gru", registry=BACKBONES,
+                               help="encoder for sequence / vector modalities (text, MOSI features)")
+    hidden: int = F(64, range=(4, 4096), help="hidden size of the sequence encoders and the gated fusion")
     fusion: str = F("concat", registry=FUSIONS, help="fusion head")
     width: int = F(32, range=(4, 1024), help="base channel width of the `small` backbone")
 
@@ -77,7 +80,9 @@ class TrainSection:
     amp: str = F("none", choices=["none", "bf16", "fp16"], help="autocast dtype (CUDA; bf16 also on CPU)")
     num_workers: int = F(0, range=(0, 128), help="DataLoader workers for file-backed datasets")
     threads: int = F(0, range=(0, 1024), help="torch intra-op threads; 0 = the CPUs allotted to the trial")
-    select: str = F("acc", choices=["acc", "macro_f1", "loss"], help="validation metric that picks the reported epoch")
+    select: str = F("auto", choices=["auto", "acc", "macro_f1", "loss", "mae", "corr", "acc2", "f1_2", "acc7"],
+                    help="validation metric that picks the reported epoch; auto: acc (classification), mae (regression)")
+    regression_loss: str = F("l1", choices=["l1", "mse"], help="task loss for a regression target (MOSI: L1)")
     checkpoint: bool = F(True, help="write a checkpoint every epoch (needed for resume)")
     deterministic: bool = F(True, help="deterministic kernels (CPU runs are bit-reproducible for a seed)")
 

@@ -29,7 +29,7 @@ from . import data as _data  # noqa: F401  (registers datasets)
 from . import methods as _methods  # noqa: F401  (registers methods)
 from .config import TrialConfig
 from .data.base import DatasetBundle, TensorSplit
-from .metrics import classification_metrics
+from .metrics import classification_metrics, regression_metrics
 from .methods.base import MethodContext, TrainState
 from .models import build_model
 from .registry import DATASETS, METHODS
@@ -152,18 +152,30 @@ def predict_split(model, method, split, *, batch_size: int, device, amp: str = "
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-def evaluate(model, method, split, **kw) -> dict[str, float]:
+def evaluate(model, method, split, task: str = "classification", **kw) -> dict[str, float]:
     pred = predict_split(model, method, split, **kw)
     y = pred.pop("label")
     pred.pop("index")
+    if task == "regression":
+        return regression_metrics(pred, y)
     return classification_metrics(pred, y, int(max(y.max(initial=0) + 1, pred["fused"].shape[1])))
+
+
+LOWER_IS_BETTER = {"loss", "mae"}
+
+
+def select_metric(select: str, task: str) -> str:
+    """The validation metric ``train.select`` names for this task (``auto``: acc / mae)."""
+    if select == "auto":
+        return "mae" if task == "regression" else "acc"
+    return select
 
 
 def select_epoch(history: list[dict], select: str) -> int:
     """Index of the epoch with the best validation metric (earliest on ties)."""
     key = f"val_{select}"
     vals = [h[key] for h in history]
-    if select == "loss":
+    if select in LOWER_IS_BETTER:
         vals = [-v if math.isfinite(v) else -math.inf for v in vals]
     else:
         vals = [v if math.isfinite(v) else -math.inf for v in vals]
@@ -200,9 +212,16 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
 
+    select = select_metric(T.select, bundle.task)
     model = build_model(bundle.modalities, bundle.num_classes, cfg.model).to(device)
-    ctx = MethodContext(bundle.modality_names, bundle.num_classes, len(bundle.train), cfg, device)
-    method = METHODS.get(cfg.method.name).obj(cfg.params("method"), ctx)
+    ctx = MethodContext(bundle.modality_names, bundle.num_classes, len(bundle.train), cfg, device,
+                        task=bundle.task)
+    method_cls = METHODS.get(cfg.method.name).obj
+    if bundle.task not in method_cls.tasks:
+        from .errors import ConfigError
+        raise ConfigError(f"method {cfg.method.name} handles {' and '.join(method_cls.tasks)} targets; "
+                          f"dataset {cfg.data.name} has a {bundle.task} target", key="method.name")
+    method = method_cls(cfg.params("method"), ctx)
     method.setup(model)
     model.to(device)
     new_optimizer = lambda: build_optimizer(cfg.optim, model.parameters())  # noqa: E731
@@ -275,8 +294,8 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         record["train_n"] = n_seen
         record.update(method.on_epoch_end(st))
         record["train_seconds"] = time.perf_counter() - t0
-        record.update({f"val_{k}": v for k, v in evaluate(model, method, bundle.val, **pred_kw).items()})
-        record.update({f"test_{k}": v for k, v in evaluate(model, method, bundle.test, **pred_kw).items()})
+        record.update({f"val_{k}": v for k, v in evaluate(model, method, bundle.val, bundle.task, **pred_kw).items()})
+        record.update({f"test_{k}": v for k, v in evaluate(model, method, bundle.test, bundle.task, **pred_kw).items()})
         record["lr"] = optimizer.param_groups[0]["lr"]
         record["epoch_seconds"] = time.perf_counter() - t0
         st.history.append(record)
@@ -290,21 +309,21 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
                           "rng_torch": torch.get_rng_state(), "key": cfg.key()}, ckpt_path)
         if report is not None:
             report(record, ckpt_path.parent if (ckpt_path and T.checkpoint) else None)
-        log(format_record(record, bundle.modality_names))
+        log(format_record(record, bundle.modality_names, select))
 
-    return TrialResult(cfg.key(), final_metrics(st.history, T.select), st.history,
+    return TrialResult(cfg.key(), final_metrics(st.history, select), st.history,
                        info={"device": str(device), "data": bundle.info,
                              "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)})
 
 
-def format_record(r: dict, modalities: list[str]) -> str:
-    uni = " ".join(f"{m}={r.get(f'val_acc_{m}', float('nan')):.3f}" for m in modalities)
-    extra = ""
-    if "stage" in r:
-        extra = f" [{r['stage']}]"
-    return (f"epoch {r['epoch']:>3}{extra}  loss {r.get('train_loss', float('nan')):.4f}  "
-            f"val acc {r['val_acc']:.3f} f1 {r['val_macro_f1']:.3f} ({uni})  "
-            f"test acc {r['test_acc']:.3f}  {r['epoch_seconds']:.1f}s")
+def format_record(r: dict, modalities: list[str], select: str = "acc") -> str:
+    nan = float("nan")
+    second = "macro_f1" if "val_macro_f1" in r else "corr"
+    uni = " ".join(f"{m}={r.get(f'val_{select}_{m}', nan):.3f}" for m in modalities)
+    extra = f" [{r['stage']}]" if "stage" in r else ""
+    return (f"epoch {r['epoch']:>3}{extra}  loss {r.get('train_loss', nan):.4f}  "
+            f"val {select} {r.get(f'val_{select}', nan):.3f} {second} {r.get(f'val_{second}', nan):.3f} ({uni})  "
+            f"test {select} {r.get(f'test_{select}', nan):.3f}  {r['epoch_seconds']:.1f}s")
 
 
 def configure_threads(cfg: TrialConfig, allotted_cpus: float | None = None) -> int:

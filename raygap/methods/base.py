@@ -39,6 +39,7 @@ class MethodContext:
     n_train: int
     config: Any                  # the TrialConfig
     device: torch.device
+    task: str = "classification"  # or "regression" (num_classes 1, float labels)
 
 
 @dataclass
@@ -58,10 +59,23 @@ class TrainState:
 
 
 class Method:
-    """Default hooks: plain fusion cross-entropy, no gradient changes."""
+    """Default hooks: no gradient changes, evaluation through the model's forward."""
+
+    tasks: tuple[str, ...] = ("classification",)   # the targets the method is defined for
 
     def __init__(self, params, ctx: MethodContext):
         self.p, self.ctx = params, ctx
+
+    def task_loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of logits, or for a regression target the L1 / MSE of the (B, 1) output
+        (``train.regression_loss``)."""
+        if self.ctx.task == "regression":
+            y = labels.to(output.dtype).reshape(-1)
+            o = output.reshape(len(output), -1)[:, 0]
+            if self.ctx.config.train.regression_loss == "mse":
+                return Fn.mse_loss(o, y, reduction=reduction)
+            return Fn.l1_loss(o, y, reduction=reduction)
+        return Fn.cross_entropy(output, labels, reduction=reduction)
 
     def setup(self, model: torch.nn.Module) -> None:
         """Called once after the model is built, before the optimizer exists."""

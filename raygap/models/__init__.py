@@ -1,2 +1,2 @@
-from . import backbones, fusion  # noqa: F401  (registration)
+from . import backbones, fusion, sequence  # noqa: F401  (registration)
 from .net import ModelOutput, MultimodalNet, build_model  # noqa: F401

@@ -39,3 +39,41 @@ class ConcatFusion(nn.Module):
         parts = {m: feats[m] @ self.weight_of(m).t() + share for m in self.modalities}
         fused = self.fc(torch.cat([feats[m] for m in self.modalities], dim=1))
         return fused, parts
+
+
+@FUSIONS.register("gated")
+class GatedFusion(nn.Module):
+    """Gated cross-modal fusion with unimodal auxiliary heads (the CPSL model's fusion).
+
+    h_m = tanh(P_m phi_m + p_m)                         each modality projected to H
+    g_m = sigmoid(G_m [phi_1; ...; phi_M] + q_m)        its gate, computed from every modality
+    z   = sum_m c_m,   c_m = g_m * h_m                  the fused representation
+    fused logits = W z + b;   logits_m = A_m phi_m + a_m (an auxiliary head per modality)
+
+    ``extras`` carries ``contrib_<m>`` = c_m (detached) and ``gate_<m>`` = mean gate per
+    sample: since dL/dW = delta^T z = sum_m delta^T c_m, the head's weight gradient splits
+    exactly into one part per modality (what CPSL's conflict-aware penalty works on).
+    """
+
+    def __init__(self, dims: dict[str, int], num_classes: int, model_cfg=None):
+        super().__init__()
+        self.modalities = list(dims)
+        h = int(getattr(model_cfg, "hidden", 64)) if model_cfg is not None else 64
+        total = sum(dims.values())
+        self.proj = nn.ModuleDict({m: nn.Linear(d, h) for m, d in dims.items()})
+        self.gate = nn.ModuleDict({m: nn.Linear(total, h) for m in dims})
+        self.head = nn.Linear(h, num_classes)
+        self.aux = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    def forward(self, feats: dict[str, torch.Tensor]):
+        cat = torch.cat([feats[m] for m in self.modalities], dim=1)
+        contrib = {m: torch.sigmoid(self.gate[m](cat)) * torch.tanh(self.proj[m](feats[m])) for m in self.modalities}
+        z = torch.stack([contrib[m] for m in self.modalities]).sum(0)
+        fused = self.head(z)
+        parts = {m: self.aux[m](feats[m]) for m in self.modalities}
+        extras = {f"contrib_{m}": c.detach() for m, c in contrib.items()}
+        return fused, parts, extras

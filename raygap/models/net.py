@@ -1,7 +1,7 @@
 """The multimodal network: one encoder per named modality and a fusion head."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -13,15 +13,26 @@ from ..registry import BACKBONES, FUSIONS
 @dataclass
 class ModelOutput:
     features: dict[str, torch.Tensor]     # per modality, (B, D_m)
-    logits: dict[str, torch.Tensor]       # per modality, (B, K), from the shared head
+    logits: dict[str, torch.Tensor]       # per modality, (B, K): the head's share, or an auxiliary head
     fused: torch.Tensor                   # (B, K)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)   # what a fusion exposes (e.g. gates)
+
+
+SEQUENCE_KINDS = ("sequence", "vector")
+
+
+def backbone_name(spec: ModalitySpec, model_cfg) -> str:
+    """``model.sequence_backbone`` for sequence / vector modalities, ``model.backbone`` otherwise."""
+    if spec.kind in SEQUENCE_KINDS:
+        return getattr(model_cfg, "sequence_backbone", "gru")
+    return model_cfg.backbone
 
 
 class MultimodalNet(nn.Module):
     def __init__(self, specs: list[ModalitySpec], num_classes: int, model_cfg):
         super().__init__()
         self.modalities = [s.name for s in specs]
-        self.encoders = nn.ModuleDict({s.name: BACKBONES.get(model_cfg.backbone).obj(s, model_cfg)
+        self.encoders = nn.ModuleDict({s.name: BACKBONES.get(backbone_name(s, model_cfg)).obj(s, model_cfg)
                                        for s in specs})
         dims = {m: e.out_dim for m, e in self.encoders.items()}
         self.fusion = FUSIONS.get(model_cfg.fusion).obj(dims, num_classes, model_cfg)
@@ -30,8 +41,8 @@ class MultimodalNet(nn.Module):
         return {m: self.encoders[m](batch[m]) for m in self.modalities}
 
     def head(self, feats: dict[str, torch.Tensor]) -> ModelOutput:
-        fused, parts = self.fusion(feats)
-        return ModelOutput(feats, parts, fused)
+        res = self.fusion(feats)          # (fused, parts) or (fused, parts, extras)
+        return ModelOutput(feats, res[1], res[0], res[2] if len(res) > 2 else {})
 
     def forward(self, batch: dict) -> ModelOutput:
         return self.head(self.encode(batch))
