@@ -37,23 +37,33 @@ from typing import Any
 
 from .config import flatten
 
-PERCENT = {"acc", "macro_f1"}
-METRIC_LABELS = {"acc": "Acc", "macro_f1": "Macro-F1", "data_pct": "Data %", "best_epoch": "Epoch"}
+PERCENT = {"acc", "macro_f1", "acc2", "f1_2", "acc2_nz", "f1_2_nz", "acc7"}    # fractions shown in percent
+METRIC_LABELS = {"acc": "Acc", "macro_f1": "Macro-F1", "data_pct": "Data %", "best_epoch": "Epoch",
+                 "mae": "MAE", "corr": "Corr", "acc2": "Acc-2", "f1_2": "F1", "acc2_nz": "Acc-2 (non-0)",
+                 "f1_2_nz": "F1 (non-0)", "acc7": "Acc-7"}
 DASH = "–"
+
+
+def _split_modality(metric: str) -> tuple[str, str | None]:
+    """``acc_audio`` -> (``acc``, ``audio``); ``acc2_nz`` -> (``acc2_nz``, None)."""
+    if metric in METRIC_LABELS or metric in PERCENT:
+        return metric, None
+    for base in sorted(PERCENT | set(METRIC_LABELS), key=len, reverse=True):
+        if metric.startswith(base + "_"):
+            return base, metric[len(base) + 1:]
+    return metric, None
 
 
 def is_percent(metric: str) -> bool:
     """Whether ``metric`` is a fraction in [0, 1] shown in percent."""
-    base = metric.removeprefix("last_").removeprefix("val_")
-    return base in PERCENT or base.startswith(("acc_", "macro_f1_"))
+    base, _ = _split_modality(metric.removeprefix("last_").removeprefix("val_"))
+    return base in PERCENT
 
 
 def metric_label(metric: str) -> str:
-    if metric in METRIC_LABELS:
-        return METRIC_LABELS[metric]
-    for pre, name in (("acc_", "Acc"), ("macro_f1_", "Macro-F1")):
-        if metric.startswith(pre):
-            return f"{name} ({metric[len(pre):]})"
+    base, modality = _split_modality(metric)
+    if base in METRIC_LABELS:
+        return METRIC_LABELS[base] + (f" ({modality})" if modality else "")
     return metric
 
 
@@ -173,7 +183,7 @@ def to_markdown(grid, header: list[str], body: list[list[str]]) -> str:
              "|" + "---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in body]
     lines.append("")
-    lines.append("Mean ± sample std over the seeds that are done, accuracy and macro-F1 in percent; "
+    lines.append("Mean ± sample std over the seeds that are done, accuracies and F1 scores in percent; "
                  "(n=k) seeds done, (n=k/N) when only k of N are; – none done. The reported epoch is chosen on "
                  "validation." + (f" Profile: {grid.profile}." if grid.profile else ""))
     marks = _marks(grid)

@@ -20,6 +20,7 @@ import signal
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,10 +248,20 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
         summary.wall_seconds = time.perf_counter() - t0
         return summary
 
-    import ray
-    from ray import tune
+    # the in-memory datasets are built in a thread while Ray starts (its start-up is mostly
+    # waiting on subprocesses): a few seconds of a grid's fixed start-up cost
+    pool = ThreadPoolExecutor(1, thread_name_prefix="raygap-data")
+    shared_future = pool.submit(_shared_bundles, todo, log)
+    pool.shutdown(wait=False)
+    started = False
+    try:
+        import ray
+        from ray import tune
 
-    started = _start_ray(address, num_cpus, log)
+        started = _start_ray(address, num_cpus, log)
+    except BaseException:
+        shared_future.cancel()
+        raise
     if threading.current_thread() is threading.main_thread():
         # SIGTERM stops the run the way Ctrl-C does (Tune stops its trials, the embedded Ray
         # is shut down, finished trials are already in the store); set after ray.init, which
@@ -260,7 +271,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
         problem = check_resources([s.resources for s in todo], ray.nodes())
         if problem:
             raise ConfigError(problem, file=str(grid.path), key="resources")
-        shared = _shared_bundles(todo, log)
+        shared = shared_future.result()
         items = [{"key": s.key, "label": f"{s.label} | {_col(s.column)} | seed {s.seed}",
                   "trial": s.config.to_dict()} for s in todo]
 
