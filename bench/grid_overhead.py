@@ -1,9 +1,11 @@
 """Grid wall time vs (sum of single-trial times / cores), and a fully cached re-run.
 
 One run, side by side: each trial of a small grid is first run alone in this process
-(``raygap.trial.run_trial``, one torch thread, as the grid gives each trial one CPU),
-then the whole grid through ``raygap run`` (embedded Ray, every core); then the grid
-again, which finds every trial in the store. Trials last >= 20 s each on a 2-core
+(``raygap.trial.run_trial``, one torch thread, as the grid gives each trial one CPU);
+then the same trials ``cores`` at a time in plain processes without Ray (what running
+trials side by side costs on this machine by itself); then the whole grid through
+``raygap run`` (embedded Ray, every core); then the grid again, which finds every trial
+in the store. Trials last >= 20 s each on a 2-core
 machine. Goals: grid / (sum / cores) <= 1.10; cached re-run < 10 s.
 
     .venv/bin/python bench/grid_overhead.py [--trials 4] [--epochs 8] [--cores 2]
@@ -22,6 +24,11 @@ import yaml
 
 from raygap.grid import load_grid
 from raygap.trial import run_trial
+
+
+def _run_one(raw: dict) -> None:
+    from raygap.config import resolve
+    run_trial(resolve(raw), allotted_cpus=1)
 
 
 def main():
@@ -49,6 +56,14 @@ def main():
         single.append(time.perf_counter() - t0)
     ideal = sum(single) / a.cores
 
+    # the same trials, `cores` at a time in plain processes (no Ray): what running trials side
+    # by side costs on this machine by itself (shared caches, memory bandwidth, clocks)
+    import multiprocessing as mp
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(a.cores, maxtasksperchild=1) as pool:
+        pool.map(_run_one, [t.config.to_dict() for t in grid.trials], chunksize=1)
+    plain_wall = time.perf_counter() - t0
+
     cmd = [sys.executable, "-m", "raygap", "run", str(grid_path), "--results", str(tmp / "results"),
            "--num-cpus", str(a.cores)]
     t0 = time.perf_counter()
@@ -64,6 +79,8 @@ def main():
     print("single-trial times: " + ", ".join(f"{s:.1f}s" for s in single) + f"  (sum {sum(single):.1f}s)")
     print(f"grid wall time (raygap run, Ray start-up included): {grid_wall:.1f}s; sum/cores = {ideal:.1f}s")
     print(f"ratio grid / (sum / cores) = {grid_wall / ideal:.3f}   (goal <= 1.10)")
+    print(f"the same trials {a.cores} at a time in plain processes, no Ray: {plain_wall:.1f}s, "
+          f"ratio {plain_wall / ideal:.3f} (side-by-side cost of the machine itself, process start included)")
     import sqlite3
     with sqlite3.connect(tmp / "results" / "store.sqlite") as c:
         start, end = c.execute("SELECT min(started), max(finished) FROM trials WHERE status='done'").fetchone()
