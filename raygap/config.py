@@ -320,6 +320,10 @@ def _cross_checks(c: dict) -> None:
     mods = c["data"].get("modalities")
     if mods is not None and len(mods) < 1:
         raise ConfigError("needs at least one modality", key="data.modalities")
+    need = METHODS.get(c["method"]["name"]).meta.get("fusion")
+    if need and c["model"]["fusion"] != need:
+        raise ConfigError(f"method {c['method']['name']} needs the {need} fusion head, got "
+                          f"{c['model']['fusion']}", key="model.fusion", hint=f"set model.fusion={need}")
     if c["train"]["device"] == "cpu" and c["resources"]["gpu"] > 0:
         raise ConfigError("train.device is cpu but the trial asks for a GPU", key="resources.gpu",
                           hint="set resources.gpu=0 or train.device=auto")

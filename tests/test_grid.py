@@ -177,7 +177,7 @@ def test_control_rows_are_shared_too(profile):
 
 
 def test_paper_tables_layout():
-    expect = {"table2": (12, 3, ["acc", "macro_f1"]), "table3": (7, 3, ["acc"]), "table4": (4, 2, ["acc"]),
+    expect = {"table2": (13, 3, ["acc", "macro_f1"]), "table3": (7, 3, ["acc"]), "table4": (4, 2, ["acc"]),
               "table5": (6, 3, ["acc"]), "table6": (5, 3, ["acc"]), "table7": (8, 3, ["data_pct", "acc"])}
     for name, (nrows, ncols, metrics) in expect.items():
         grid = load_grid(GRIDS / f"{name}.yaml", skip_missing=True)
@@ -219,28 +219,35 @@ def test_demo_and_paper_profiles():
 
 
 def test_distinct_trials_fewer_than_naive():
-    distinct, naive = count_trials(TABLES, "paper")
-    assert (distinct, naive) == (225, 294)
-    # the unimplemented Table II baselines, counted: 8 rows x 3 datasets x 3 seeds more of each
-    assert count_cells_including_missing(TABLES, "paper") == (225 + 72, 294 + 72)
-    assert count_trials(TABLES, "demo") == (78, 102)
+    # Tables II-VII on 3 datasets x 3 seeds: cells shared between tables are one trial
+    assert count_trials(TABLES, "paper") == (306, 375)
+    assert count_cells_including_missing(TABLES, "paper") == (306, 375)   # every method is implemented
+    assert count_trials(TABLES, "demo") == (105, 129)
+
+
+def test_every_table2_method_is_implemented():
+    grid = load_grid(GRIDS / "table2.yaml", profile="demo")
+    assert grid.skipped == [] and len(grid.row_labels) == 13
+    assert {t.config.method.name for t in grid.trials} == {
+        "concat", "gblending", "ogm_ge", "greedy", "pmr", "mmcosine", "agm", "mla", "dnr", "opm_ogm",
+        "gap_adaptive", "warmup_objective"}
 
 
 # ----------------------------------------------------------------------------- unimplemented methods
-def test_unimplemented_rows_fail_unless_skipped():
+def test_unimplemented_rows_fail_unless_skipped(tmp_path):
+    doc = {"name": "future", "rows": {"Concat": {"method": {"name": "concat"}},
+                                      "Next year": {"method": {"name": "future_method"}},
+                                      "Typo": {"method": {"name": "gblendin"}}}}
+    path = write(tmp_path, doc)
     with pytest.raises(ConfigError) as e:
-        load_grid(GRIDS / "table2.yaml", profile="demo")
+        load_grid(path)
     line = e.value.line()
-    assert "\n" not in line and "table2.yaml" in line
-    for m in ("gblending", "ogm_ge", "pmr", "mmcosine", "agm", "mla", "dnr", "opm_ogm"):
-        assert m in line
-    grid = load_grid(GRIDS / "table2.yaml", profile="demo", skip_missing=True)
-    assert [lab for lab, _ in grid.skipped] == ["G-Blending", "OGM-GE", "PMR", "MMCosine", "AGM", "MLA", "D&R",
-                                               "OPM&OGM"]
+    assert "\n" not in line and path.name in line
+    assert "future_method" in line and "'gblendin' -> 'gblending'?" in line and "--skip-missing" in line
+    grid = load_grid(path, skip_missing=True)
+    assert [lab for lab, _ in grid.skipped] == ["Next year", "Typo"]
     assert all("not implemented" in reason for _, reason in grid.skipped)
-    assert grid.row_labels == ["Baseline (Concat)", "Ours (Prob Gap)", "Ours (KL Gap)",
-                               "Warm-up objective (raygap control)"]
-    assert {t.label for t in grid.trials} == set(grid.row_labels)
+    assert grid.row_labels == ["Concat"] and {t.label for t in grid.trials} == {"Concat"}
 
 
 def test_method_typo_gets_a_suggestion(tmp_path):

@@ -47,7 +47,15 @@ CHUNK = 512           # waveforms turned into spectrograms per batch (bounds pea
 # Random streams: each decision has its own generator, so knobs do not disturb each other.
 _SALT = 0xA7D161          # keeps these streams apart from other uses of split_seed
 _STREAM = {"heldout": 1, "order": 2, "audio": 3, "visual_noise": 4,
-           "corrupt_visual": 5, "corrupt_audio": 6}
+           "corrupt_visual": 5, "corrupt_audio": 6, "text": 7, "corrupt_text": 8}
+
+# The optional text stream: the digit's word with typos, one-hot over a-z + padding
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+PAD = len(ALPHABET)                  # index of the padding symbol
+TEXT_DIM = len(ALPHABET) + 1         # 27: a-z, pad
+TEXT_LEN = 8                         # characters kept (words are 3-5 letters; longer typo'd words are cut)
+MAX_WORD = max(len(w) for w in CLASS_NAMES)   # 5: typo decisions drawn per sample
+TYPO_OPS = ("substitution", "deletion", "insertion", "swap")
 
 
 @dataclass
@@ -92,6 +100,19 @@ class AVDigitsParams:
         "range": (0, 100_000),
         "help": "fault injection: this many training spectrograms are NaN (what a corrupt "
                 "precomputed feature file decodes to); exercises divergence handling"})
+    text: bool = field(default=False, metadata={
+        "help": "add a third modality 'text': the digit's word with typos, one-hot characters "
+                f"({TEXT_LEN} x {TEXT_DIM}, kind sequence)"})
+    text_typo: float = field(default=0.3, metadata={
+        "range": (0.0, 1.0),
+        "help": "per-character typo probability of the text: substitution, deletion, insertion or "
+                "adjacent swap, equally likely"})
+    text_corrupt: float = field(default=0.0, metadata={
+        "range": (0.0, 1.0),
+        "help": "fraction of samples in every split whose word is replaced by another digit's word"})
+    target: str = field(default="class", metadata={
+        "choices": ["class", "regression"],
+        "help": "class: the digit (10 classes); regression: the score digit*6/9 - 3 in [-3, 3]"})
 
 
 # ----------------------------------------------------------------------------- sources
@@ -309,6 +330,69 @@ def corrupt_visual(img: torch.Tensor, labels: np.ndarray, mask: np.ndarray, mode
     return out
 
 
+# ----------------------------------------------------------------------------- text
+def typo(word: str, hit: np.ndarray, op: np.ndarray, letter: np.ndarray, shift: np.ndarray) -> str:
+    """``word`` with a typo at each original character ``i`` where ``hit[i]``, applied in order.
+
+    ``op[i]`` picks the typo: 0 substitution (the letter ``shift[i]`` places further along
+    the alphabet, cyclically, so never itself), 1 deletion, 2 insertion (``letter[i]`` after
+    the character), 3 swap with the next character (the previous one for the last)."""
+    tokens = [(c, i) for i, c in enumerate(word)]           # (character, original position or -1)
+    for i in range(len(word)):
+        if not hit[i]:
+            continue
+        pos = next(k for k, t in enumerate(tokens) if t[1] == i)
+        kind = int(op[i])
+        if kind == 0:
+            tokens[pos] = (ALPHABET[(ALPHABET.index(tokens[pos][0]) + int(shift[i])) % 26], i)
+        elif kind == 1:
+            del tokens[pos]
+        elif kind == 2:
+            tokens.insert(pos + 1, (ALPHABET[int(letter[i])], -1))
+        else:
+            other = pos + 1 if pos + 1 < len(tokens) else pos - 1
+            if other >= 0:
+                tokens[pos], tokens[other] = tokens[other], tokens[pos]
+    return "".join(c for c, _ in tokens)
+
+
+def typo_words(digits: np.ndarray, p: float, rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The words of ``digits`` with per-character typos of probability ``p``.
+
+    Every sample draws ``MAX_WORD`` decisions whatever its word, so the draws of one sample do
+    not depend on the other samples' words. Returns (texts, typos per sample, count per op)."""
+    n = len(digits)
+    hit = rng.random((n, MAX_WORD)) < p
+    op = rng.integers(0, len(TYPO_OPS), (n, MAX_WORD))
+    letter = rng.integers(0, 26, (n, MAX_WORD))
+    shift = rng.integers(1, 26, (n, MAX_WORD))
+    lengths = np.array([len(CLASS_NAMES[d]) for d in digits], dtype=np.int64)
+    hit &= np.arange(MAX_WORD)[None, :] < lengths[:, None]      # only the word's own characters
+    texts = [typo(CLASS_NAMES[d], hit[i], op[i], letter[i], shift[i]) for i, d in enumerate(digits)]
+    ops = np.bincount(op[hit], minlength=len(TYPO_OPS))
+    return texts, hit.sum(axis=1), ops
+
+
+def one_hot_text(texts: list[str]) -> torch.Tensor:
+    """(N, TEXT_LEN, TEXT_DIM) float32: one row per character (a-z), then padding rows;
+    characters beyond ``TEXT_LEN`` are cut."""
+    idx = np.full((len(texts), TEXT_LEN), PAD, dtype=np.int64)
+    for i, t in enumerate(texts):
+        t = t[:TEXT_LEN]
+        idx[i, :len(t)] = [ALPHABET.index(c) for c in t]
+    return F.one_hot(torch.from_numpy(idx), TEXT_DIM).float()
+
+
+def decode_text(x: torch.Tensor) -> str:
+    """The string a (TEXT_LEN, TEXT_DIM) one-hot row encodes (padding dropped)."""
+    return "".join(ALPHABET[i] for i in x.argmax(-1).tolist() if i != PAD)
+
+
+def regression_target(digits: np.ndarray) -> np.ndarray:
+    """The regression score of a digit: digit * 6/9 - 3, in [-3, 3] (float32)."""
+    return (np.asarray(digits, dtype=np.float64) * 6.0 / 9.0 - 3.0).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- builder
 @DATASETS.register("avdigits", params=AVDigitsParams, in_memory=True)
 def build(params: AVDigitsParams, common: DataCommon) -> DatasetBundle:
@@ -359,6 +443,16 @@ def build(params: AVDigitsParams, common: DataCommon) -> DatasetBundle:
         raw[s] = dict(img=img, rep=rep, y=y, voice=voice, mel=log_mel(wave, p.n_mels),
                       vis=vis.unsqueeze(1), mask_a=mask_a, mask_v=mask_v)
 
+        if p.text:
+            # text: the word of the digit (another digit's word where corrupted), with typos
+            rng_ct = _rng(seed, "corrupt_text", s)
+            mask_t = pick_corrupted(n, p.text_corrupt, rng_ct)
+            written = y.copy()
+            written[mask_t] = (y[mask_t] + rng_ct.integers(1, 10, int(mask_t.sum()))) % 10
+            texts, typos, ops = typo_words(written, p.text_typo, _rng(seed, "text", s))
+            raw[s].update(text=one_hot_text(texts), words=np.array(texts, dtype=str), written=written,
+                          typos=typos, ops=ops, mask_t=mask_t)
+
     # standardise audio per mel bin with the clean training clips' statistics
     # (all training clips when every one of them is corrupted)
     train = raw["train"]
@@ -372,14 +466,25 @@ def build(params: AVDigitsParams, common: DataCommon) -> DatasetBundle:
         if s == "train" and p.nan_train:
             audio[: min(p.nan_train, len(audio))] = float("nan")
         ids = [f"img{i:04d}_v{v:02d}_k{k}" for i, v, k in zip(r["img"], r["voice"], r["rep"], strict=True)]
-        splits[s] = TensorSplit(
-            {"audio": audio, "visual": r["vis"].contiguous()}, torch.from_numpy(r["y"]), ids,
-            extras={"corrupt_visual": r["mask_v"], "corrupt_audio": r["mask_a"],
-                    "image_index": r["img"], "voice": r["voice"]})
+        tensors = {"audio": audio, "visual": r["vis"].contiguous()}
+        extras = {"corrupt_visual": r["mask_v"], "corrupt_audio": r["mask_a"],
+                  "image_index": r["img"], "voice": r["voice"]}
+        if p.text:
+            tensors["text"] = r["text"]
+            extras.update(corrupt_text=r["mask_t"], text=r["words"], text_digit=r["written"],
+                          text_typos=r["typos"])
+        if p.target == "regression":
+            labels = torch.from_numpy(regression_target(r["y"]))
+            extras["digit"] = r["y"]
+        else:
+            labels = torch.from_numpy(r["y"])
+        splits[s] = TensorSplit(tensors, labels, ids, extras=extras)
 
     frames = int(round(p.clip_seconds * SAMPLE_RATE)) // HOP + 1
     modalities = [ModalitySpec("audio", "spectrogram", (1, p.n_mels, frames)),
                   ModalitySpec("visual", "frames", (1, 1, p.image_size, p.image_size))]
+    if p.text:
+        modalities.append(ModalitySpec("text", "sequence", (TEXT_LEN, TEXT_DIM)))
     info = {
         "counts": {s: len(sp) for s, sp in splits.items()},
         "images": {s: len(v) for s, v in image_split.items()},
@@ -395,6 +500,22 @@ def build(params: AVDigitsParams, common: DataCommon) -> DatasetBundle:
         "audio_corrupt_mode": p.audio_corrupt_mode,
         "sample_rate": SAMPLE_RATE,
     }
+    if p.text:
+        info["text"] = {
+            "typo": p.text_typo,
+            "alphabet": ALPHABET + " (then pad)",
+            "length": TEXT_LEN,
+            "corrupt_text": {s: float(r["mask_t"].mean()) for s, r in raw.items()},
+            "typos_per_char": {s: float(r["typos"].sum() / max(1, sum(len(CLASS_NAMES[d]) for d in r["written"])))
+                               for s, r in raw.items()},
+            "typo_ops": {s: dict(zip(TYPO_OPS, r["ops"].tolist(), strict=True)) for s, r in raw.items()},
+            "truncated": {s: int(sum(len(t) > TEXT_LEN for t in r["words"])) for s, r in raw.items()},
+        }
+    if p.target == "regression":
+        info["target"] = "regression: digit * 6/9 - 3"
+        return DatasetBundle(name="avdigits", modalities=modalities, num_classes=1, class_names=["score"],
+                             train=splits["train"], val=splits["val"], test=splits["test"],
+                             task="regression", info=info)
     return DatasetBundle(name="avdigits", modalities=modalities, num_classes=10,
                          class_names=list(CLASS_NAMES), train=splits["train"], val=splits["val"],
                          test=splits["test"], info=info)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from ..registry import FUSIONS
 
 
@@ -77,3 +78,24 @@ class GatedFusion(nn.Module):
         parts = {m: self.aux[m](feats[m]) for m in self.modalities}
         extras = {f"contrib_{m}": c.detach() for m, c in contrib.items()}
         return fused, parts, extras
+
+
+@FUSIONS.register("shared")
+class SharedHead(nn.Module):
+    """One linear head shared by every modality (MLA's head): logits_m = W phi_m + b, and the
+    fused logits their mean. Every encoder must give features of the same size."""
+
+    def __init__(self, dims: dict[str, int], num_classes: int, model_cfg=None):
+        super().__init__()
+        self.modalities = list(dims)
+        sizes = sorted(set(dims.values()))
+        if len(sizes) != 1:
+            raise ConfigError(f"the shared head needs encoders of one feature size, got "
+                              f"{', '.join(f'{m} {d}' for m, d in dims.items())}", key="model.fusion",
+                              hint="use one backbone for every modality or model.fusion=concat")
+        self.fc = nn.Linear(sizes[0], num_classes)
+
+    def forward(self, feats: dict[str, torch.Tensor]):
+        parts = {m: self.fc(feats[m]) for m in self.modalities}
+        fused = torch.stack([parts[m] for m in self.modalities]).mean(0)
+        return fused, parts

@@ -1,0 +1,146 @@
+"""AGM: adaptive gradient modulation (Li et al., ICCV 2023), after the paper and the public
+lihongcs/AGM code as summarized in docs/methods.md.
+
+Per batch, with f(S) the fused logits when only the modalities in S keep their features (the
+others' features zeroed):
+
+    response     phi_m = sum_{S without m} |S|! (M-|S|-1)! / M! * (f(S + m) - f(S))   (Shapley value;
+                 for two modalities 1/2 [f(a,v) - f(0,v) + f(a,0) - f(0,0)]; for a linear concat
+                 head exactly W^m x_m)
+    score        L_m = mean_i -log max(softmax(phi_m)_{i,y_i}, 1e-8)
+    ratio        r_m = exp(mean_{j != m} L_j - L_m)          (two modalities: exp(L_v - L_a) for audio)
+    target       r*_m = exp(mean_{j != m} Lbar_j - Lbar_m)   (Lbar: running mean of L over the batches
+                                                              before this one; r* = 1 on the first)
+    coefficient  k_m = exp(alpha * min(r*_m - r_m, clip))
+    L            = CE(fused); the gradient reaching modality m's features is multiplied by k_m
+                   (a backward hook on phi_m's encoder output)
+
+A modality doing better than its running level (r_m > r*_m) is slowed, one falling behind is sped
+up. Outside [modulation_starts, modulation_ends) the coefficients are 1 (the running means still
+update).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as Fn
+
+from ..params import F
+from ..registry import METHODS
+from .base import Method
+
+
+@dataclass
+class AGMParams:
+    alpha: float = F(1.5, range=(0.0, 100.0), help="alpha of k = exp(alpha * (target - ratio)) (1.5 on CREMA-D)")
+    clip: float = F(7.0, range=(0.0, 100.0), help="upper clip of target - ratio before the exponential (official: 7)")
+    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of modulation (inclusive)")
+    modulation_ends: int = F(100000, range=(0, 100000), help="end of the modulation window (exclusive)")
+
+
+def shapley_responses(head, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """phi_m for every modality from 2^M evaluations of ``head`` (feats -> fused logits) with the
+    absent modalities' features zeroed."""
+    ms = list(feats)
+    n = len(ms)
+    cache: dict[frozenset, torch.Tensor] = {}
+
+    def f(subset: frozenset) -> torch.Tensor:
+        if subset not in cache:
+            cache[subset] = head({m: (x if m in subset else torch.zeros_like(x)) for m, x in feats.items()})
+        return cache[subset]
+
+    out = {}
+    for m in ms:
+        others = [j for j in ms if j != m]
+        total = 0.0
+        for r in range(n):
+            w = math.factorial(r) * math.factorial(n - r - 1) / math.factorial(n)
+            for s in itertools.combinations(others, r):
+                s = frozenset(s)
+                total = total + w * (f(s | {m}) - f(s))
+        out[m] = total
+    return out
+
+
+def response_scores(responses: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """L_m = mean over the batch of -log p(y) under softmax(phi_m), p floored at 1e-8."""
+    out = {}
+    for m, r in responses.items():
+        p = torch.softmax(r.detach().float(), dim=1).gather(1, labels.view(-1, 1).long())[:, 0]
+        out[m] = float(-torch.log(p.clamp_min(1e-8)).mean())
+    return out
+
+
+def score_ratios(scores: dict[str, float]) -> dict[str, float]:
+    """r_m = exp(mean of the other modalities' scores - L_m)."""
+    ms = list(scores)
+    return {m: math.exp(sum(scores[j] for j in ms if j != m) / (len(ms) - 1) - scores[m]) for m in ms}
+
+
+def agm_coefficients(ratio: dict[str, float], target: dict[str, float], alpha: float, clip: float) -> dict[str, float]:
+    """k_m = exp(alpha * min(target_m - ratio_m, clip))."""
+    return {m: math.exp(alpha * min(target[m] - ratio[m], clip)) for m in ratio}
+
+
+@METHODS.register("agm", params=AGMParams, version=1)
+class AGM(Method):
+    """CE(fused) with each modality's feature gradient scaled by its Shapley-response coefficient."""
+
+    def __init__(self, params: AGMParams, ctx):
+        super().__init__(params, ctx)
+        if len(ctx.modalities) < 2:
+            raise ValueError("agm needs at least two modalities")
+        self.mean_score = {m: 0.0 for m in ctx.modalities}   # running means over all batches so far
+        self.steps = 0
+        self.coeff = {m: 1.0 for m in ctx.modalities}
+        self._epoch = {}
+
+    def forward(self, model, batch, st=None):
+        feats = model.encode(batch)
+        if torch.is_grad_enabled():
+            for m, x in feats.items():
+                if x.requires_grad:
+                    x.register_hook(lambda g, m=m: g * self.coeff[m])   # read at backward time
+        out = model.head(feats)
+        with torch.no_grad():
+            resp = shapley_responses(lambda fs: model.head(fs).fused, {m: x.detach() for m, x in feats.items()})
+        out.extras.update({f"response_{m}": r for m, r in resp.items()})
+        return out
+
+    def loss(self, out, batch, st):
+        y = batch["label"]
+        scores = response_scores({m: out.extras[f"response_{m}"] for m in self.ctx.modalities}, y)
+        ratio = score_ratios(scores)
+        target = score_ratios(self.mean_score) if self.steps else {m: 1.0 for m in scores}
+        active = self.p.modulation_starts <= st.epoch < self.p.modulation_ends
+        k = agm_coefficients(ratio, target, self.p.alpha, self.p.clip)
+        self.coeff = k if active else {m: 1.0 for m in k}
+        self.steps += 1
+        for m in scores:
+            self.mean_score[m] += (scores[m] - self.mean_score[m]) / self.steps
+        e = self._epoch
+        e["n"] = e.get("n", 0) + 1
+        for m in scores:
+            e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + self.coeff[m]
+            e[f"agm_ratio_{m}"] = e.get(f"agm_ratio_{m}", 0.0) + ratio[m]
+            e[f"agm_score_{m}"] = e.get(f"agm_score_{m}", 0.0) + scores[m]
+        loss = self.task_loss(out.fused, y)
+        return loss, {"loss_f": loss.detach()}
+
+    def on_epoch_start(self, st):
+        self._epoch = {}
+
+    def on_epoch_end(self, st):
+        n = max(self._epoch.pop("n", 0), 1)
+        return {k: v / n for k, v in self._epoch.items()}
+
+    def state_dict(self):
+        return {"mean_score": dict(self.mean_score), "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.mean_score = dict(state["mean_score"])
+        self.steps = int(state["steps"])

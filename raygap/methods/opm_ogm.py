@@ -1,0 +1,151 @@
+"""OPM & OGM: on-the-fly prediction modulation (feature dropping) plus gradient modulation
+(Wei, Hu et al., "On-the-fly Modulation for Balanced Multimodal Learning", TPAMI 2024;
+GeWu-Lab/BML_TPAMI2024).
+
+Per training batch (after ``warmup_epochs`` epochs):
+* the encoders run once; the unimodal scores s_m come from those same features through the
+  detached fusion head (as the official code: no second pass), rho_m = s_m / mean_{j!=m} s_j;
+* OPM: with probability p_exe the batch is modulated: q_m = q_base * (1 + lam * tanh(relu(rho_m - 1)))
+  for rho_m > 1, else 0 (clipped to [0, 1]); each sample's features of modality m are zeroed with
+  probability q_m before ``model.head``; with ``rescale: bml`` every modality's features are then
+  divided by (1 - theta), theta = sum_m D_m q_m / sum_m D_m (the official custom autograd op);
+* OGM: after the backward pass of CE(fused), the gradient modulation of ``ogm_ge`` with the
+  coefficients from the same scores (from the features before dropping).
+Drops draw from a torch.Generator seeded from the trial seed (kept in the checkpoint); evaluation
+never drops.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..params import F
+from ..registry import METHODS
+from .base import Method
+from .ogm_ge import OGMStats, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
+
+
+@dataclass
+class OPMOGMParams:
+    q_base: float = F(0.5, range=(0.0, 1.0), help="base drop probability of the dominant modality")
+    lam: float = F(0.5, range=(0.0, 100.0), help="lambda of q = q_base * (1 + lam * tanh(relu(rho - 1)))")
+    p_exe: float = F(0.7, range=(0.0, 1.0), help="probability that a batch is modulated by OPM")
+    rescale: str = F("bml", choices=["bml", "none"],
+                     help="bml: divide the features by 1 - theta after dropping (official); none: no rescaling")
+    warmup_epochs: int = F(6, range=(0, 100000),
+                           help="epochs [0, W) without OPM or OGM (official: epoch <= 5)")
+    ogm: bool = F(True, help="apply OGM gradient modulation (false: OPM alone)")
+    alpha: float = F(0.8, range=(0.0, 100.0), help="OGM alpha")
+    coeff: str = F("ratio", choices=["ratio", "excess"], help="OGM coefficient form (see ogm_ge)")
+    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of OGM (inclusive)")
+    modulation_ends: int = F(50, range=(0, 100000), help="end of the OGM window (exclusive)")
+    modulate: str = F("conv", choices=["conv", "all"], help="OGM: conv weights only (official) or all")
+    ge_noise_to: str = F("both", choices=["modulated", "both", "none"],
+                         help="OGM-GE noise: both modalities (BML's OGM_GE mode), the modulated one, or none")
+
+
+def drop_probabilities(ratios: dict[str, float], q_base: float, lam: float) -> dict[str, float]:
+    """q_m = clip(q_base * (1 + lam * tanh(relu(rho_m - 1))), 0, 1) where rho_m > 1, else 0."""
+    q = {}
+    for m, r in ratios.items():
+        t = math.tanh(max(r - 1.0, 0.0))
+        q[m] = min(max(q_base * (1.0 + lam * t), 0.0), 1.0) if t > 0 else 0.0
+    return q
+
+
+@METHODS.register("opm_ogm", params=OPMOGMParams, version=1)
+class OPMOGM(Method):
+    """Drop the dominant modality's features at rate q (OPM) and scale its gradients by k (OGM)."""
+
+    def __init__(self, params: OPMOGMParams, ctx):
+        super().__init__(params, ctx)
+        if len(ctx.modalities) < 2:
+            raise ValueError("opm_ogm needs at least two modalities")
+        self.gen = torch.Generator()
+        self.gen.manual_seed(int(ctx.config.seed) * 7919 + 17)
+        self.stats = OGMStats()
+        self._batch: dict = {}
+        self._reset_opm()
+
+    def _reset_opm(self):
+        self.opm = {"batches": 0, "executed": 0, "q": {}, "dropped": {}, "samples": 0}
+
+    def active(self, epoch: int) -> bool:
+        return epoch >= self.p.warmup_epochs
+
+    # -- per batch -------------------------------------------------------------------
+    def forward(self, model, batch, st):
+        feats = model.encode(batch)
+        clean = model.head(feats)
+        ms = self.ctx.modalities
+        scores = modality_scores({m: clean.logits[m] for m in ms}, batch["label"])
+        rho = score_ratios(scores)
+        self._batch = {"rho": rho}
+        if not self.active(st.epoch):
+            return clean
+        B = len(batch["label"])
+        self.opm["batches"] += 1
+        self.opm["samples"] += B
+        execute = bool(torch.rand(1, generator=self.gen).item() < self.p.p_exe)
+        q = drop_probabilities(rho, self.p.q_base, self.p.lam)
+        if not execute or not any(v > 0 for v in q.values()):
+            return clean
+        self.opm["executed"] += 1
+        dropped, extras = {}, {}
+        for m in ms:
+            keep = torch.ones(B)
+            if q[m] > 0:
+                keep = (torch.rand(B, generator=self.gen) >= q[m]).float()
+            self.opm["q"][m] = self.opm["q"].get(m, 0.0) + q[m]
+            self.opm["dropped"][m] = self.opm["dropped"].get(m, 0) + int(B - keep.sum().item())
+            f = feats[m]
+            dropped[m] = f * keep.to(device=f.device, dtype=f.dtype).view(-1, *([1] * (f.dim() - 1)))
+            extras[f"drop_{m}"] = keep == 0
+        if self.p.rescale == "bml":
+            dims = {m: feats[m][0].numel() for m in ms}
+            theta = sum(dims[m] * q[m] for m in ms) / sum(dims.values())
+            if theta < 1.0:
+                dropped = {m: f / (1.0 - theta) for m, f in dropped.items()}
+        out = model.head(dropped)
+        # the per-modality logits reported are those before dropping (what the scores use)
+        out.logits, out.features = clean.logits, feats
+        out.extras = {**out.extras, **extras}
+        return out
+
+    def loss(self, out, batch, st):
+        loss = self.task_loss(out.fused, batch["label"])
+        return loss, {"loss_f": loss.detach()}
+
+    def after_backward(self, model, out, batch, st):
+        rho = self._batch.get("rho")
+        if rho is None:
+            return
+        k = ogm_coefficients(rho, self.p.alpha, self.p.coeff)
+        on = (self.p.ogm and self.active(st.epoch)
+              and self.p.modulation_starts <= st.epoch < self.p.modulation_ends)
+        if on:
+            modulate_gradients(model, k, modulate=self.p.modulate, noise_to=self.p.ge_noise_to)
+        self.stats.add(k, rho, on)
+
+    # -- per epoch -------------------------------------------------------------------
+    def on_epoch_start(self, st):
+        self.stats.reset()
+        self._reset_opm()
+
+    def on_epoch_end(self, st):
+        rec = self.stats.record(self.ctx.modalities)
+        o = self.opm
+        rec["opm_exec_frac"] = o["executed"] / max(o["batches"], 1)
+        for m in self.ctx.modalities:
+            rec[f"opm_q_{m}"] = o["q"].get(m, 0.0) / max(o["executed"], 1)
+            rec[f"opm_drop_rate_{m}"] = o["dropped"].get(m, 0) / max(o["samples"], 1)
+        return rec
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "gen" in state:
+            self.gen.set_state(state["gen"])
