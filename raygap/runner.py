@@ -113,6 +113,11 @@ def trainable(config: dict, shared: dict | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------- driver side
+def _shown_metric(record: dict, prefix: str = "") -> str:
+    """The metric a progress line shows: accuracy, or MAE for a regression target."""
+    return "acc" if f"{prefix}acc" in record or f"{prefix}mae" not in record else "mae"
+
+
 def _store_callback(store, summary: RunSummary, n_todo: int, log):
     from ray.tune import Callback
 
@@ -141,14 +146,15 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
                 rec["worker_pid"], rec["worker_node"] = result.get("pid"), result.get("node")
                 hist[:] = [h for h in hist if h["epoch"] < rec["epoch"]] + [rec]   # a restart replays epochs
                 store.record_epoch(key, hist)
-                log(f"  {self._label(trial)}: epoch {rec['epoch']}  val acc {rec.get('val_acc', float('nan')):.4f}"
-                    f"  test acc {rec.get('test_acc', float('nan')):.4f}")
+                name = _shown_metric(rec, "val_")
+                log(f"  {self._label(trial)}: epoch {rec['epoch']}  val {name} {rec.get('val_' + name, float('nan')):.4f}"
+                    f"  test {name} {rec.get('test_' + name, float('nan')):.4f}")
             if "final_json" in result:
                 fin = json.loads(result["final_json"])
                 store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
                 summary.done += 1
                 log(f"[{summary.done + len(summary.failed)}/{n_todo}] done {self._label(trial)} "
-                    f"({key}): acc {fin['metrics'].get('acc', float('nan')):.4f}")
+                    f"({key}): {(name := _shown_metric(fin['metrics']))} {fin['metrics'].get(name, float('nan')):.4f}")
             if "failed_json" in result:
                 self._fail(trial, json.loads(result["failed_json"])["error"])
 

@@ -156,3 +156,10 @@ def test_driver_interrupted_mid_grid_then_rerun_runs_every_trial_once(tmp_path):
     assert len(after) == 6
     assert all(after[k] == first[k] for k in first)          # finished trials were not run again
     assert "6 distinct trial(s)" in r.stdout and f"{len(first)} reused" in r.stdout
+
+
+def test_progress_lines_show_mae_for_a_regression_target():
+    from raygap.runner import _shown_metric
+    assert _shown_metric({"val_acc": 0.9, "val_loss": 0.3}, "val_") == "acc"
+    assert _shown_metric({"val_mae": 0.8, "val_corr": 0.5}, "val_") == "mae"
+    assert _shown_metric({"mae": 0.8, "acc2": 0.7}) == "mae"
