@@ -116,9 +116,15 @@ def cmd_run(args) -> int:
 
 
 def _figures(grid, store, out_dir: Path) -> list:
+    """The grid's figures; a figure that cannot be drawn costs one warning line, never the run."""
     from .report import grid_figures
 
-    return grid_figures(grid, store, out_dir)
+    try:
+        return grid_figures(grid, store, out_dir)
+    except Exception as e:  # noqa: BLE001 -- the tables are written already; figures are extras
+        print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr)
+        return []
 
 
 def cmd_status(args) -> int:

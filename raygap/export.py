@@ -54,6 +54,12 @@ def _split_modality(metric: str) -> tuple[str, str | None]:
     return metric, None
 
 
+def metric_digits(metric: str) -> int:
+    """Decimals shown: 2 for percentages and epochs, 3 for MAE and correlation (as MOSI tables)."""
+    base, _ = _split_modality(metric.removeprefix("last_").removeprefix("val_"))
+    return 3 if base in ("mae", "corr") else 2
+
+
 def is_percent(metric: str) -> bool:
     """Whether ``metric`` is a fraction in [0, 1] shown in percent."""
     base, _ = _split_modality(metric.removeprefix("last_").removeprefix("val_"))
@@ -91,8 +97,8 @@ def atomic_write(path: str | Path, text: str) -> Path:
 class Cell:
     """The values of one (row, column, metric) cell over the seeds that are done."""
 
-    def __init__(self, values: list[float], done: int, total: int):
-        self.values, self.done, self.total = values, done, total
+    def __init__(self, values: list[float], done: int, total: int, digits: int = 2):
+        self.values, self.done, self.total, self.digits = values, done, total, digits
 
     @property
     def mean(self) -> float | None:
@@ -103,11 +109,12 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     def text(self, with_n: bool = True, complete_n: bool = True) -> str:
-        return fmt(self.values, self.total, with_n=with_n, done=self.done, complete_n=complete_n)
+        return fmt(self.values, self.total, with_n=with_n, done=self.done, complete_n=complete_n,
+                   digits=self.digits)
 
 
 def fmt(vals: list[float], n_total: int, with_n: bool = True, done: int | None = None,
-        complete_n: bool = True) -> str:
+        complete_n: bool = True, digits: int = 2) -> str:
     """``82.00 ± 2.00 (n=3)``, ``70.00 (n=1/3)``, ``– (0/3)``, ``n/a (n=3)`` (see the module doc)."""
     done = len(vals) if done is None else done
     if not vals:
@@ -115,7 +122,7 @@ def fmt(vals: list[float], n_total: int, with_n: bool = True, done: int | None =
             return "n/a" + (f" (n={done})" if with_n else "")
         return DASH + (f" (0/{n_total})" if with_n and n_total else "")
     mean = statistics.fmean(vals)
-    s = f"{mean:.2f}" if len(vals) == 1 else f"{mean:.2f} ± {statistics.stdev(vals):.2f}"
+    s = f"{mean:.{digits}f}" if len(vals) == 1 else f"{mean:.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
     if with_n:
         if len(vals) < n_total:
             s += f" (n={len(vals)}/{n_total})"
@@ -139,7 +146,7 @@ def table_cells(grid, store) -> tuple[list[dict], dict[tuple[str, int, str], Cel
                     v = (rec["metrics"] or {}).get(m)
                     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                         vals.append(float(v) * (100.0 if is_percent(m) else 1.0))
-                out[(label, ci, m)] = Cell(vals, len(done), len(specs))
+                out[(label, ci, m)] = Cell(vals, len(done), len(specs), digits=metric_digits(m))
     return combos, out
 
 

@@ -99,15 +99,17 @@ def fig_accuracy(history: list[dict], modalities: list[str], path: Path, title: 
     plt = _plt()
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(ep, [h["val_acc"] for h in history], color="black", label="fusion")
+    # accuracy, or for a regression target MAE (the metric the epoch is selected on)
+    name = "acc" if any("val_acc" in h for h in history) or not any("val_mae" in h for h in history) else "mae"
+    ax.plot(ep, [h.get(f"val_{name}", float("nan")) for h in history], color="black", label="fusion")
     for m in modalities:
-        ax.plot(ep, [h.get(f"val_acc_{m}", float("nan")) for h in history], label=m)
+        ax.plot(ep, [h.get(f"val_{name}_{m}", float("nan")) for h in history], label=m)
     switch = next((h["epoch"] for h in history if h.get("stage") in ("adaptive", "purify")), None)
     if switch is not None:
         ax.axvline(switch - 0.5, color="grey", ls="--", lw=1, label="switch")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(title or "accuracy per modality")
+    ax.set_ylabel("validation accuracy" if name == "acc" else "validation MAE")
+    ax.set_title(title or f"{'accuracy' if name == 'acc' else 'MAE'} per modality")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -160,6 +160,9 @@ def test_cell_format():
     assert fmt([], 3, done=3) == "n/a (n=3)"
     assert fmt([80.0, 82.0, 84.0], 3, complete_n=False) == "82.00 ± 2.00"
     assert fmt([80.0, 82.0, 84.0], 3, with_n=False) == "82.00 ± 2.00"
+    assert fmt([0.71234, 0.7], 2, digits=3) == "0.706 ± 0.009 (n=2)"
+    from raygap.export import metric_digits
+    assert [metric_digits(m) for m in ("mae", "corr_text", "val_mae", "acc", "acc7", "best_epoch")] == [3, 3, 3, 2, 2, 2]
 
 
 def test_tex_escape():
@@ -298,3 +301,18 @@ def test_paper_grid_exports_with_skipped_rows(tmp_path):
     assert "²" not in tex3 and "α" not in tex3 and r"($\alpha$=0)" in tex3
     # Table II's Prob Gap trial is Table III's Full Model: the result shows there too
     assert r"Ours (Full Model) & 90.00 (n=1/3)" in tex3
+
+
+def test_accuracy_figure_draws_a_regression_history_and_a_figure_error_costs_one_line(tmp_path, capsys):
+    from raygap import cli
+    from raygap.report import trial_figures
+    hist = [{"epoch": e, "val_mae": 1.0 - 0.1 * e, "val_mae_text": 0.9 - 0.1 * e, "val_corr": 0.1 * e}
+            for e in range(3)]
+    figs = trial_figures(hist, ["audio", "visual", "text"], tmp_path / "figs", "t")
+    assert [p.name for p in figs] == ["t_accuracy.png"] and figs[0].stat().st_size > 1000
+
+    class Broken:
+        trials = property(lambda self: 1 / 0)
+    assert cli._figures(Broken(), None, tmp_path / "f") == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "figures not drawn: ZeroDivisionError" in err
