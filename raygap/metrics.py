@@ -4,6 +4,23 @@ from __future__ import annotations
 import numpy as np
 
 
+# The metric names each evaluation returns (per modality with a ``_<m>`` suffix); a grid's
+# ``metrics:`` are checked against them at load (tests check these lists against the functions).
+CLASSIFICATION_METRICS = ("acc", "macro_f1", "loss")
+REGRESSION_METRICS = ("mae", "corr", "acc2", "f1_2", "acc2_nz", "f1_2_nz", "acc7", "loss")
+TRIAL_METRICS = ("best_epoch", "last_epoch")
+
+
+def metric_names(task: str, modalities: list[str], reports: tuple[str, ...] = ()) -> set[str]:
+    """Every name a finished trial's metrics can hold: each evaluation metric of ``task``, fused
+    and per modality, as chosen on validation (``acc``), its validation value (``val_acc``)
+    and the last epoch's (``last_acc``); ``best_epoch``/``last_epoch``; a method's reported
+    figures (``data_pct``)."""
+    base = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    names = {f"{b}{sfx}" for b in base for sfx in ["", *(f"_{m}" for m in modalities)]}
+    return ({f"{pre}{n}" for n in names for pre in ("", "val_", "last_")} | set(TRIAL_METRICS) | set(reports))
+
+
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean()) if len(y) else float("nan")
 

@@ -32,7 +32,7 @@ import torchaudio.functional as AF
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .base import DataCommon, DatasetBundle, ModalitySpec, TensorSplit, carve_validation
+from .base import DataCommon, DataLayout, DatasetBundle, ModalitySpec, TensorSplit, carve_validation
 
 BANK_PATH = Path(__file__).with_name("assets") / "avdigits_bank.npz"
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -394,7 +394,9 @@ def regression_target(digits: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- builder
-@DATASETS.register("avdigits", params=AVDigitsParams, in_memory=True)
+@DATASETS.register("avdigits", params=AVDigitsParams, in_memory=True,
+                   layout=lambda p: DataLayout(["audio", "visual"] + (["text"] if p.text else []),
+                                               "regression" if p.target == "regression" else "classification"))
 def build(params: AVDigitsParams, common: DataCommon) -> DatasetBundle:
     """Embedded audio-visual digits (sklearn digit images + eSpeak NG spoken digits)."""
     p, seed = params, int(common.split_seed)

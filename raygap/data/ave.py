@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from ..errors import DataError
 from ..registry import DATASETS
-from .base import DataCommon, DatasetBundle
+from .base import DataCommon, DataLayout, DatasetBundle
 from .media import (
     AVE_RATE,
     NPY_DIR,
@@ -95,7 +95,7 @@ def read_ave_list(path: Path) -> list[AveRow]:
     return rows
 
 
-@DATASETS.register(NAME, params=AveParams)
+@DATASETS.register(NAME, params=AveParams, layout=lambda p: DataLayout(["audio", "visual"]))
 def build(params: AveParams, common: DataCommon) -> DatasetBundle:
     """AVE: audio (1, 257, 1004) z-scored log spectrogram, visual (num_frames, 3, S, S); 28 events."""
     root = data_root(NAME, common)

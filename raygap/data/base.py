@@ -41,6 +41,16 @@ class ModalitySpec:
 
 
 @dataclass
+class DataLayout:
+    """What a dataset yields for given params, known without loading it: the names of its
+    modalities (in order) and its task. Every dataset declares one at registration
+    (``DATASETS.register(name, params=..., layout=lambda p: DataLayout([...]))``) so a
+    config that names a modality the data lacks fails at load, not hours into a grid."""
+    modalities: list[str]
+    task: str = "classification"      # or "regression"
+
+
+@dataclass
 class DataCommon:
     """Options every dataset understands (the common part of the ``data`` section)."""
     root: str | None = None          # data root (else $RAYGAP_DATA / <name>)

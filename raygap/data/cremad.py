@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..registry import DATASETS
-from .base import DataCommon, DatasetBundle, carve_validation
+from .base import DataCommon, DataLayout, DatasetBundle, carve_validation
 from .media import (
     NPY_DIR,
     Clip,
@@ -118,7 +118,7 @@ def actor_disjoint_split(clips: list[str], test_fraction: float, val_fraction: f
     return {"train": np.sort(rest[keep]), "val": np.sort(rest[val]), "test": np.sort(test)}
 
 
-@DATASETS.register(NAME, params=CremadParams)
+@DATASETS.register(NAME, params=CremadParams, layout=lambda p: DataLayout(["audio", "visual"]))
 def build(params: CremadParams, common: DataCommon) -> DatasetBundle:
     """CREMA-D: audio (1, 257, 188) log-STFT, visual (num_frames, 3, S, S); 6 emotions."""
     root = data_root(NAME, common)

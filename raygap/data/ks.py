@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..registry import DATASETS
-from .base import DataCommon, DatasetBundle, carve_validation
+from .base import DataCommon, DataLayout, DatasetBundle, carve_validation
 from .media import (
     NPY_DIR,
     Clip,
@@ -65,7 +65,7 @@ def read_ks_list(path: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
-@DATASETS.register(NAME, params=KsParams)
+@DATASETS.register(NAME, params=KsParams, layout=lambda p: DataLayout(["audio", "visual"]))
 def build(params: KsParams, common: DataCommon) -> DatasetBundle:
     """Kinetics-Sounds: audio (1, 1024, 128) Kaldi fbank (time, mel), visual (num_frames, 3, S, S)."""
     root = data_root(NAME, common)

@@ -34,7 +34,7 @@ import torch
 from ..errors import DataError
 from ..params import F
 from ..registry import DATASETS
-from .base import DataCommon, DatasetBundle, ModalitySpec, TensorSplit
+from .base import DataCommon, DataLayout, DatasetBundle, ModalitySpec, TensorSplit
 
 NAME = "mosi"
 MODALITIES = ("text", "audio", "vision")
@@ -203,7 +203,8 @@ def seven_class_labels(score: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- builder
-@DATASETS.register(NAME, params=MosiParams, in_memory=True)
+@DATASETS.register(NAME, params=MosiParams, in_memory=True,
+                   layout=lambda p: DataLayout(list(MODALITIES), "regression"))
 def build(params: MosiParams, common: DataCommon) -> DatasetBundle:
     """CMU-MOSI features (MMSA or MulT pickle): text, audio, vision sequences; sentiment in [-3, 3]."""
     path = feature_path(params.file, common)

@@ -26,11 +26,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as Fn
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method
+from .base import Method, check_epoch_window
 
 
 @dataclass
@@ -86,9 +85,14 @@ def agm_coefficients(ratio: dict[str, float], target: dict[str, float], alpha: f
     return {m: math.exp(alpha * min(target[m] - ratio[m], clip)) for m in ratio}
 
 
-@METHODS.register("agm", params=AGMParams, version=1)
+@METHODS.register("agm", params=AGMParams, version=1, min_modalities=2)
 class AGM(Method):
     """CE(fused) with each modality's feature gradient scaled by its Shapley-response coefficient."""
+
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        check_epoch_window("modulation_starts", p.modulation_starts, c["train"]["epochs"],
+                           "modulation_ends", p.modulation_ends, "AGM's modulation")
 
     def __init__(self, params: AGMParams, ctx):
         super().__init__(params, ctx)

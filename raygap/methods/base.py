@@ -7,6 +7,13 @@ params dataclass (its config keys under ``method:``) and registers itself::
     @METHODS.register("concat", params=None, version=1)
     class Concat(Method): ...
 
+Registration meta a method may declare: ``version`` (bump it when a code change alters
+results: stored trials keyed with the old version then run again), ``fusion`` (the fusion
+head it needs), ``min_modalities`` / ``max_modalities``, ``reports`` (the figures its epoch
+records carry as ``report_<name>``, e.g. ``data_pct``: a grid may show them as metrics).
+``check_config`` adds checks of its own; all of them run when a config is loaded (exit 2),
+never hours into a grid.
+
 Per batch:   for st.phase in phases(st):   (one phase, None, unless the method says otherwise)
                  out = forward(model, batch, st); loss, logs = loss(out, batch, st);
                  backward; after_backward(model, out, batch, st); optimizer step.
@@ -77,6 +84,14 @@ class Method:
             return Fn.l1_loss(o, y, reduction=reduction)
         return Fn.cross_entropy(output, labels, reduction=reduction)
 
+    @classmethod
+    def check_config(cls, p, c: dict, modalities: list[str]) -> None:
+        """Cross-field checks at config load, before any trial starts: raise
+        :class:`~raygap.errors.ConfigError` for a combination that would fail at run time or
+        silently train something else (a schedule that never starts, a modality the data
+        lacks). ``p`` is the method's params, ``c`` the resolved config dict, ``modalities``
+        the names the trial will train on."""
+
     def setup(self, model: torch.nn.Module) -> None:
         """Called once after the model is built, before the optimizer exists."""
 
@@ -107,6 +122,20 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def check_epoch_window(start_key: str, start: int, epochs: int, end_key: str | None = None,
+                       end: int | None = None, what: str = "the method") -> None:
+    """``start`` must fall inside the trained epochs (and before ``end``), else the method
+    would silently never act: one ConfigError naming the key."""
+    from ..errors import ConfigError
+
+    if start >= epochs:
+        raise ConfigError(f"{start} >= train.epochs ({epochs}): {what} would never act", key=f"method.{start_key}",
+                          hint=f"set method.{start_key} below {epochs} or train more epochs")
+    if end is not None and end <= start:
+        raise ConfigError(f"the window [{start}, {end}) is empty: {what} would never act", key=f"method.{end_key}",
+                          hint=f"set method.{end_key} above {start}")
 
 
 def unimodal_ce(out: ModelOutput, labels: torch.Tensor, reduction: str = "mean") -> dict[str, torch.Tensor]:

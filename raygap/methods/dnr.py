@@ -83,6 +83,16 @@ class DnR(Method):
     """Plain CE training; every N epochs each encoder is pulled back toward its initialization by
     w = tanh(lambda * purity gap between training and validation k-means clusters)."""
 
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        from ..errors import ConfigError
+
+        epochs = c["train"]["epochs"]
+        if p.every + 1 >= epochs:      # the first re-initialization is at the start of epoch every + 1
+            raise ConfigError(f"{p.every}: the first re-initialization would be at epoch {p.every + 1}, but the "
+                              f"trial trains epochs 0..{epochs - 1}: D&R would be plain Concat",
+                              key="method.every", hint=f"set method.every below {epochs - 1}")
+
     def __init__(self, params: DnRParams, ctx):
         super().__init__(params, ctx)
         self.init: dict[str, dict[str, torch.Tensor]] = {}

@@ -58,6 +58,12 @@ class GapAdaptiveParams:
     hist_bins: int = F(40, range=(5, 1000), help="bins of the logged gap histogram")
 
 
+def _nearest(word: str, choices: list[str]) -> str:
+    import difflib
+
+    return (difflib.get_close_matches(word, choices, n=1, cutoff=0.0) or choices[:1] or [""])[0]
+
+
 def warmup_loss(out, y: torch.Tensor, unimodal: bool = True):
     """L_wp = L_f + sum_m L_m (Eq. 10); returns (loss, logs)."""
     ce_f = Fn.cross_entropy(out.fused, y)
@@ -71,7 +77,7 @@ def warmup_loss(out, y: torch.Tensor, unimodal: bool = True):
     return loss, logs
 
 
-@METHODS.register("warmup_objective", params=None, version=1)
+@METHODS.register("warmup_objective", params=None, version=1, reports=("data_pct",))
 class WarmupObjective(Method):
     """Control (raygap's addition): the warm-up objective L_f + sum_m L_m for every epoch."""
 
@@ -82,9 +88,26 @@ class WarmupObjective(Method):
         return {"report_data_pct": 100.0}
 
 
-@METHODS.register("gap_adaptive", params=GapAdaptiveParams, version=1)
+@METHODS.register("gap_adaptive", params=GapAdaptiveParams, version=1, min_modalities=2, reports=("data_pct",))
 class GapAdaptive(Method):
     """Two-stage training with the GMM-guided adaptive loss (paper Section III)."""
+
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        from ..errors import ConfigError
+
+        if len(p.pair) != 2 or p.pair[0] == p.pair[1]:
+            raise ConfigError(f"must name two different modalities, got {p.pair}", key="method.pair",
+                              hint=f"e.g. method.pair=[{', '.join(modalities[:2])}]")
+        for m in p.pair:
+            if m not in modalities:
+                raise ConfigError(f"{m!r} is not a modality of this trial ({', '.join(modalities)})",
+                                  key="method.pair", hint=f"nearest: {_nearest(m, modalities)!r}")
+        epochs = c["train"]["epochs"]
+        if p.warmup_epochs >= epochs:
+            raise ConfigError(f"{p.warmup_epochs} >= train.epochs ({epochs}): the trial would train the warm-up "
+                              "objective only and never reach the adaptive stage", key="method.warmup_epochs",
+                              hint=f"set method.warmup_epochs below {epochs} (or use method.name=warmup_objective)")
 
     def __init__(self, params: GapAdaptiveParams, ctx):
         super().__init__(params, ctx)

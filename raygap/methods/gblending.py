@@ -27,7 +27,7 @@ import torch.nn.functional as Fn
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, TrainState
+from .base import Method, TrainState, check_epoch_window
 
 FUSED = "fused"
 
@@ -71,6 +71,11 @@ def blend_weights(prev: dict[str, tuple[float, float]], cur: dict[str, tuple[flo
 class GBlending(Method):
     """L = sum_k w_k CE_k over the fused output and each modality's logits, the weights
     re-estimated every super-epoch from each branch's overfitting-to-generalization behaviour."""
+
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        check_epoch_window("super_epoch", p.super_epoch, c["train"]["epochs"],
+                           what="G-Blending's first weight estimate (at epoch super_epoch)")
 
     def __init__(self, params: GBlendingParams, ctx):
         super().__init__(params, ctx)

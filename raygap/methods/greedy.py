@@ -45,7 +45,7 @@ from ..errors import ConfigError
 from ..models.net import ModelOutput
 from ..params import F
 from ..registry import METHODS
-from .base import Method, TrainState
+from .base import Method, TrainState, check_epoch_window
 
 
 @dataclass
@@ -208,9 +208,13 @@ def curation_target(d: float, epsilon: float) -> int | None:
     return 0 if d > 0 else 1
 
 
-@METHODS.register("greedy", params=GreedyParams, version=1)
+@METHODS.register("greedy", params=GreedyParams, version=1, min_modalities=2, max_modalities=2)
 class Greedy(Method):
     """MMTM-coupled encoders, re-balanced by curation windows on the conditional learning speed gap."""
+
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        check_epoch_window("start_epoch", p.start_epoch, c["train"]["epochs"], what="curation")
 
     def __init__(self, params: GreedyParams, ctx):
         super().__init__(params, ctx)

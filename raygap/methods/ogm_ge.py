@@ -24,7 +24,7 @@ import torch
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method
+from .base import Method, check_epoch_window
 
 
 @dataclass
@@ -140,9 +140,14 @@ class OGMStats:
 
 
 # ----------------------------------------------------------------------------- the method
-@METHODS.register("ogm_ge", params=OGMGEParams, version=1)
+@METHODS.register("ogm_ge", params=OGMGEParams, version=1, min_modalities=2)
 class OGMGE(Method):
     """L = CE(fused); the dominant modality's encoder gradient scaled by k, plus GE noise."""
+
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        check_epoch_window("modulation_starts", p.modulation_starts, c["train"]["epochs"],
+                           "modulation_ends", p.modulation_ends, "OGM's gradient modulation")
 
     def __init__(self, params: OGMGEParams, ctx):
         super().__init__(params, ctx)

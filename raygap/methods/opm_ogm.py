@@ -23,7 +23,7 @@ import torch
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method
+from .base import Method, check_epoch_window
 from .ogm_ge import OGMStats, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
 
 
@@ -55,9 +55,16 @@ def drop_probabilities(ratios: dict[str, float], q_base: float, lam: float) -> d
     return q
 
 
-@METHODS.register("opm_ogm", params=OPMOGMParams, version=1)
+@METHODS.register("opm_ogm", params=OPMOGMParams, version=1, min_modalities=2)
 class OPMOGM(Method):
     """Drop the dominant modality's features at rate q (OPM) and scale its gradients by k (OGM)."""
+
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        check_epoch_window("warmup_epochs", p.warmup_epochs, c["train"]["epochs"], what="OPM and OGM")
+        if p.ogm:
+            check_epoch_window("modulation_starts", p.modulation_starts, c["train"]["epochs"],
+                               "modulation_ends", p.modulation_ends, "OGM's gradient modulation")
 
     def __init__(self, params: OPMOGMParams, ctx):
         super().__init__(params, ctx)

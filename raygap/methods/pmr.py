@@ -25,7 +25,7 @@ import torch.nn.functional as Fn
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, TrainState
+from .base import Method, TrainState, check_epoch_window
 
 
 @dataclass
@@ -81,10 +81,15 @@ def stratified_subset(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
-@METHODS.register("pmr", params=PMRParams, version=1)
+@METHODS.register("pmr", params=PMRParams, version=1, min_modalities=2)
 class PMR(Method):
     """CE of the fused output plus alpha * the prototypical CE of the modality whose prototype
     classifier is weaker on the batch (summed true-class probability)."""
+
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        check_epoch_window("start_epoch", p.start_epoch, c["train"]["epochs"], "end_epoch", p.end_epoch + 1,
+                           "the prototype term")
 
     def __init__(self, params: PMRParams, ctx):
         super().__init__(params, ctx)
