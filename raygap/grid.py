@@ -2,7 +2,10 @@
 
 Grid file (``grids/*.yaml``)
 ----------------------------
-``name``          the grid's name (default: the file's stem); results go to ``results/<name>/``
+``name``          the grid's name (default: the file's stem); its tables go to
+                  ``results/<name>/<profile>/``. 1-64 ASCII letters, digits, ``.``, ``_``,
+                  ``-``, starting with a letter or digit; not ``ray`` or ``train`` (folders
+                  raygap uses) and not the name of a file in the results folder
 ``description``   free text, printed in the exported tables
 ``base``          a trial config shared by every trial
 ``base_by``       optional: ``{dotted key: {value: overrides}}`` -- part of the base, applied
@@ -19,7 +22,8 @@ Grid file (``grids/*.yaml``)
 ``columns``       dotted key -> list of values, crossed with every row
                   (typically ``data.name: [cremad, ave, ks]``)
 ``seeds``         list of distinct non-negative integers; each (row, column) runs per seed
-``metrics``       the metric names the tables show (``acc``, ``macro_f1``, ``data_pct``...)
+``metrics``       the metric names the tables show (``acc``, ``macro_f1``, ``data_pct``...);
+                  each must be one some trial of the grid reports (checked at load)
 ``resources``     per trial, e.g. ``{cpu: 4, gpu: 0.5}``
 ``column_labels`` optional: column value -> header (``cremad: CREMA-D``)
 ``notes``         optional: row label -> footnote (the same as a row's ``note``)
@@ -37,6 +41,9 @@ Merge order per trial::
       -> matching profile.overlay_by -> row -> column values -> --set
 
 so rows and columns win over profiles, profiles over the base, ``--set`` over everything.
+``--set seed=N`` replaces the seeds list with ``[N]``. A profile or ``--set`` never hides a
+problem: the grid file is expanded and validated on its own first, so a bad value in it is
+reported even where a profile would override it.
 ``base_by`` and ``overlay_by`` match against the trial as it would be with the row, column
 and ``--set`` applied, so a row that switches ``method.name`` gets that method's overlay.
 
@@ -47,13 +54,21 @@ offending key came from, e.g.
 
 Two cells that resolve to the same config have the same key: they are one trial (both
 memberships are kept in ``Grid.trials``; ``Grid.distinct()`` has it once).
+
+Limits (each one ConfigError line, within seconds): the file is UTF-8 YAML of at most
+1 MiB, nested at most 32 deep, without duplicate keys, at most 200,000 values once YAML
+aliases are expanded (raygap.config.read_yaml); a grid expands to at most 10,000 cells.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import difflib
+import hashlib
 import itertools
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +85,7 @@ from .config import (
     set_dotted,
 )
 from .errors import ConfigError
+from .metrics import metric_names
 from .registry import METHODS
 
 GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources",
@@ -77,6 +93,29 @@ GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns
 PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
 ROW_NOTE = "note"
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "grids" / "profiles"
+
+# A grid's and a profile's names become folder names (results/<grid>/<profile>/): plain
+# ASCII, short, and not a folder raygap uses for something else.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RESERVED_NAMES = {"ray": "Tune's storage folder (results/ray)", "train": "raygap train's folder (results/train)"}
+NO_PROFILE = "noprofile"          # the results folder of a grid run without a profile
+MAX_CELLS = 10_000                # the paper's six tables hold 375 cells; a grid beyond this is a mistake
+
+
+def check_name(name, what: str, file: str | None, key: str) -> str:
+    """``name`` if it is safe as a folder name under results/, else one ConfigError line."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"expected a plain name, got {_short(name)}", file=file, key=key)
+    shown = _short(name) if len(name) <= 60 else _short(name[:40]) + f" ({len(name)} characters)"
+    if not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"{shown} cannot name a folder (results/<{what}>/): use 1-64 ASCII letters, digits, "
+                          "'.', '_' or '-', starting with a letter or digit", file=file, key=key,
+                          hint=f"e.g. {re.sub(r'[^A-Za-z0-9._-]', '_', name.strip())[:64].lstrip('._-') or what}")
+    if name in RESERVED_NAMES or (what == "profile" and name == NO_PROFILE):
+        used = RESERVED_NAMES.get(name, "the folder of runs without a profile")
+        raise ConfigError(f"{name!r} is reserved: results/{name} is {used}", file=file, key=key,
+                          hint=f"e.g. {name}_grid")
+    return name
 
 
 @dataclass
@@ -105,6 +144,22 @@ class Grid:
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (row label, reason)
     profile: str | None = None
     resources: dict = field(default_factory=dict)
+    sets: list[str] = field(default_factory=list)       # the --set items, as given
+
+    @property
+    def variant(self) -> str:
+        """The results sub-folder of this expansion: the profile's name (``noprofile``
+        without one), plus ``+set-<hash>`` when ``--set`` items change the trials, so tables
+        of different settings never share files."""
+        v = self.profile or NO_PROFILE
+        if self.sets:
+            v += "+set-" + hashlib.sha256(json.dumps(sorted(self.sets)).encode()).hexdigest()[:8]
+        return v
+
+    @property
+    def store_name(self) -> str:
+        """The name the store records this expansion's cells under (``table3/demo``)."""
+        return f"{self.name}/{self.variant}"
 
     def distinct(self) -> dict[str, TrialSpec]:
         """key -> the first cell that uses it (each distinct trial once, in grid order)."""
@@ -210,6 +265,7 @@ def _check_columns(columns: dict, file: str, what: str = "columns") -> dict[str,
 def load_profile(name: str, profiles_dir: Path | str | None = None) -> dict:
     """Read and check ``profiles_dir/NAME.yaml`` (default ``grids/profiles``)."""
     d = Path(profiles_dir or PROFILES_DIR)
+    check_name(name, "profile", None, "--profile")
     path = d / f"{name}.yaml"
     if not path.exists():
         have = sorted(p.stem for p in d.glob("*.yaml"))
@@ -299,9 +355,18 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
     """Expand a grid file (with an optional profile and ``--set`` items) into validated trials.
 
     Raises :class:`ConfigError` (one line) on any problem with the file, the profile or
-    any trial. Rows whose ``method.name`` is not registered fail, naming the missing
-    methods, unless ``skip_missing``: then they are dropped and listed in ``grid.skipped``.
+    any trial. The grid file is validated on its own first, so a bad value in it is
+    reported even where the profile or ``--set`` would override it. Rows whose
+    ``method.name`` is not registered fail, naming the missing methods, unless
+    ``skip_missing``: then they are dropped and listed in ``grid.skipped``.
     """
+    if profile is not None or sets:
+        _expand(path, None, None, skip_missing, profiles_dir)
+    return _expand(path, profile, sets, skip_missing, profiles_dir)
+
+
+def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_missing: bool,
+            profiles_dir: Path | str | None) -> Grid:
     from .plugins import load_all
 
     load_all()
@@ -312,9 +377,7 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
     for k in doc:
         if k not in GRID_KEYS:
             raise ConfigError("unknown key", file=file, key=str(k), hint=f"nearest valid key: {nearest(k, GRID_KEYS)}")
-    name = doc.get("name") if doc.get("name") is not None else Path(path).stem
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"expected a plain name (it names results/<name>/), got {_short(name)}", file=file, key="name")
+    name = check_name(doc.get("name") if doc.get("name") is not None else Path(path).stem, "grid", file, "name")
     description = doc.get("description") or ""
     if not isinstance(description, str):
         raise ConfigError(f"expected text, got {_short(description)}", file=file, key="description")
@@ -330,7 +393,12 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
         if ROW_NOTE in over:
             notes[label] = str(over.pop(ROW_NOTE))
         rows[label] = over
-    for label, over in _sweep_rows(_mapping(doc.get("sweep"), "sweep", file), file).items():
+    sweep = _mapping(doc.get("sweep"), "sweep", file)
+    n_sweep = math.prod(len(_list(v, f"sweep.{k}", file)) for k, v in sweep.items()) if sweep else 0
+    if len(rows) + n_sweep > MAX_CELLS:
+        raise ConfigError(f"{len(rows) + n_sweep} rows; a grid may expand to at most {MAX_CELLS} cells",
+                          file=file, key="sweep" if n_sweep > len(rows) else "rows")
+    for label, over in _sweep_rows(sweep, file).items():
         if label in rows:
             raise ConfigError(f"the sweep row {label!r} has the label of a row", file=file, key="sweep")
         rows[label] = over
@@ -360,14 +428,21 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
     set_layer: dict = {}
     try:
         for k, v in parse_set(sets):
+            if k == "seed":         # a grid's seeds are a list: --set seed=N runs seed N only
+                seeds = _check_seeds([v], "--set", "seed")
+                continue
             set_dotted(set_layer, k, v)
     except ConfigError as e:
         raise ConfigError(e.problem, key=f"--set: {e.key}" if e.key and e.key != "--set" else "--set",
                           hint=e.hint) from None
+    n_cells = len(rows) * math.prod(len(v) for v in columns.values()) * len(seeds)
+    if n_cells > MAX_CELLS:
+        raise ConfigError(f"expands to {n_cells} cells (rows x columns x seeds); at most {MAX_CELLS} are allowed",
+                          file=file, key="rows")
 
     grid = Grid(name=name, description=description, path=Path(path), metrics=[str(m) for m in metrics],
                 row_labels=list(rows), columns=columns, column_labels=column_labels, seeds=seeds, notes=notes,
-                profile=profile, resources={**grid_resources, **prof_resources})
+                profile=profile, resources={**grid_resources, **prof_resources}, sets=list(sets or []))
     missing: dict[str, str] = {}
     for label, over in rows.items():
         for column in grid.column_combos():
@@ -394,6 +469,10 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
                 raw["seed"] = seed
                 try:
                     cfg = resolve(raw)
+                    if cfg.train.device == "cuda" and cfg.resources.gpu <= 0:
+                        raise ConfigError("cuda, but resources.gpu is 0: Ray shows a trial no GPU unless it asks "
+                                          "for one", key="train.device",
+                                          hint="set resources.gpu (e.g. 0.5) or train.device=auto")
                 except ConfigError as e:
                     raise _blame(e, layers, label, column, file) from None
                 grid.trials.append(TrialSpec(label, dict(column), seed, cfg, cfg.key(),
@@ -410,7 +489,28 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
                               file=file, key="rows", hint="pass --skip-missing to run the other rows")
         grid.skipped = [(lab, f"method {m!r} is not implemented") for lab, m in missing.items()]
         grid.row_labels = [r for r in grid.row_labels if r not in missing]
+    _check_metrics(grid, file)
     return grid
+
+
+def _check_metrics(grid: Grid, file: str) -> None:
+    """Every name in ``metrics:`` must be one some trial of the grid reports."""
+    from .config import trial_modalities
+
+    valid: set[str] = set()
+    seen: set[str] = set()
+    for t in grid.trials:
+        c = t.config.to_dict()
+        sig = json.dumps([c["data"], c["method"]["name"]], sort_keys=True, default=str)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        mods, task = trial_modalities(c)
+        valid |= metric_names(task, mods, tuple(METHODS.get(c["method"]["name"]).meta.get("reports", ())))
+    for m in grid.metrics:
+        if valid and m not in valid:
+            raise ConfigError(f"no trial of this grid reports {m!r}", file=file, key="metrics",
+                              hint=f"nearest: {nearest(m, sorted(valid))!r}")
 
 
 def _matching(by: dict[str, dict[str, dict]], what: str, file: str | None, below: list, top: list) -> list:
@@ -432,15 +532,19 @@ def _merge(layers: list[tuple[str, str | None, dict]]) -> dict:
 
 
 # ----------------------------------------------------------------------------- reports
-def describe(grid: Grid, store) -> str:
+def describe(grid: Grid, store, rerun: set[str] | frozenset = frozenset()) -> str:
     """The ``--dry-run`` listing: one line per cell (label, column values, seed, key, stored
-    status: done / failed / running / pending / new), skipped rows, then the totals."""
+    status: done / failed / running / interrupted / pending / new, ``-> rerun`` for the
+    keys ``--rerun`` would run again), skipped rows, then the totals."""
     status = store.status_of([t.key for t in grid.trials])
-    lines = [f"grid {grid.name} ({grid.path})" + (f", profile {grid.profile}" if grid.profile else "")]
+    status = {k: ("new" if k in rerun else v) for k, v in status.items()}
+    lines = [f"grid {grid.name} ({grid.path})" + (f", profile {grid.profile}" if grid.profile else "")
+             + (f", --set {' '.join(grid.sets)}" if grid.sets else "")]
     width = max((len(t.label) for t in grid.trials), default=10)
     for t in grid.trials:
         col = ", ".join(f"{k}={v}" for k, v in t.column.items()) or "-"
-        lines.append(f"  {t.label:{width}s}  {col:20s}  seed {t.seed:<3d} {t.key}  {status.get(t.key, 'new')}")
+        shown = "rerun" if t.key in rerun else status.get(t.key, "new")
+        lines.append(f"  {t.label:{width}s}  {col:20s}  seed {t.seed:<3d} {t.key}  {shown}")
     for label, reason in grid.skipped:
         lines.append(f"  skipped row {label!r}: {reason}")
     distinct = grid.distinct()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from raygap.cli import main as cli_main
 from raygap.errors import ConfigError
 from raygap.grid import count_cells_including_missing, count_trials, describe, load_grid
 from raygap.store import Store
@@ -64,7 +66,7 @@ def test_sweep_labels_use_the_full_key_when_leaves_collide(tmp_path):
 
 
 def test_merge_order_base_profile_overlay_by_row_column_set(tmp_path, profiles):
-    g = write(tmp_path, {"name": "t", "base": {"train": {"epochs": 3, "eval_batch_size": 17},
+    g = write(tmp_path, {"name": "t", "base": {"train": {"epochs": 12, "eval_batch_size": 17},
                                                "method": {"name": "gap_adaptive"}},
                          "rows": {"A": {"train.batch_size": 16},          # dotted row keys work
                                   "C": {"method": {"name": "concat"}},
@@ -274,7 +276,40 @@ BAD_EXPECT = {
     "row_not_mapping.yaml": ("rows.A", "expected a mapping"),
     "note_for_missing_row.yaml": ("notes", "'Ful'"),
     "not_a_mapping.yaml": ("", "must be a mapping"),
+    # the file itself (encoding, size, depth, duplicate keys)
+    "binary.yaml": ("", "contains NUL bytes"),
+    "utf16.yaml": ("", "is UTF-16 text; raygap reads UTF-8 (save the file as UTF-8)"),
+    "latin1.yaml": ("", "not UTF-8 text: byte 0xe9 at line 2, column 17"),
+    "deep_nesting.yaml": ("", "nested deeper than 32 levels"),
+    "alias_bomb.yaml": ("", "more than 200000 values once YAML aliases are expanded"),
+    "duplicate_key.yaml": ("line 5, column 3", "duplicate key 'A' (first on line 3)"),
+    "huge_sweep.yaml": ("sweep", "100000 rows; a grid may expand to at most 10000 cells"),
+    "too_many_cells.yaml": ("rows", "expands to 12000 cells"),
+    "unknown_metric.yaml": ("metrics", "no trial of this grid reports 'acc_vis' (nearest: 'acc_visual')"),
+    # the grid's own values, reported although the demo profile would override them
+    "negative_cpu_under_profile.yaml": ("resources (rows.A): resources.cpu", "-2.0 is out of range (0.0, 1024.0]",
+                                        "demo"),
+    "inf_under_profile.yaml": ("base (rows.A): optim.lr", "expected a finite number, got inf", "demo"),
+    "unknown_dataset_under_profile.yaml": ("base (rows.A): data.name", "'cremadd' is not one of", "demo"),
+    # cross-field checks at load
+    "cpu_zero.yaml": ("resources.cpu", "0.0 is out of range (0.0, 1024.0]"),
+    "warmup_ge_epochs.yaml": ("rows.Ours: method.warmup_epochs", "5 >= train.epochs (5)"),
+    "bad_pair.yaml": ("rows.Ours: method.pair", "'vision' is not a modality of this trial (audio, visual) "
+                                                "(nearest: 'visual')"),
+    "bad_modalities.yaml": ("rows.Audio only: data.modalities", "dataset avdigits has no modality 'txt'"),
+    "too_few_modalities.yaml": ("rows.OGM: data.modalities", "method ogm_ge needs at least 2 modalities"),
+    "cuda_without_gpu.yaml": ("rows.A: train.device", "cuda, but resources.gpu is 0"),
+    # names that become folders
+    "name_nul.yaml": ("name", "'tab\\x00le' cannot name a folder"),
+    "name_long.yaml": ("name", "(300 characters) cannot name a folder"),
+    "name_path.yaml": ("name", "'../outside' cannot name a folder"),
+    "name_ray.yaml": ("name", "'ray' is reserved: results/ray is Tune's storage folder"),
 }
+
+
+def _bad(name: str) -> tuple[str, str, str | None]:
+    where, problem, *profile = BAD_EXPECT[name]
+    return where, problem, (profile[0] if profile else None)
 
 
 def test_the_corpus_is_covered():
@@ -283,12 +318,81 @@ def test_the_corpus_is_covered():
 
 @pytest.mark.parametrize("bad", sorted(BAD_EXPECT))
 def test_malformed_grid_is_one_line_naming_file_and_key(bad):
-    where, problem = BAD_EXPECT[bad]
+    where, problem, profile = _bad(bad)
     with pytest.raises(ConfigError) as e:
-        load_grid(BAD / bad)
+        load_grid(BAD / bad, profile=profile)
     line = e.value.line()
     assert "\n" not in line and line.startswith(str(BAD / bad)), line
     assert where in line and problem in line, line
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_EXPECT))
+def test_malformed_grid_through_the_cli_is_one_line_exit_2_within_seconds(bad, tmp_path, capsys):
+    where, problem, profile = _bad(bad)
+    t0 = time.perf_counter()
+    code = cli_main(["run", str(BAD / bad), "--dry-run", "--results", str(tmp_path / "results")]
+                    + (["--profile", profile] if profile else []))
+    seconds = time.perf_counter() - t0
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1, (out, err)
+    assert err.startswith(f"raygap: error: {BAD / bad}") and problem in err and "Traceback" not in err
+    assert seconds < 10, f"{bad}: {seconds:.1f} s"                  # a bound against hangs, not a benchmark
+    assert not (tmp_path / "results").exists()                       # a dry run creates nothing
+
+
+def test_a_20_mb_grid_of_400000_rows_is_refused_at_once(tmp_path, capsys):
+    p = tmp_path / "big.yaml"
+    with open(p, "w") as f:
+        f.write("name: big\nrows:\n")
+        for i in range(400_000):
+            f.write(f"  row number {i:06d} of a grid that is far too long: {{method: {{name: concat}}}}\n")
+    assert p.stat().st_size > 20e6
+    t0 = time.perf_counter()
+    assert cli_main(["run", str(p), "--dry-run", "--results", str(tmp_path)]) == 2
+    assert time.perf_counter() - t0 < 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MiB; raygap reads YAML files of at most 1 MiB" in err
+
+
+def test_a_grid_is_validated_on_its_own_before_the_profile():
+    # the same file loads with no profile, and the demo profile keeps reporting the grid's value
+    with pytest.raises(ConfigError) as alone:
+        load_grid(BAD / "negative_cpu_under_profile.yaml")
+    with pytest.raises(ConfigError) as under:
+        load_grid(BAD / "negative_cpu_under_profile.yaml", profile="demo")
+    assert alone.value.line() == under.value.line()
+
+
+def test_set_seed_runs_that_seed_only_in_its_own_results_folder(tmp_path):
+    g = write(tmp_path, {"name": "s", "rows": {"A": {}}, "seeds": [0, 1, 2]})
+    plain, one = load_grid(g), load_grid(g, sets=["seed=7"])
+    assert plain.seeds == [0, 1, 2] and one.seeds == [7] and [t.seed for t in one.trials] == [7]
+    assert one.trials[0].config.seed == 7 and plain.variant == "noprofile"
+    assert one.variant.startswith("noprofile+set-") and one.variant != load_grid(g, sets=["seed=8"]).variant
+    with pytest.raises(ConfigError) as e:
+        load_grid(g, sets=["seed=-1"])
+    assert e.value.line().startswith("--set: seed") and "integers in [0, 2**31)" in e.value.line()
+
+
+def test_rerun_before_the_grid_keeps_the_grid(tmp_path, capsys):
+    g = write(tmp_path, {"name": "r", "rows": {"A": {}}})
+    key = load_grid(g).trials[0].key
+    assert cli_main(["run", "--rerun", key[:6], str(g), "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{key}  rerun" in out and "would forget 1 stored trial(s)" in out
+    assert cli_main(["run", "--rerun", "zz", str(g), "--dry-run", "--results", str(tmp_path)]) == 2
+    assert "'zz' is not a trial hash" in capsys.readouterr().err
+
+
+def test_a_grid_named_like_a_file_in_results_is_one_line(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "notes").write_text("mine")
+    g = write(tmp_path, {"name": "notes", "rows": {"A": {}}})
+    assert cli_main(["run", str(g), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{results / 'notes'}, which is a file" in err
+    assert (results / "notes").read_text() == "mine"
 
 
 def test_the_examples_error_format(tmp_path):
