@@ -30,3 +30,23 @@ class ConfigError(Exception):
 
 class DataError(Exception):
     """Missing or corrupt media / dataset layout problems. Names the offending file."""
+
+
+class StoreError(Exception):
+    """The trial store (or the results folder) cannot be used: corrupt, truncated, locked,
+    read-only or full. One line naming the file and what to do; exit 2."""
+
+    def __init__(self, path, problem: str, advice: str = ""):
+        self.path, self.problem, self.advice = str(path), problem, advice
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        return f"{self.path}: {self.problem}" + (f"; {self.advice}" if self.advice else "")
+
+
+class CheckpointMismatch(RuntimeError):
+    """A trial directory holds another trial's checkpoint (its key differs)."""
+
+
+class DeviceUnavailable(RuntimeError):
+    """A trial asks for CUDA (train.device=cuda, or a GPU share) where CUDA is unusable."""

@@ -45,7 +45,7 @@ def test_store_round_trip_on_a_real_sqlite_file(tmp_path):
     with sqlite3.connect(db) as c:                   # the documented schema, WAL mode
         cols = [r[1] for r in c.execute("PRAGMA table_info(trials)")]
         assert cols == ["key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
-                        "finished", "wall_seconds", "info"]
+                        "finished", "wall_seconds", "info", "owner", "heartbeat"]
         assert [r[1] for r in c.execute("PRAGMA table_info(memberships)")] == ["grid", "key", "label", "column", "seed"]
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert json.loads(c.execute("SELECT metrics FROM trials").fetchone()[0]) == {"acc": 0.5, "f": None}
@@ -84,16 +84,21 @@ def test_register_memberships_pending_rows_and_rows_for_grid(tmp_path):
     s = Store(tmp_path / "store.sqlite")
     s.register(grid)
     s.register(grid)                                                  # idempotent
-    rows = s.rows_for_grid("m")
+    rows = s.rows_for_grid("m/noprofile")
     assert len(rows) == 4 and [r["label"] for r in rows] == ["A", "A", "B", "B"]
     assert rows[0]["column"] == {"data.val_fraction": 0.1} and rows[0]["status"] == "pending"
     assert rows[0]["config"]["train"]["epochs"] == 100 and rows[0]["attempts"] == 0
     assert len(s.status_of(r["key"] for r in rows)) == 2             # A and B share their trials
     s.save_done(rows[0]["key"], {"acc": 0.9}, [], 1.0, {})
-    assert [r["status"] for r in s.rows_for_grid("m")] == ["done", "pending", "done", "pending"]
-    assert s.grids() == ["m"] and s.memberships("m")[0]["column"] == {"data.val_fraction": 0.1}
-    s.forget([rows[1]["key"]])
-    assert [r["status"] for r in s.rows_for_grid("m")] == ["done", "new", "done", "new"]
+    assert [r["status"] for r in s.rows_for_grid("m/noprofile")] == ["done", "pending", "done", "pending"]
+    assert s.grids() == ["m/noprofile"] and s.memberships("m/noprofile")[0]["column"] == {"data.val_fraction": 0.1}
+    assert s.forget([rows[1]["key"]]) == 1
+    assert [r["status"] for r in s.rows_for_grid("m/noprofile")] == ["done", "new", "done", "new"]
+    with sqlite3.connect(tmp_path / "store.sqlite") as c:            # the forgotten row is kept, whole
+        (key, record), = c.execute("SELECT key, record FROM forgotten").fetchall()
+    assert key == rows[1]["key"] and json.loads(record)["status"] == "pending"
+    last = s.last_run("m")
+    assert (last["variant"], last["profile"], last["sets"], last["path"]) == ("noprofile", None, [], str(g))
 
 
 def test_store_migrates_the_old_membership_column(tmp_path):
@@ -195,7 +200,7 @@ def filled(tmp_path):
 def test_exports_paper_layout_partial_cells(filled):
     grid, store, tmp = filled
     paths = export_grid(grid, store, tmp / "out")
-    assert set(paths) == {"trials.csv", "table.csv", "table.md", "table.tex"}
+    assert set(paths) == {"trials.csv", "table.csv", "table.md", "table.tex", "table.json"}
     md = paths["table.md"].read_text()
     assert "| Method | V10 Acc | V10 Macro-F1 | V10 Data % | V20 Acc | V20 Macro-F1 | V20 Data % |" in md
     assert "| A | 82.00 ± 2.00 (n=3) | 72.00 ± 2.00 (n=3) | 100.00 ± 0.00 (n=3) | – (0/3) | – (0/3) | – (0/3) |" in md
@@ -240,7 +245,7 @@ def test_writes_are_atomic_and_leave_no_temp_files(filled, monkeypatch):
     out = tmp / "out"
     export_grid(grid, store, out)
     before = (out / "table.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md", "table.tex", "trials.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.json", "table.md", "table.tex", "trials.csv"]
 
     def boom(*a, **k):
         raise RuntimeError("interrupted")
@@ -249,17 +254,17 @@ def test_writes_are_atomic_and_leave_no_temp_files(filled, monkeypatch):
     with pytest.raises(RuntimeError):
         export_grid(grid, store, out)
     assert (out / "table.md").read_text() == before                   # the old file, whole
-    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md", "table.tex", "trials.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.json", "table.md", "table.tex", "trials.csv"]
     monkeypatch.undo()
     atomic_write(out / "x.txt", "hello")
     assert (out / "x.txt").read_text() == "hello"
 
 
-def test_default_out_dir_is_results_grid_name(filled, monkeypatch):
+def test_default_out_dir_is_results_grid_name_variant(filled, monkeypatch):
     grid, store, tmp = filled
     monkeypatch.chdir(tmp)
     paths = export_grid(grid, store, formats=("md",))
-    assert paths["table.md"] == Path("results") / "ex" / "table.md" and paths["table.md"].exists()
+    assert paths["table.md"] == Path("results") / "ex" / "noprofile" / "table.md" and paths["table.md"].exists()
     with pytest.raises(ValueError):
         export_grid(grid, store, tmp / "o", formats=("pdf",))
 
@@ -269,9 +274,9 @@ def test_status_text(filled):
     st = status_text(grid, store)
     lines = st.splitlines()
     assert "6 cells" not in lines[0] and "18 cells, 18 distinct trials" in lines[0]
-    assert any(ln.split()[:6] == ["A", "0.1", "3", "0", "0", "0"] for ln in lines)
-    assert any(ln.split()[:6] == ["B", "0.2", "1", "1", "1", "0"] for ln in lines)
-    assert "total: 4 done, 1 running, 1 failed, 12 missing (of 18 distinct trials)" in st
+    assert any(ln.split()[:7] == ["A", "0.1", "3", "0", "0", "0", "0"] for ln in lines)
+    assert any(ln.split()[:7] == ["B", "0.2", "1", "1", "1", "0", "0"] for ln in lines)
+    assert "total: 4 done, 1 running, 1 failed, 0 interrupted, 12 missing (of 18 distinct trials)" in st
     assert sum("TrialDiverged: nan" in ln for ln in lines) == 1
     failed_line = next(ln for ln in lines if "TrialDiverged" in ln)
     assert "B | 0.2 | seed 1" in failed_line
