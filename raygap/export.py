@@ -1,6 +1,9 @@
 """Tables from the store, in the paper's layout, and the ``raygap status`` report.
 
-``results/<grid>/`` gets (every file written atomically: temp file + fsync + rename):
+``results/<grid>/<variant>/`` gets (every file written atomically: temp file + fsync +
+rename, with the user's umask; ``<variant>`` is the profile's name, ``noprofile``
+without one, plus ``+set-<hash>`` with ``--set`` items, so tables of different settings
+never share files):
 
 * ``trials.csv`` -- one line per cell membership (a trial shared by two cells appears
   twice): ``label``, the column values (one column per column key, e.g. ``data.name``),
@@ -23,19 +26,30 @@
   Row notes (a row's ``note``) are footnotes: ``*``, ``**``... after the label, the texts
   below the table (CSV: a ``Note`` column). Rows skipped because their method is not
   implemented are listed below the table (Markdown, LaTeX comment).
+* ``table.json`` -- the same cells as numbers (values per seed, mean, std, n) and how many
+  cell memberships were done when it was written. An export never replaces these files
+  with a table holding fewer done cells (:class:`ExportRefused`) unless forced.
+
+No write follows a symlink out of the results folder: a folder under it that is a link
+leading elsewhere is refused, and a file that is a link is replaced, never written through.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import json
 import math
 import os
 import statistics
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import flatten
+from .errors import StoreError
 
 PERCENT = {"acc", "macro_f1", "acc2", "f1_2", "acc2_nz", "f1_2_nz", "acc7"}    # fractions shown in percent
 METRIC_LABELS = {"acc": "Acc", "macro_f1": "Macro-F1", "data_pct": "Data %", "best_epoch": "Epoch",
@@ -73,24 +87,91 @@ def metric_label(metric: str) -> str:
     return metric
 
 
-def atomic_write(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class ExportRefused(Exception):
+    """The table on disk holds more done cells than the one an export would write."""
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask (Linux reports it in /proc; elsewhere set-and-restore)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        m = os.umask(0o022)
+        os.umask(m)
+    return m
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> Path:
+    """Write ``path`` through ``write(file)`` so that a reader sees the old file or the new
+    one, whole: a temp file beside it (mode 0666 less the umask, like any new file),
+    fsync, rename over ``path`` (a symlink at ``path`` is replaced, not followed).
+    OSErrors become one StoreError line naming the file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
     return path
+
+
+def _write_error(path: Path, e: OSError) -> StoreError:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
+    return StoreError(path, f"cannot write: {what}",
+                      "the trials are safe in the store; fix this, then run `raygap export` for the tables")
+
+
+def atomic_write(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_with`)."""
+    return atomic_write_with(path, lambda f: f.write(text))
+
+
+def results_dir(root: str | Path, *parts: str, create: bool = True) -> Path:
+    """``root/parts...``, refusing a folder on the way that is not a folder, or that is a
+    symlink leading out of ``root`` (``root`` itself may be a link, e.g. to a larger disk)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(root, "is not a folder", "pass --results DIR with a folder")
+    base = root.resolve()
+    d = root
+    for part in parts:
+        d = d / part
+        if d.is_symlink() and not d.resolve().is_relative_to(base):
+            raise StoreError(d, f"is a symlink to {d.resolve()}, outside {root}: raygap does not write through it",
+                             "remove the link, or point --results at the folder you want written")
+        if d.exists() and not d.is_dir():
+            raise StoreError(d, "is a file where raygap keeps a folder of tables", "move it, or rename the grid")
+    if create:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _write_error(d, e) from None
+    return d
 
 
 # ----------------------------------------------------------------------------- cells
@@ -192,7 +273,8 @@ def to_markdown(grid, header: list[str], body: list[list[str]]) -> str:
     lines.append("")
     lines.append("Mean ± sample std over the seeds that are done, accuracies and F1 scores in percent; "
                  "(n=k) seeds done, (n=k/N) when only k of N are; – none done. The reported epoch is chosen on "
-                 "validation." + (f" Profile: {grid.profile}." if grid.profile else ""))
+                 "validation." + (f" Profile: {grid.profile}." if grid.profile else "")
+                 + (f" --set {' '.join(grid.sets)}." if grid.sets else ""))
     marks = _marks(grid)
     if marks:
         lines.append("")
@@ -270,14 +352,45 @@ def trials_csv(grid, store) -> str:
     return buf.getvalue()
 
 
+MANIFEST = "table.json"
+GUARDED = ("trials.csv", "table.csv", "table.md", "table.tex", MANIFEST)
+
+
+def done_cells(grid, store) -> int:
+    """How many cell memberships (row x column x seed) of the grid are done."""
+    st = store.status_of(t.key for t in grid.trials)
+    return sum(1 for t in grid.trials if st.get(t.key) == "done")
+
+
+def table_json(grid, store) -> dict:
+    combos, cells = table_cells(grid, store)
+    return {
+        "grid": grid.name, "variant": grid.variant, "profile": grid.profile, "sets": list(grid.sets),
+        "grid_file": str(grid.path), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "done": done_cells(grid, store), "cells": len(grid.trials), "metrics": list(grid.metrics),
+        "rows": list(grid.row_labels), "columns": combos,
+        "table": [{"row": label, "column": combos[ci], "metric": m, "values": c.values, "mean": c.mean,
+                   "std": c.std, "done": c.done, "of": c.total}
+                  for (label, ci, m), c in cells.items()],
+    }
+
+
 def export_grid(grid, store, out_dir: str | Path | None = None,
-                formats: tuple[str, ...] | list[str] = ("csv", "md", "tex")) -> dict[str, Path]:
-    """Write ``trials.csv`` and ``table.<fmt>`` for each of ``formats`` (csv, md, tex) into
-    ``out_dir`` (default ``results/<grid name>``). Returns file name -> path."""
+                formats: tuple[str, ...] | list[str] = ("csv", "md", "tex"), force: bool = False) -> dict[str, Path]:
+    """Write ``trials.csv``, ``table.json`` and ``table.<fmt>`` for each of ``formats`` (csv,
+    md, tex) into ``out_dir`` (default ``results/<grid name>/<variant>``). Returns file name
+    -> path.
+
+    Raises :class:`ExportRefused` (writing nothing) when the ``table.json`` already there
+    counts more done cells than this export would hold, or when table files are there
+    without a ``table.json`` to compare with -- unless ``force``."""
     bad = [f for f in formats if f not in ("csv", "md", "tex")]
     if bad:
         raise ValueError(f"unknown table format(s) {bad}: choose from csv, md, tex")
-    out_dir = Path(out_dir) if out_dir is not None else Path("results") / grid.name
+    out_dir = Path(out_dir) if out_dir is not None else Path("results") / grid.name / grid.variant
+    manifest = table_json(grid, store)
+    if not force:
+        _check_not_emptier(out_dir, manifest)
     paths = {"trials.csv": atomic_write(out_dir / "trials.csv", trials_csv(grid, store))}
     header, body = table_rows(grid, store)
     if "csv" in formats:
@@ -286,33 +399,58 @@ def export_grid(grid, store, out_dir: str | Path | None = None,
         paths["table.md"] = atomic_write(out_dir / "table.md", to_markdown(grid, header, body))
     if "tex" in formats:
         paths["table.tex"] = atomic_write(out_dir / "table.tex", to_latex(grid, store))
+    paths[MANIFEST] = atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
     return paths
+
+
+def _check_not_emptier(out_dir: Path, manifest: dict) -> None:
+    old_path = out_dir / MANIFEST
+    if old_path.exists():
+        try:
+            old = json.loads(old_path.read_text(encoding="utf-8"))
+            old_done = int(old["done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ExportRefused(f"{old_path} is unreadable, so raygap cannot tell whether this export would hold "
+                                "fewer results than the tables there; pass --force to replace them") from None
+        if manifest["done"] < old_done:
+            raise ExportRefused(f"kept the tables in {out_dir}: they hold {old_done} done cell(s), this export "
+                                f"{manifest['done']} of {manifest['cells']}; pass --force to replace them")
+        return
+    there = [n for n in GUARDED if (out_dir / n).exists()]
+    if there:
+        raise ExportRefused(f"{out_dir / there[0]} exists without the {MANIFEST} raygap writes beside its tables, "
+                            "so raygap cannot tell whether this export would hold fewer results; "
+                            "pass --force to replace it")
 
 
 # ----------------------------------------------------------------------------- status
 def status_text(grid, store) -> str:
-    """``raygap status``: per row and column the trials done / running / failed / missing
-    (missing = pending or never started), the totals over distinct trials, each failed
-    trial's error on one line, and the skipped rows."""
+    """``raygap status``: per row and column the trials done / running / failed /
+    interrupted / missing (missing = pending or never started), the totals over distinct
+    trials, each failed trial's error on one line, and the skipped rows. A trial whose
+    driver on this machine is gone counts as interrupted, never as running."""
     distinct = grid.distinct()
     st = store.status_of(list(distinct))
     combos = grid.column_combos()
     lines = [f"grid {grid.name} ({grid.path})" + (f", profile {grid.profile}" if grid.profile else "")
+             + (f", --set {' '.join(grid.sets)}" if grid.sets else "")
              + f": {len(grid.trials)} cells, {len(distinct)} distinct trials"]
     lw = max([len(r) for r in grid.row_labels] + [3])
     cols = [", ".join(str(v) for v in c.values()) or "-" for c in combos]
     cw = max([len(c) for c in cols] + [6])
-    lines.append(f"  {'row':{lw}s}  {'column':{cw}s}  done running failed missing")
+    kinds = ("done", "running", "failed", "interrupted")
+    lines.append(f"  {'row':{lw}s}  {'column':{cw}s}  done running failed interrupted missing")
     for label in grid.row_labels:
         for col, colname in zip(combos, cols, strict=True):
             keys = [t.key for t in grid.cell(label, col)]
-            c = {s: sum(1 for k in keys if st.get(k) == s) for s in ("done", "running", "failed")}
+            c = {s: sum(1 for k in keys if st.get(k) == s) for s in kinds}
             miss = len(keys) - sum(c.values())
             lines.append(f"  {label:{lw}s}  {colname:{cw}s}  {c['done']:4d} {c['running']:7d} {c['failed']:6d} "
-                         f"{miss:7d}")
-    tot = {s: sum(1 for k in distinct if st.get(k) == s) for s in ("done", "running", "failed")}
+                         f"{c['interrupted']:11d} {miss:7d}")
+    tot = {s: sum(1 for k in distinct if st.get(k) == s) for s in kinds}
     lines.append(f"total: {tot['done']} done, {tot['running']} running, {tot['failed']} failed, "
-                 f"{len(distinct) - sum(tot.values())} missing (of {len(distinct)} distinct trials)")
+                 f"{tot['interrupted']} interrupted, {len(distinct) - sum(tot.values())} missing "
+                 f"(of {len(distinct)} distinct trials)")
     failed = [k for k in distinct if st.get(k) == "failed"]
     if failed:
         recs = store.records(failed)

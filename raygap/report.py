@@ -27,6 +27,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    """PNG written atomically, with the user's umask; a symlink at ``path`` is replaced,
+    never written through."""
+    from .export import atomic_write_with
+
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+
+
 def component_pdf(x: np.ndarray, family: str, mu: float, sigma: float, nu: float | None) -> np.ndarray:
     if family == "lmm":
         return np.exp(-np.abs(x - mu) / sigma) / (2 * sigma)
@@ -66,7 +74,7 @@ def fig_fit(history: list[dict], path: Path, title: str = "") -> Path | None:
     ax.set_title(title or f"mixture fit at epoch {r['fit_epoch']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -90,7 +98,7 @@ def fig_evolution(history: list[dict], path: Path, title: str = "", max_panels: 
     axes[0][0].set_ylabel("share of samples")
     fig.suptitle(title or "modality gap during adaptive training", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -112,13 +120,12 @@ def fig_accuracy(history: list[dict], modalities: list[str], path: Path, title: 
     ax.set_title(title or f"{'accuracy' if name == 'acc' else 'MAE'} per modality")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
 
 def trial_figures(history: list[dict], modalities: list[str], out_dir: Path, stem: str, title: str = "") -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
     made = [fig_accuracy(history, modalities, out_dir / f"{stem}_accuracy.png", title)]
     for fn, suffix in ((fig_fit, "fit"), (fig_evolution, "gap_evolution")):
         p = fn(history, out_dir / f"{stem}_{suffix}.png", title)
