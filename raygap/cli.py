@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, DataError
+from . import interrupts
+from .errors import ConfigError, DataError, StoreError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,32 +31,47 @@ def _print_metrics(metrics: dict, modalities: list[str]) -> None:
               f"{metrics.get('macro_f1' + sfx, float('nan')):8.4f}  {metrics.get('last_acc' + sfx, float('nan')):8.4f}")
 
 
+TRAIN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "result.json", "result.json.tmp", "config.json")
+
+
 def cmd_train(args) -> int:
     from .config import load_config
-    from .trial import run_trial
+    from .export import atomic_write
+    from .trial import cuda_problem, run_trial
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out or Path("results") / "train" / cfg.key()).resolve()
+    if cfg.train.device == "cuda" and (problem := cuda_problem()):
+        raise ConfigError(f"cuda, but {problem}", file=args.config, key="train.device",
+                          hint="nearest valid choice: auto (the GPU if there is one, else the CPU) or cpu")
+    key = cfg.key()
+    out = Path(args.out or Path("results") / "train" / key).resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError("exists and is not a directory", key="--out", file=str(out))
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    print(f"trial {cfg.key()}  ->  {out}", flush=True)
+    if args.fresh:
+        removed = _remove_train_files(out)
+        if removed:
+            print(f"--fresh: removed {', '.join(removed)} from {out}", flush=True)
+    else:
+        _check_trial_dir(out, key)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create: {e.strerror or e}", key="--out", file=str(out)) from None
+    atomic_write(out / "config.json", json.dumps({"key": key, **cfg.to_dict()}, indent=2))
+    print(f"trial {key}  ->  {out}", flush=True)
     t0 = time.perf_counter()
     try:
         result = run_trial(cfg, checkpoint_dir=out, log=lambda s: print(s, flush=True))
-    except (ConfigError, DataError):
+    except (ConfigError, DataError, KeyboardInterrupt):
         raise
     except Exception as e:  # a failed trial: one summary line, exit 1; the checkpoint stays
-        print(f"raygap: trial {cfg.key()} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"raygap: trial {key} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
-    tmp = out / "result.json.tmp"
-    tmp.write_text(json.dumps({"key": result.key, "metrics": result.metrics, "history": result.history,
-                               "info": result.info, "wall_seconds": wall}, indent=1, default=str))
-    tmp.replace(out / "result.json")
+    atomic_write(out / "result.json", json.dumps({"key": result.key, "metrics": result.metrics,
+                                                  "history": result.history, "info": result.info,
+                                                  "wall_seconds": wall}, indent=1, default=str))
     mods = cfg.data.modalities or [k[len("acc_"):] for k in result.metrics
                                    if k.startswith("acc_")]
     _print_metrics(result.metrics, mods)
@@ -63,51 +79,172 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _store(args):
+def _remove_train_files(out: Path) -> list[str]:
+    """``--fresh``: delete only the files raygap train writes in ``out`` (and their temp files)."""
+    removed = []
+    if not out.is_dir():
+        return removed
+    for p in sorted(out.iterdir()):
+        if p.name in TRAIN_FILES or (p.name.startswith((".config.json.", ".result.json.")) and p.name.endswith(".tmp")):
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+                removed.append(p.name)
+    return removed
+
+
+def _check_trial_dir(out: Path, key: str) -> None:
+    """Refuse a trial directory holding another trial's checkpoint or config (exit 2)."""
+    import torch
+
+    from .trial import CHECKPOINT
+
+    other = None
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():
+        try:
+            other = json.loads(cfg_path.read_text(encoding="utf-8")).get("key")
+        except (OSError, ValueError, AttributeError):
+            other = "(unreadable config.json)"
+    ck_path = out / CHECKPOINT
+    if ck_path.is_file() and (other is None or other == key):
+        try:
+            other = torch.load(ck_path, map_location="cpu", weights_only=False).get("key") or "(unknown)"
+        except Exception:  # noqa: BLE001 -- a truncated or foreign file
+            other = "(unreadable checkpoint)"
+    if other is not None and other != key:
+        raise ConfigError(f"holds trial {other}, not this config's trial {key}: resuming it would mix two trials",
+                          key="--out", file=str(out), hint="pass --fresh to discard it, or choose another --out")
+
+
+def _results_root(args) -> Path:
+    root = Path(args.results)
+    if root.exists() and not root.is_dir():
+        raise ConfigError("is a file, not a folder", key="--results", file=str(root))
+    return root
+
+
+def _store(args, readonly: bool = False):
     from .store import Store
 
-    return Store(Path(args.results) / "store.sqlite")
+    return Store(_results_root(args) / "store.sqlite", readonly=readonly)
 
 
-def _grid(args):
+class _NoStore:
+    """The store of a results folder where nothing has run yet (for --dry-run)."""
+
+    def status_of(self, keys):
+        return {}
+
+    def records(self, keys):
+        return {}
+
+
+def _grid(args, profile=None, sets=None, use_args=True):
     from .grid import load_grid
 
-    return load_grid(args.grid, profile=getattr(args, "profile", None), sets=getattr(args, "set", None),
+    return load_grid(args.grid, profile=getattr(args, "profile", None) if use_args else profile,
+                     sets=getattr(args, "set", None) if use_args else sets,
                      skip_missing=getattr(args, "skip_missing", False))
 
 
+def _grid_for_reading(args):
+    """(grid, store) for status / export: the profile and --set given, else those the grid
+    last ran with (said on stderr); a grid that never ran is one line (exit 2)."""
+    if args.profile is not None or args.set:
+        grid = _grid(args)
+        store = _store(args, readonly=True) if (_results_root(args) / "store.sqlite").exists() else _NoStore()
+        return grid, store
+    plain = _grid(args)
+    db = _results_root(args) / "store.sqlite"
+    store = _store(args, readonly=True) if db.exists() else None
+    last = store.last_run(plain.name) if store is not None else None
+    if last is None:
+        raise ConfigError(f"grid {plain.name!r} has never run with --results {args.results}, so there is no "
+                          "profile to default to", file=args.grid,
+                          hint=f"run it first (raygap run {args.grid} --profile demo) or pass --profile NAME")
+    grid = _grid(args, profile=last["profile"], sets=last["sets"] or None, use_args=False)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["started"])) if last.get("started") else "?"
+    what = f"profile {last['profile']}" if last["profile"] else "no profile (the grid's own settings)"
+    sets = f" with --set {' '.join(last['sets'])}" if last["sets"] else ""
+    print(f"raygap: {what}{sets}: the settings {plain.name} last ran with ({when}); pass --profile to choose",
+          file=sys.stderr)
+    return grid, store
+
+
+def _table_dir(args, grid, create: bool = True) -> Path:
+    from .export import results_dir
+
+    try:
+        return results_dir(_results_root(args), grid.name, grid.variant, create=create)
+    except StoreError as e:
+        if Path(e.path).name == grid.name and "is a file" in e.problem:
+            raise ConfigError(f"{grid.name!r} names {e.path}, which is a file, so the grid's tables cannot go there",
+                              file=args.grid, key="name", hint=f"rename the grid (e.g. {grid.name}_grid)") from None
+        raise
+
+
+def _rerun_keys(args, grid) -> list[str]:
+    prefixes = [p.strip() for item in args.rerun or [] for p in item.split(",") if p.strip()]
+    for p in prefixes:
+        if p != "all" and not all(c in "0123456789abcdef" for c in p):
+            raise ConfigError(f"{p!r} is not a trial hash (hex digits, as in --dry-run) or 'all'", key="--rerun",
+                              hint="e.g. --rerun 3fa2 --rerun all")
+    keys = sorted({s.key for s in grid.trials if any(p == "all" or s.key.startswith(p) for p in prefixes)})
+    if prefixes and not keys:
+        raise ConfigError(f"--rerun {' '.join(prefixes)} matches no trial of this grid", file=args.grid,
+                          hint="the hashes are listed by --dry-run")
+    return keys
+
+
 def cmd_run(args) -> int:
-    from .export import export_grid
+    from .export import ExportRefused, export_grid
     from .grid import describe
 
     grid = _grid(args)
-    store = _store(args)
+    table_dir = _table_dir(args, grid, create=not args.dry_run)
+    keys = _rerun_keys(args, grid)
     for label, reason in grid.skipped:
         print(f"skipped row {label!r}: {reason}")
-    if args.rerun:
-        keys = sorted({s.key for s in grid.trials if any(s.key.startswith(p) or p == "all" for p in args.rerun)})
-        if not keys:
-            raise ConfigError(f"--rerun {' '.join(args.rerun)} matches no trial of this grid", file=args.grid)
-        store.forget(keys)
-        print(f"--rerun: forgot {len(keys)} stored trial(s)")
-    if args.dry_run:
-        print(describe(grid, store))
+    if args.dry_run:                    # reads only: no store is created, nothing is forgotten
+        db = _results_root(args) / "store.sqlite"
+        store = _store(args, readonly=True) if db.exists() else _NoStore()
+        print(describe(grid, store, rerun=set(keys)))
+        if keys:
+            print(f"--rerun: would forget {len(keys)} stored trial(s) and run them again (dry run: nothing changed)")
         return 0
+    store = _store(args)
+    if keys:
+        n = store.forget(keys)
+        print(f"--rerun: {n} stored trial(s) set aside (kept in the store's `forgotten` table) to run again")
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        # Ray reads this when it is imported: an embedded instance then binds 127.0.0.1 only
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     from .runner import run_grid
 
     summary = run_grid(grid, store, address=args.address, storage=args.storage,
                        max_failures=args.max_failures, num_cpus=args.num_cpus,
                        log=lambda s: print(s, flush=True))
-    paths = export_grid(grid, store, Path(args.results) / grid.name)
-    figures = _figures(grid, store, Path(args.results) / grid.name / "figures")
+    with interrupts.protected("export"):
+        try:
+            paths = export_grid(grid, store, table_dir, force=args.force)
+            written = "tables: " + ", ".join(str(p) for p in paths.values())
+        except ExportRefused as e:
+            written = f"tables not replaced: {e}"
+        figures = _figures(grid, store, table_dir / "figures")
     print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
-    print("tables: " + ", ".join(str(p) for p in paths.values()))
+    print(written)
     if figures:
-        print(f"figures: {len(figures)} in {Path(args.results) / grid.name / 'figures'}")
+        print(f"figures: {len(figures)} in {table_dir / 'figures'}")
     if summary.unfinished:
-        print(f"raygap: interrupted: {summary.unfinished} trial(s) not finished; run the same command "
-              "again to finish them (finished trials are kept)", file=sys.stderr)
+        marked = (f" ({summary.marked_interrupted} marked interrupted in the store)"
+                  if summary.marked_interrupted else "")
+        print(f"raygap: interrupted ({summary.interrupted or 'SIGINT'}): {summary.unfinished} trial(s) not "
+              f"finished{marked}; run the same command again to finish them (finished trials are kept)",
+              file=sys.stderr)
+    elif interrupts.interrupted():
+        print(f"raygap: {interrupts.last_signal()} received after every trial had finished: the run is complete "
+              "and its tables are written", file=sys.stderr)
     if summary.failed:
         print(f"raygap: {len(summary.failed)} trial(s) failed:", file=sys.stderr)
         for key, err in summary.failed.items():
@@ -121,6 +258,8 @@ def _figures(grid, store, out_dir: Path) -> list:
 
     try:
         return grid_figures(grid, store, out_dir)
+    except KeyboardInterrupt:
+        raise
     except Exception as e:  # noqa: BLE001 -- the tables are written already; figures are extras
         print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
@@ -130,22 +269,27 @@ def _figures(grid, store, out_dir: Path) -> list:
 def cmd_status(args) -> int:
     from .export import status_text
 
-    print(status_text(_grid(args), _store(args)))
+    grid, store = _grid_for_reading(args)
+    print(status_text(grid, store or _NoStore()))
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export_grid
+    from .export import ExportRefused, export_grid
 
-    grid = _grid(args)
+    grid, store = _grid_for_reading(args)
     formats = (args.format,) if args.format else ("csv", "md", "tex")
-    store = _store(args)
-    paths = export_grid(grid, store, Path(args.results) / grid.name, formats=formats)
-    paths["figures"] = Path(args.results) / grid.name / "figures"
-    _figures(grid, store, paths["figures"])
+    table_dir = _table_dir(args, grid)
+    with interrupts.protected("export"):
+        try:
+            paths = export_grid(grid, store, table_dir, formats=formats, force=args.force)
+        except ExportRefused as e:
+            raise ConfigError(str(e), file=args.grid) from None
+        paths["figures"] = table_dir / "figures"
+        _figures(grid, store, paths["figures"])
     for kind, path in paths.items():
         if args.format and kind == f"table.{args.format}":
-            print(Path(path).read_text())
+            print(Path(path).read_text(encoding="utf-8"))
     print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr if args.format else sys.stdout)
     return 0
 
@@ -181,13 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--skip-missing", action="store_true",
                             help="drop rows whose method is not implemented (they are listed, never silently)")
         sp.add_argument("--results", default="results", help="results directory (store.sqlite, tables)")
+        if profile:
+            sp.add_argument("--force", action="store_true",
+                            help="replace tables on disk even with a table holding fewer done cells")
 
     r = sub.add_parser("run", help="run a grid's missing trials as Ray Tune trials and export its table")
     grid_args(r)
     r.add_argument("--address", help="join an existing Ray cluster (else $RAY_ADDRESS, else an embedded local one)")
     r.add_argument("--storage", help="Tune storage: a local path, s3://, gs:// or a shared filesystem")
     r.add_argument("--dry-run", action="store_true", help="print the trials, their hashes and which are done")
-    r.add_argument("--rerun", nargs="+", metavar="HASH", help="forget these stored trials (hash prefixes, or 'all') and run them again")
+    r.add_argument("--rerun", action="append", metavar="HASH",
+                   help="run these stored trials again (a hash prefix from --dry-run, or 'all'; repeat the option "
+                        "or separate with commas); their old rows are kept in the store's `forgotten` table")
     r.add_argument("--max-failures", type=int, default=1, help="Tune retries of a trial whose worker died")
     r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray instance (default: all)")
     r.set_defaults(func=cmd_run)
@@ -211,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    interrupts.install()        # SIGINT, SIGTERM and SIGHUP stop every verb the same way
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"raygap: error: {e.line()}", file=sys.stderr)
@@ -220,10 +370,28 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"raygap: data error: {e}", file=sys.stderr)
         return 2
+    except StoreError as e:
+        print(f"raygap: results error: {e.line()}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("raygap: interrupted", file=sys.stderr)
+        print(f"raygap: interrupted ({interrupts.last_signal() or 'SIGINT'})", file=sys.stderr)
         return 130
 
 
+def entry() -> None:
+    """The ``raygap`` console script and ``python -m raygap``: :func:`main`, then exit.
+
+    Once Ray has been imported, the process ends with ``os._exit`` after flushing: raygap
+    has shut Ray down by then, and a Ray start-up cut short by a signal leaves C++ threads
+    whose destructors abort the interpreter's normal exit ("terminate called without an
+    active exception", exit -6) -- which would replace raygap's exit code."""
+    code = main()
+    if "ray" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -9,6 +9,10 @@
 * The driver is the only writer of the trial store: a Tune callback records each epoch,
   each finished trial and each failure, so a driver killed mid-grid loses nothing that
   finished and the next run launches only what is missing.
+* Stopping (:mod:`raygap.interrupts`): a signal at start-up or while Tune runs ends the
+  run with a summary (``interrupted``); the teardown -- trials it started marked
+  ``interrupted`` in the store, Ray shut down, any process left behind ended -- always
+  runs to its end.
 """
 from __future__ import annotations
 
@@ -16,15 +20,13 @@ import json
 import math
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from . import interrupts
 from .errors import ConfigError
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -38,6 +40,8 @@ class RunSummary:
     done: int = 0                     # finished in this run
     failed: dict[str, str] = field(default_factory=dict)    # key -> error line
     unfinished: int = 0               # launched but neither done nor failed (the run was interrupted)
+    interrupted: str | None = None    # the signal that stopped the run, if one did
+    marked_interrupted: int = 0       # running trials marked interrupted in the store
     wall_seconds: float = 0.0
 
     @property
@@ -59,10 +63,10 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     from ray import tune
 
     from .config import resolve
-    from .errors import ConfigError, DataError
+    from .errors import CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
     from .trial import CHECKPOINT, TrialDiverged, configure_threads, fit, load_data, pick_device
 
-    DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError)
+    DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch)
 
     import torch
 
@@ -97,7 +101,8 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     t0 = time.perf_counter()
     try:
         try:
-            result = fit(cfg, bundle, device=pick_device(cfg.train.device), checkpoint_dir=work, report=report)
+            device = pick_device(cfg.train.device, gpu_share=cfg.resources.gpu)
+            result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report)
         except DETERMINISTIC_FAILURES as e:
             # the same config fails the same way again: report it as final instead of raising,
             # so Tune does not spend its retries (meant for dead workers) on it
@@ -194,13 +199,35 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's C++ crash handler, when installed in this driver, puts SIGTERM back to its default
+    # action inside ray.shutdown(): a SIGTERM during teardown would then kill raygap before
+    # its tables are written. Python's faulthandler still reports a crash.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if address:
+        log(f"joining the Ray cluster at {address}")
         ray.init(address=address, log_to_driver=False)
         return False
-    os.environ[LOOPBACK_ENV] = "0"          # embedded: bind 127.0.0.1 only
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+    from ray._private import ray_constants
+
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        # Ray read the variable when it was imported, before raygap could set it
+        raise ConfigError(f"Ray was imported before {LOOPBACK_ENV}=0 was set, so an embedded instance would listen "
+                          "on every interface; refusing to start it", key="--address",
+                          hint=f"set {LOOPBACK_ENV}=0 before importing ray, or join a cluster with --address")
+    cpus = num_cpus or _usable_cpus()
+    log(f"starting a local Ray instance ({cpus} CPUs, 127.0.0.1 only)")
+    interrupts.pause_point("startup")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     return True
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may use (its affinity mask: SLURM and cgroup cpusets), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def check_resources(requests: list[dict], nodes: list[dict]) -> str | None:
@@ -241,7 +268,14 @@ def _shared_bundles(specs, log) -> dict:
 
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
              max_failures: int = 1, num_cpus: int | None = None, log=print) -> RunSummary:
-    """Run every trial of ``grid`` that the store does not hold as done."""
+    """Run every trial of ``grid`` that the store does not hold as done.
+
+    A stop signal (see :mod:`raygap.interrupts`) does not raise out of here: the summary
+    says ``interrupted`` and counts what is unfinished, the trials this driver had started
+    are ``interrupted`` in the store, Ray is down and no process is left behind.
+    """
+    from .store import this_process_owner
+
     t0 = time.perf_counter()
     store.register(grid)
     distinct = {}
@@ -255,29 +289,39 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
         return summary
 
     # the in-memory datasets are built in a thread while Ray starts (its start-up is mostly
-    # waiting on subprocesses): a few seconds of a grid's fixed start-up cost
-    pool = ThreadPoolExecutor(1, thread_name_prefix="raygap-data")
-    shared_future = pool.submit(_shared_bundles, todo, log)
-    pool.shutdown(wait=False)
-    started = False
+    # waiting on subprocesses); a daemon thread, so an interrupted start-up does not wait for it
+    shared_box: dict = {}
+
+    def build():
+        try:
+            shared_box["value"] = _shared_bundles(todo, log)
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the main thread
+            shared_box["error"] = e
+
+    builder = threading.Thread(target=build, name="raygap-data", daemon=True)
+    builder.start()
+    owner = this_process_owner()
+    started = starting = False
     try:
         import ray
         from ray import tune
 
-        started = _start_ray(address, num_cpus, log)
-    except BaseException:
-        shared_future.cancel()
-        raise
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM stops the run the way Ctrl-C does (Tune stops its trials, the embedded Ray
-        # is shut down, finished trials are already in the store); set after ray.init, which
-        # installs a handler of its own
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
+        # ours to stop and clean up: an embedded instance this call starts (not one already up)
+        starting = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+        try:
+            started = _start_ray(address, num_cpus, log)
+        except SystemExit as e:         # ray.init's own SIGTERM handler calls sys.exit(15)
+            interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
+            raise KeyboardInterrupt("SIGTERM") from e
+        interrupts.install()            # ray.init replaced raygap's SIGTERM handler with its own
         problem = check_resources([s.resources for s in todo], ray.nodes())
         if problem:
             raise ConfigError(problem, file=str(grid.path), key="resources")
-        shared = shared_future.result()
+        while builder.is_alive():
+            builder.join(0.2)
+        if "error" in shared_box:
+            raise shared_box["error"]
+        shared = shared_box["value"]
         items = [{"key": s.key, "label": f"{s.label} | {_col(s.column)} | seed {s.seed}",
                   "trial": s.config.to_dict()} for s in todo]
 
@@ -294,13 +338,14 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
             tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
-                name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+                name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage_path,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[cb], verbose=0),
         )
         log(f"launching {len(todo)} trial(s) ({summary.reused} reused from the store)")
-        results = tuner.fit()
+        with interrupts.tune_phase():
+            results = tuner.fit()
         # Tuner.fit() does not raise on trial errors: reconcile with what the callback saw
         for r in results:
             key = (r.config or {}).get("t", {}).get("key")
@@ -308,13 +353,35 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
                 store.save_failed(key, err)
                 summary.failed[key] = err
-        st = store.status_of([s.key for s in todo])
-        summary.unfinished = sum(1 for s in todo if st.get(s.key) not in ("done", "failed"))
+    except KeyboardInterrupt:
+        summary.interrupted = interrupts.last_signal() or "SIGINT"
     finally:
-        if started:
-            ray.shutdown()
+        with interrupts.protected("teardown"):
+            _teardown(store, todo, owner, summary, ours=started or starting, log=log)
+    if interrupts.interrupted() and not summary.interrupted:
+        summary.interrupted = interrupts.last_signal()      # Tune's own SIGINT handler ended fit() gracefully
+    st = store.status_of([s.key for s in todo])
+    summary.unfinished = sum(1 for s in todo if st.get(s.key) not in ("done", "failed"))
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+def _teardown(store, todo, owner: str, summary: RunSummary, *, ours: bool, log) -> None:
+    """Mark this driver's running trials interrupted; if the Ray instance is ours (started,
+    or being started, by this call), shut it down and end any process it left behind. A
+    second signal here skips the graceful part but still ends every child process."""
+    try:
+        summary.marked_interrupted = store.mark_interrupted([s.key for s in todo], owner)
+        if ours:
+            import ray
+
+            ray.shutdown()
+            interrupts.install()        # in case Ray's shutdown reset a handler
+    finally:
+        if ours:
+            left = interrupts.end_descendants()
+            if left:
+                log(f"ended {len(left)} process(es) Ray left behind")
 
 
 def _trial_name(trial) -> str:

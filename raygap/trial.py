@@ -83,12 +83,37 @@ def build_scheduler(optim_cfg, optimizer, epochs: int):
     return None
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+def cuda_problem() -> str | None:
+    """Why CUDA is unusable in this process (one short phrase), or None when it works."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    try:
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return None
+    except Exception as e:  # noqa: BLE001 -- a broken driver raises here
+        return f"CUDA fails to start: {str(e).splitlines()[0][:200]}"
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return ("no CUDA device is visible" + (f" (CUDA_VISIBLE_DEVICES={vis!r})" if vis is not None else "")
+            + f"; torch {torch.__version__} is built for CUDA {torch.version.cuda}: is the driver recent enough?")
+
+
+def pick_device(name: str, gpu_share: float = 0.0) -> torch.device:
+    """The device a trial trains on. ``cuda``, or a trial that holds a GPU share
+    (``resources.gpu`` > 0), never falls back to the CPU: it raises
+    :class:`~raygap.errors.DeviceUnavailable` when CUDA is unusable."""
+    from .errors import DeviceUnavailable
+
+    if name == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
-    return torch.device("cuda", 0)   # Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigns
+    problem = cuda_problem()
+    if problem is None:
+        return torch.device("cuda", 0)   # Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigns
+    if name == "cuda":
+        raise DeviceUnavailable(f"train.device=cuda but CUDA is unusable here: {problem}")
+    if gpu_share > 0:
+        raise DeviceUnavailable(f"the trial holds resources.gpu={gpu_share:g} but CUDA is unusable here: {problem}; "
+                                "it will not train on the CPU instead")
+    return torch.device("cpu")
 
 
 def iterate(split, batch_size: int, *, shuffle: bool, indices: np.ndarray | None = None,
@@ -239,6 +264,10 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if ckpt_path and ckpt_path.exists():                       # resume
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck.get("key") != cfg.key():
+            from .errors import CheckpointMismatch
+            raise CheckpointMismatch(f"{ckpt_path} is trial {ck.get('key') or '(unknown)'}'s checkpoint, "
+                                     f"not this config's ({cfg.key()})")
         model.load_state_dict(ck["model"])
         st.optimizer = optimizer = new_optimizer()
         optimizer.load_state_dict(ck["optimizer"])

@@ -1,0 +1,161 @@
+"""How raygap stops: SIGINT (Ctrl-C), SIGTERM (``kill``, a SLURM walltime, a container
+stop) and SIGHUP (a closed terminal, unless ignored as under ``nohup``) mean the same
+thing at every phase of every verb. No Ray here.
+
+* Start-up and running: the signal stops the run. While Tune runs, SIGINT is Tune's own
+  (it stops the experiment gracefully); SIGTERM and SIGHUP are passed on to it as SIGINT.
+  The runner then marks the trials it had started ``interrupted`` in the store, shuts the
+  embedded Ray down and ends any process it left behind.
+* Protected phases (Ray's teardown, writing the tables): the signal is noted and the
+  phase finishes first -- the finished trials' tables are always written. A second signal
+  stops at once (the writes are atomic: a file is whole, old or new).
+
+raygap installs these handlers even when it was started with SIGINT ignored (a
+background job of a non-interactive shell): Tune would honour SIGINT mid-run anyway, so
+ignoring it only at start-up would make the same signal mean two things.
+
+``RAYGAP_DEBUG_PAUSE=phase:seconds[,phase:seconds]`` makes raygap print
+``raygap: debug: phase <phase>`` and pause there: tests use it to deliver a signal
+inside a phase that is otherwise over in milliseconds (teardown, export).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class _State:
+    def __init__(self):
+        self.received: list[int] = []          # every signal since install()
+        self.protected: list[str] = []         # the protected phases we are in (innermost last)
+        self.deferred = 0                      # signals received inside protected phases
+        self.tune_running = False
+        self.installed = False
+        self.keep_hup_ignored = False
+
+
+STATE = _State()
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def _handler(signum, frame) -> None:
+    STATE.received.append(signum)
+    if STATE.protected:
+        STATE.deferred += 1
+        if STATE.deferred == 1:
+            print(f"raygap: {_name(signum)} received: finishing {STATE.protected[-1]} first (seconds); "
+                  "send it again to stop at once", file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt(f"second {_name(signum)}")
+    if STATE.tune_running and signum != signal.SIGINT:
+        # Tune's SIGINT handler stops the experiment gracefully; once it has fired it puts
+        # ours back, so a repeated signal lands in the branch below and stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+    raise KeyboardInterrupt(_name(signum))
+
+
+def install() -> None:
+    """Route SIGINT, SIGTERM and SIGHUP (unless ignored) to raygap's handler. Main thread
+    only (elsewhere a no-op). Call again after code that replaces handlers (ray.init)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        if name == "SIGHUP":
+            if not STATE.installed:
+                STATE.keep_hup_ignored = signal.getsignal(sig) == signal.SIG_IGN
+            if STATE.keep_hup_ignored:
+                continue                # nohup: the user asked to survive a closed terminal
+        signal.signal(sig, _handler)
+    STATE.installed = True
+
+
+def note(signum: int) -> None:
+    """Record a stop signal that reached raygap through someone else's handler."""
+    STATE.received.append(signum)
+
+
+def interrupted() -> bool:
+    """Whether a stop signal arrived since install()."""
+    return bool(STATE.received)
+
+
+def last_signal() -> str | None:
+    return _name(STATE.received[-1]) if STATE.received else None
+
+
+@contextmanager
+def protected(what: str) -> Iterator[None]:
+    """A phase that finishes even when a stop signal arrives (see the module doc)."""
+    STATE.protected.append(what)
+    try:
+        pause_point(what)
+        yield
+    finally:
+        STATE.protected.pop()
+        if not STATE.protected:
+            STATE.deferred = 0
+
+
+@contextmanager
+def tune_phase() -> Iterator[None]:
+    """While Tune runs: SIGINT is Tune's own handler, ours forwards SIGTERM / SIGHUP to it.
+    Tune leaves its SIGINT handler installed after fit() unless a signal fired: ours is put
+    back on the way out."""
+    STATE.tune_running = True
+    try:
+        yield
+    finally:
+        STATE.tune_running = False
+        install()
+
+
+def pause_point(phase: str) -> None:
+    """Pause here when ``RAYGAP_DEBUG_PAUSE`` names ``phase`` (for tests; see the module doc)."""
+    spec = os.environ.get("RAYGAP_DEBUG_PAUSE", "")
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, secs = item.partition(":")
+        if name == phase:
+            print(f"raygap: debug: phase {phase}, pausing {secs or 0} s", file=sys.stderr, flush=True)
+            time.sleep(float(secs or 0))
+
+
+def end_descendants(grace: float = 5.0) -> list[int]:
+    """Terminate every process this process started, directly or not (SIGTERM, then
+    SIGKILL after ``grace`` seconds); returns their pids. The embedded Ray's processes are
+    our descendants; this is the safety net behind ``ray.shutdown()``."""
+    import psutil
+
+    try:
+        procs = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return [p.pid for p in procs]
