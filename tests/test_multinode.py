@@ -1,14 +1,12 @@
 """Two Ray nodes on this machine (ray.cluster_utils.Cluster, loopback only): trials land on
-both and every result reaches the store. Also: raygap's embedded instance binds 127.0.0.1."""
+both and every result reaches the store. Also: raygap refuses to start an embedded instance
+that would listen beyond this machine."""
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import yaml
 
@@ -27,7 +25,7 @@ def test_trials_are_placed_on_both_nodes(tmp_path):
 
     import ray
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1, num_gpus=1)       # a GPU that Ray counts but CUDA cannot use
     cluster.wait_for_nodes()
     try:
         g = tmp_path / "mn.yaml"
@@ -40,50 +38,43 @@ def test_trials_are_placed_on_both_nodes(tmp_path):
         nodes = {store.get(t.key)["info"]["node"] for t in grid.trials}
         assert len(nodes) == 2
         assert all(store.get(t.key)["status"] == "done" for t in grid.trials)
+        # a trial holding a GPU share where CUDA is unusable fails at once, alone, with one line:
+        # it never trains on the CPU instead, and Tune does not retry it as if a worker had died
+        doc = yaml.safe_load(g.read_text())
+        doc.update(name="gpu", seeds=[0], resources={"cpu": 1, "gpu": 1})
+        doc["base"]["train"]["device"] = "auto"
+        g.write_text(yaml.safe_dump(doc))
+        grid = load_grid(g)
+        s = run_grid(grid, store, address=cluster.address, log=lambda m: None, max_failures=2)
+        rec = store.get(grid.trials[0].key)
+        assert s.done == 0 and list(s.failed) == [rec["key"]] and s.exit_code == 1
+        assert rec["status"] == "failed" and rec["attempts"] == 1 and not rec["history"]
+        assert rec["error"].startswith("DeviceUnavailable: the trial holds resources.gpu=1 but CUDA is unusable here")
     finally:
         ray.shutdown()
         cluster.shutdown()
 
 
-def listening() -> set[tuple[str, int]]:
-    out = set()
-    for fam, path in ((4, "/proc/net/tcp"), (6, "/proc/net/tcp6")):
-        try:
-            lines = Path(path).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for ln in lines:
-            f = ln.split()
-            if f[3] != "0A":          # LISTEN
-                continue
-            ip_hex, port_hex = f[1].split(":")
-            raw = bytes.fromhex(ip_hex)
-            if fam == 4:
-                ip = socket.inet_ntoa(struct.pack("<I", int(ip_hex, 16)))
-            else:
-                ip = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
-            out.add((ip, int(port_hex, 16)))
-    return out
-
-
-def test_embedded_instance_binds_loopback_only():
-    # raygap's own start-up path, in a fresh process without the variable set beforehand
+def test_the_embedded_instance_refuses_to_start_after_ray_was_imported_without_loopback():
+    # a program that imported ray before raygap could set the variable: raygap must not start an
+    # instance listening on every interface (the positive case, a real `raygap run` bound to
+    # loopback only, is checked on its whole process tree in test_interrupts.py)
     code = textwrap.dedent("""
-        import json, sys
-        sys.path.insert(0, %r)
-        from test_multinode import listening
+        import psutil
+        import ray
+        def listening():
+            return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == "LISTEN"}
         before = listening()
+        from raygap.errors import ConfigError
         from raygap.runner import _start_ray
-        assert _start_ray(None, 2, print)
-        import ray, time
-        time.sleep(1)
-        print(json.dumps(sorted(listening() - before)))
-        ray.shutdown()
-    """ % str(Path(__file__).parent))
+        try:
+            _start_ray(None, 2, print)
+        except ConfigError as e:
+            print("REFUSED", e.line())
+        print("NEW", sorted(listening() - before))
+    """)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
-    import json
-    new = json.loads(r.stdout.strip().splitlines()[-1])
-    assert new, "Ray opened no listening socket?"
-    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in new), new
+    assert "REFUSED --address: Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set" in r.stdout
+    assert "NEW []" in r.stdout, r.stdout

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -127,35 +124,7 @@ def test_resource_check_says_why_in_one_line(local_ray, tmp_path):
     assert cli_main(["run", str(g), "--results", str(tmp_path)]) == 2
 
 
-def _done_rows(db: Path) -> dict:
-    if not db.exists():
-        return {}
-    with sqlite3.connect(db, timeout=10) as c:
-        return dict(c.execute("SELECT key, finished FROM trials WHERE status='done'").fetchall())
-
-
-def test_driver_interrupted_mid_grid_then_rerun_runs_every_trial_once(tmp_path):
-    base = {**BASE, "train": {**BASE["train"], "epochs": 3}}
-    g = write_grid(tmp_path / "intr.yaml", "intr", {"Concat": {"method": {"name": "concat"}},
-                                                    "Control": {"method": {"name": "warmup_objective"}}},
-                   seeds=(0, 1, 2), base=base)
-    cmd = [sys.executable, "-m", "raygap", "run", str(g), "--results", str(tmp_path), "--num-cpus", "2"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    db = tmp_path / "store.sqlite"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(_done_rows(db)) < 2:
-        time.sleep(0.5)
-    first = _done_rows(db)
-    assert 2 <= len(first) < 6, "interrupt came too late to test anything"
-    p.send_signal(signal.SIGTERM)
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 130 and "interrupted" in out      # never "all done" when it was not
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    after = _done_rows(db)
-    assert len(after) == 6
-    assert all(after[k] == first[k] for k in first)          # finished trials were not run again
-    assert "6 distinct trial(s)" in r.stdout and f"{len(first)} reused" in r.stdout
+# (a driver interrupted mid-grid, then the same command: tests/test_interrupts.py, through a real subprocess)
 
 
 def test_progress_lines_show_mae_for_a_regression_target():
