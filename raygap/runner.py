@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -191,6 +192,14 @@ def _error_line(trial) -> str:
     return (lines[-1] if lines else "trial failed (no error file)")[:500]
 
 
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune ends an interrupted experiment with "Resume experiment with: Tuner.restore(...)":
+    wrong advice for raygap, whose store resumes a grid from the same command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
 def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
     """Connect to ``address`` or start the embedded local instance. Returns True if we started it."""
     import ray
@@ -344,6 +353,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 callbacks=[cb], verbose=0),
         )
         log(f"launching {len(todo)} trial(s) ({summary.reused} reused from the store)")
+        tune_log = logging.getLogger("ray.tune.tune")
+        if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
+            tune_log.addFilter(_NoTuneRestoreHint())
         with interrupts.tune_phase():
             results = tuner.fit()
         # Tuner.fit() does not raise on trial errors: reconcile with what the callback saw

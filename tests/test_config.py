@@ -55,7 +55,7 @@ def test_set_overrides_and_file_errors(tmp_path):
     assert parse_set(["a.b=[1, 2]"]) == [("a.b", [1, 2])]
 
 
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text("optim: {lr: 0.1, momentun: 0.9}\n")
     r = subprocess.run([sys.executable, "-m", "raygap", "train", str(p)], capture_output=True, text=True)
@@ -65,5 +65,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert str(p) in lines[0] and "optim.momentun" in lines[0] and "optim.momentum" in lines[0]
     q = tmp_path / "broken.yaml"
     q.write_text("optim: {lr: [0.1\n")
-    r = subprocess.run([sys.executable, "-m", "raygap", "train", str(q)], capture_output=True, text=True)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid YAML" in r.stderr
+    from raygap.cli import main
+
+    capsys.readouterr()
+    assert main(["train", str(q)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "invalid YAML" in err

@@ -1,8 +1,9 @@
-"""The interrupt matrix, through a real ``raygap run`` subprocess: SIGINT and SIGTERM at
-start-up (inside ray.init), mid-trial, during Ray's teardown and during the table export.
-Each case checks the exit code, the store, the tables, the sockets while running and that
-no process is left behind (every process raygap starts inherits a unique tag in its
-environment, so leftovers are found even after they are re-parented)."""
+"""The interrupt matrix, through real ``raygap run`` subprocesses: SIGINT and SIGTERM
+mid-grid, inside ray.init, during Ray's teardown and during the table export, one grid
+taken through the phases in turn. Each step checks the exit code, the store, the tables
+and that no process is left behind (every process raygap starts inherits a unique tag in
+its environment, so leftovers are found even after they are re-parented); the first also
+lists the listening sockets of the whole process tree while trials run."""
 from __future__ import annotations
 
 import ipaddress
@@ -49,81 +50,67 @@ def manifest(results: Path) -> dict:
 ONE = {"Concat": {"method": {"name": "concat"}}}
 
 
-@pytest.mark.parametrize("sig", SIGS)
-def test_signal_inside_ray_start_up(sig, tmp_path):
-    results = tmp_path / "results"
-    run = Raygap("run", str(grid(tmp_path, ONE)), "--results", str(results), "--num-cpus", "2")
-    run.wait_for("starting a local Ray instance")
-    time.sleep(1.0)                                   # ray.init takes several seconds: we are inside it
-    run.send(sig)
-    code, out = run.finish(120)
-    assert code == 130, out
-    assert "launching" not in out, "the signal came after start-up: the test did not test start-up"
-    assert f"raygap: interrupted ({sig.name}): 1 trial(s) not finished" in out
-    assert "Traceback" not in out and "terminate called" not in out
-    assert statuses(results) == ["pending"]                 # never started, never left running
-    assert leftovers(run.tag) == []
-
-
-@pytest.mark.parametrize("sig", SIGS)
-def test_signal_mid_grid_keeps_what_finished_and_the_same_command_runs_the_rest(sig, tmp_path):
-    results = tmp_path / "results"
-    g = grid(tmp_path, ONE, epochs=4, seeds=[0, 1, 2])      # 3 trials, 2 at a time
-    cmd = ("run", str(g), "--results", str(results), "--num-cpus", "2")
-    run = Raygap(*cmd)
-    run.wait_for(r"\[1/3\] done")
-    # while the grid runs, nothing of its process tree listens beyond this machine
-    socks = listening(run.tree())
-    assert socks and all(loopback(ip) for _, ip, _ in socks), socks
-    run.send(sig)
-    code, out = run.finish(180)
-    assert code == 130, out
-    assert "Traceback" not in out and "trial(s) not finished" in out and "marked interrupted in the store" in out
-    first = finished(results)
-    st = statuses(results)
-    assert 1 <= st.count("done") < 3 and "running" not in st and "interrupted" in st, st
-    assert manifest(results)["done"] == st.count("done")     # the tables hold what finished
-    assert leftovers(run.tag) == []
-    code, out = Raygap("status", str(g), "--results", str(results)).finish(60)
-    assert code == 0 and f"{st.count('interrupted')} interrupted" in out and " 0 running" in out, out
-    if sig == signal.SIGTERM:                                 # (once is enough: the rest is signal-blind)
-        code, out = Raygap(*cmd).finish(300)
-        assert code == 0, out
-        assert f"3 distinct trial(s): {len(first)} reused from the store, {3 - len(first)} run now" in out
-        after = finished(results)
-        assert len(after) == 3 and all(after[k] == first[k] for k in first)   # finished ones never ran again
-
-
 def finished(results: Path) -> dict:
     with sqlite3.connect(results / "store.sqlite") as c:
         return dict(c.execute("SELECT key, finished FROM trials WHERE status='done'").fetchall())
 
 
 @pytest.mark.parametrize("sig", SIGS)
-def test_signal_in_teardown_and_in_export_still_writes_the_tables(sig, tmp_path):
+def test_the_interrupt_matrix(sig, tmp_path):
+    """One grid of 3 trials (2 at a time), interrupted by ``sig`` in each phase in turn:
+    mid-grid, inside Ray's start-up, in Ray's teardown and in the table export; then twice."""
     results = tmp_path / "results"
-    g = str(grid(tmp_path, ONE, epochs=2))
-    run = Raygap("run", g, "--results", str(results), "--num-cpus", "2", env={"RAYGAP_DEBUG_PAUSE": "teardown:4"})
-    run.wait_for("phase teardown")
+    g = grid(tmp_path, ONE, epochs=2, seeds=[0, 1, 2])
+    cmd = ("run", str(g), "--results", str(results), "--num-cpus", "2")
+
+    # 1. mid-grid: what finished is kept, the trials it had started are marked interrupted
+    run = Raygap(*cmd)
+    run.wait_for(r"\[1/3\] done")
+    socks = listening(run.tree())            # while it runs, nothing of its tree listens beyond this machine
+    assert socks and all(loopback(ip) for _, ip, _ in socks), socks
     run.send(sig)
-    code, out = run.finish(120)
-    assert code == 0, out                                    # every trial had finished: the run is complete
-    assert f"{sig.name} received: finishing teardown first" in out
-    assert f"{sig.name} received after every trial had finished" in out and "Traceback" not in out
-    assert statuses(results) == ["done"] and manifest(results)["done"] == 1
+    code, out = run.finish(180)
+    assert code == 130, out
+    assert "Traceback" not in out and "trial(s) not finished" in out and "marked interrupted in the store" in out
+    assert "Tuner.restore" not in out                       # Tune's advice is not raygap's: the same command is
+    first, st = finished(results), statuses(results)
+    assert 1 <= st.count("done") < 3 and "running" not in st and "interrupted" in st, st
+    assert manifest(results)["done"] == st.count("done")     # the tables hold what finished
     assert leftovers(run.tag) == []
 
-    # the same command again: nothing to run, straight to the export, interrupted there
-    before = (results / "g" / "noprofile" / "table.md").read_text()
-    run = Raygap("run", g, "--results", str(results), env={"RAYGAP_DEBUG_PAUSE": "export:4"})
+    # 2. inside ray.init: start-up stops, the half-started Ray is gone, the store is untouched
+    run = Raygap(*cmd)
+    run.wait_for("starting a local Ray instance")
+    time.sleep(1.0)                                           # ray.init takes several seconds: we are inside it
+    run.send(sig)
+    code, out = run.finish(120)
+    assert code == 130, out
+    assert "launching" not in out, "the signal came after start-up: this step did not test start-up"
+    assert f"raygap: interrupted ({sig.name}): {3 - len(first)} trial(s) not finished" in out
+    assert "Traceback" not in out and "terminate called" not in out
+    assert statuses(results) == st
+    assert leftovers(run.tag) == []
+
+    # 3. in Ray's teardown, then in the export: each phase finishes first, the run completes
+    run = Raygap(*cmd, env={"RAYGAP_DEBUG_PAUSE": "teardown:3,export:3"})
+    run.wait_for("phase teardown")
+    run.send(sig)
     run.wait_for("phase export")
     run.send(sig)
-    code, out = run.finish(60)
-    assert code == 0 and f"{sig.name} received: finishing export first" in out and "1 reused" in out, out
-    assert (results / "g" / "noprofile" / "table.md").read_text() == before
+    code, out = run.finish(300)
+    assert code == 0, out                                     # every trial had finished: the run is complete
+    assert f"{sig.name} received: finishing teardown first" in out
+    assert f"{sig.name} received: finishing export first" in out
+    assert f"{sig.name} received after every trial had finished" in out and "Traceback" not in out
+    assert f"3 distinct trial(s): {len(first)} reused from the store, {3 - len(first)} run now" in out
+    after = finished(results)
+    assert len(after) == 3 and all(after[k] == first[k] for k in first)   # finished ones never ran again
+    assert statuses(results) == ["done"] * 3 and manifest(results)["done"] == 3
+    assert leftovers(run.tag) == []
 
-    # a second signal stops at once: exit 130, and the tables on disk stay whole
-    run = Raygap("run", g, "--results", str(results), env={"RAYGAP_DEBUG_PAUSE": "export:30"})
+    # 4. a second signal stops at once: exit 130, and the tables on disk stay whole
+    before = (results / "g" / "noprofile" / "table.md").read_text()
+    run = Raygap(*cmd, env={"RAYGAP_DEBUG_PAUSE": "export:30"})
     run.wait_for("phase export")
     run.send(sig)
     run.wait_for("finishing export first")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -270,16 +268,15 @@ def test_bad_file_is_one_line(tmp_path, content, words):
     assert words in msg and str(path) in msg and "\n" not in msg
 
 
-def test_cli_exits_2_with_one_line(tmp_path):
+def test_cli_exits_2_with_one_line(tmp_path, capsys):
     cfg = tmp_path / "mosi.yaml"
     cfg.write_text(f"data: {{name: mosi, root: '{tmp_path}', file: nowhere.pkl}}\n"
                    "train: {epochs: 1, device: cpu}\n")
-    r = subprocess.run([sys.executable, "-m", "raygap", "train", str(cfg), "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr
-    assert str(tmp_path / "nowhere.pkl") in lines[0] and "missing" in lines[0]
+    from raygap.cli import main
+
+    assert main(["train", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "nowhere.pkl") in lines[0] and "missing" in lines[0]
 
 
 def test_trains_one_epoch(tmp_path):

@@ -29,27 +29,26 @@ def test_trials_are_placed_on_both_nodes(tmp_path):
     cluster.wait_for_nodes()
     try:
         g = tmp_path / "mn.yaml"
-        g.write_text(yaml.safe_dump({"name": "mn", "base": BASE, "rows": {"Concat": {"method": {"name": "concat"}}},
-                                     "seeds": [0, 1, 2, 3], "metrics": ["acc"], "resources": {"cpu": 1}}))
+        # GPU: a trial holding a GPU share where CUDA is unusable must fail at once, alone, with one
+        # line: never train on the CPU instead, never be retried as if a worker had died
+        g.write_text(yaml.safe_dump({"name": "mn", "base": BASE, "seeds": [0, 1, 2, 3], "metrics": ["acc"],
+                                     "resources": {"cpu": 1},
+                                     "rows": {"Concat": {"method": {"name": "concat"}},
+                                              "GPU": {"method": {"name": "warmup_objective"}, "train": {"device": "auto"},
+                                                      "resources": {"gpu": 1}}}}))
         grid = load_grid(g)
         store = Store(tmp_path / "store.sqlite")
-        s = run_grid(grid, store, address=cluster.address, log=lambda m: None)
-        assert s.done == 4 and not s.failed
-        nodes = {store.get(t.key)["info"]["node"] for t in grid.trials}
-        assert len(nodes) == 2
-        assert all(store.get(t.key)["status"] == "done" for t in grid.trials)
-        # a trial holding a GPU share where CUDA is unusable fails at once, alone, with one line:
-        # it never trains on the CPU instead, and Tune does not retry it as if a worker had died
-        doc = yaml.safe_load(g.read_text())
-        doc.update(name="gpu", seeds=[0], resources={"cpu": 1, "gpu": 1})
-        doc["base"]["train"]["device"] = "auto"
-        g.write_text(yaml.safe_dump(doc))
-        grid = load_grid(g)
         s = run_grid(grid, store, address=cluster.address, log=lambda m: None, max_failures=2)
-        rec = store.get(grid.trials[0].key)
-        assert s.done == 0 and list(s.failed) == [rec["key"]] and s.exit_code == 1
-        assert rec["status"] == "failed" and rec["attempts"] == 1 and not rec["history"]
-        assert rec["error"].startswith("DeviceUnavailable: the trial holds resources.gpu=1 but CUDA is unusable here")
+        cpu = [t for t in grid.trials if t.label == "Concat"]
+        gpu = [t for t in grid.trials if t.label == "GPU"]
+        assert s.done == 4 and sorted(s.failed) == sorted(t.key for t in gpu) and s.exit_code == 1
+        nodes = {store.get(t.key)["info"]["node"] for t in cpu}
+        assert len(nodes) == 2
+        assert all(store.get(t.key)["status"] == "done" for t in cpu)
+        for t in gpu:
+            rec = store.get(t.key)
+            assert rec["status"] == "failed" and rec["attempts"] == 1 and not rec["history"]
+            assert rec["error"].startswith("DeviceUnavailable: the trial holds resources.gpu=1 but CUDA is unusable")
     finally:
         ray.shutdown()
         cluster.shutdown()

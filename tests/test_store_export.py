@@ -321,3 +321,55 @@ def test_accuracy_figure_draws_a_regression_history_and_a_figure_error_costs_one
     assert cli._figures(Broken(), None, tmp_path / "f") == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "figures not drawn: ZeroDivisionError" in err
+
+
+def test_a_running_trial_whose_local_driver_is_gone_reads_as_interrupted(tmp_path):
+    import subprocess
+    import sys
+
+    from raygap.store import this_process_owner
+
+    s = Store(tmp_path / "store.sqlite")
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    import psutil
+    dead_owner = f"{this_process_owner().split(':')[0]}:{p.pid}:{psutil.Process(p.pid).create_time():.2f}"
+    s.mark_running("gone", {"seed": 0}, owner=dead_owner)
+    s.mark_running("alive", {"seed": 1})                              # owned by this (live) process
+    s.mark_running("remote", {"seed": 2}, owner="another-host:1:1.00")
+    assert s.status_of(["gone", "alive", "remote"]) == {"gone": "running", "alive": "running", "remote": "running"}
+    p.kill()
+    p.wait()
+    assert s.status_of(["gone", "alive", "remote"]) == {"gone": "interrupted", "alive": "running",
+                                                       "remote": "running"}   # elsewhere: cannot tell
+    assert s.mark_interrupted(["alive", "remote"]) == 1                 # only this driver's own trials
+    assert s.get("alive")["status"] == "interrupted" and s.get("remote")["status"] == "running"
+
+
+def test_a_store_of_the_previous_schema_is_migrated_with_its_rows(tmp_path):
+    db = tmp_path / "store.sqlite"
+    with sqlite3.connect(db) as c:                                       # the schema before this version
+        c.execute("CREATE TABLE trials (key TEXT PRIMARY KEY, status TEXT NOT NULL CHECK (status IN "
+                  "('pending', 'running', 'done', 'failed')), config TEXT, metrics TEXT, history TEXT, error TEXT, "
+                  "attempts INTEGER NOT NULL DEFAULT 0, created REAL, started REAL, finished REAL, "
+                  "wall_seconds REAL, info TEXT)")
+        c.execute("INSERT INTO trials (key, status, metrics, attempts) VALUES ('k', 'done', '{\"acc\": 0.5}', 1)")
+    s = Store(db)
+    assert s.get("k")["status"] == "done" and s.get("k")["metrics"] == {"acc": 0.5}
+    s.mark_running("r", {"seed": 0})
+    assert s.mark_interrupted(["r"]) == 1 and s.get("r")["status"] == "interrupted"
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_a_read_only_store_reads_and_refuses_writes(tmp_path):
+    from raygap.errors import StoreError
+
+    Store(tmp_path / "store.sqlite").save_done("k", {"acc": 1.0}, [], 1.0, {})
+    ro = Store(tmp_path / "store.sqlite", readonly=True)
+    assert ro.status_of(["k"]) == {"k": "done"}
+    with pytest.raises(StoreError) as e:
+        ro.save_failed("k", "x")
+    assert "opened read-only" in e.value.line()
+    with pytest.raises(StoreError) as e:
+        Store(tmp_path / "nothing.sqlite", readonly=True)
+    assert "no trial store here" in e.value.line() and not (tmp_path / "nothing.sqlite").exists()

@@ -76,3 +76,21 @@ def test_modalities_subset_and_unknown_modality():
     from raygap.errors import ConfigError
     with pytest.raises(ConfigError):
         load_data(resolve({**FAST, "data": {**FAST["data"], "modalities": ["smell"]}}))
+
+
+def test_metric_names_are_the_names_the_evaluations_return():
+    import numpy as np
+
+    from raygap.metrics import classification_metrics, metric_names, regression_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 50)
+    cls = classification_metrics({"fused": rng.normal(size=(50, 3)), "audio": rng.normal(size=(50, 3))}, y, 3)
+    reg = regression_metrics({"fused": rng.normal(size=(50, 1)), "text": rng.normal(size=(50, 1))},
+                             rng.normal(size=50))
+    assert set(cls) <= metric_names("classification", ["audio"])
+    assert set(reg) <= metric_names("regression", ["text"])
+    assert {"val_acc_audio", "last_macro_f1", "best_epoch", "data_pct"} <= metric_names("classification", ["audio"],
+                                                                                       ("data_pct",))
+    assert "acc_visual" not in metric_names("classification", ["audio"]) and "mae" not in metric_names(
+        "classification", ["audio"])

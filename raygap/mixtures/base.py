@@ -19,9 +19,17 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ..registry import MIXTURES
+
+
+def logsumexp(a, axis=None):
+    """scipy.special.logsumexp, imported on first use (scipy costs about a second at import,
+    paid by every raygap process and every trial worker otherwise)."""
+    from scipy.special import logsumexp as lse
+
+    return lse(a, axis=axis)
+
 
 # ---- thresholds (standardised units: the finite data have mean 0, std 1) -------------
 MIN_POINTS = 8            # fewer finite points -> fallback

@@ -6,8 +6,6 @@ from the standard digamma equation with scipy.optimize.brentq on [DOF_MIN, DOF_M
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import digamma, gammaln
 
 from ..registry import MIXTURES
 from .base import SCALE_FLOOR, Family, RawFit, e_step
@@ -22,6 +20,9 @@ def solve_dof(c: float) -> float:
     c = (1/n_k) sum_i r_ik (log u_ik - u_ik) + psi((nu_old+1)/2) - log((nu_old+1)/2).
     The left side decreases in nu, so: > 0 at DOF_MAX -> DOF_MAX; < 0 at DOF_MIN -> DOF_MIN.
     """
+    from scipy.optimize import brentq
+    from scipy.special import digamma
+
     g = lambda nu: -digamma(nu / 2) + np.log(nu / 2) + 1.0 + c  # noqa: E731
     glo, ghi = g(DOF_MIN), g(DOF_MAX)
     if not np.isfinite(c) or ghi >= 0:
@@ -38,6 +39,8 @@ class StudentT(Family):
 
     @staticmethod
     def logpdf(x, mu, scale, nu):
+        from scipy.special import gammaln    # lazy: scipy costs about a second at import
+
         nu = DOF_MAX if nu is None else nu
         d = (x - mu) / scale
         return (gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
@@ -57,6 +60,8 @@ class StudentT(Family):
 
     @classmethod
     def _em(cls, z, p, max_iter, tol):
+        from scipy.special import digamma
+
         w, mu, s, nu = (p["weights"].astype(float), p["means"].astype(float),
                         p["scales"].astype(float), p["dof"].astype(float))
         prev, converged, it = -np.inf, False, 0
