@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 import shutil
 import sqlite3
 import stat
@@ -62,10 +63,8 @@ def test_status_and_export_default_to_the_profile_the_grid_ran_with(demo, tmp_pa
     r = raygap("status", str(g), "--results", str(results))
     assert r.returncode == 0 and "total: 3 done, 0 running, 0 failed, 0 interrupted, 0 missing" in r.stdout
     assert "profile demo: the settings t3 last ran with" in r.stderr
-    capsys.readouterr()
-    assert cli_main(["export", str(g), "--results", str(results), "--format", "csv"]) == 0
-    out, err = capsys.readouterr()
-    assert out.strip() == before.strip() and "profile demo" in err
+    code, out, err = proc("export", str(g), "--results", str(results), "--format", "csv")
+    assert code == 0 and out.strip() == before.strip() and "profile demo" in err
     assert table.read_text() == before
     # the grid's own (paper) settings are another table in another folder
     assert cli_main(["export", str(g), "--results", str(results), "--profile", "paper", "--format", "csv"]) == 0
@@ -74,10 +73,17 @@ def test_status_and_export_default_to_the_profile_the_grid_ran_with(demo, tmp_pa
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
+    """raygap's main() in this process (the checks below that a process boundary cannot change)."""
     capsys.readouterr()
     code = cli_main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def proc(*args) -> tuple[int, str, str]:
+    """A real `python -m raygap` process (the data-safety cases as a user meets them)."""
+    r = raygap(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def test_a_grid_that_never_ran_is_one_line(demo, tmp_path, capsys):
@@ -85,7 +91,8 @@ def test_a_grid_that_never_ran_is_one_line(demo, tmp_path, capsys):
     other = tmp_path / "never.yaml"
     other.write_text(yaml.safe_dump({"name": "never", "rows": {"A": {}}}))
     for verb in ("status", "export"):
-        code, out, err = cli(capsys, verb, str(other), "--results", str(results))
+        code, out, err = (proc if verb == "status" else partial(cli, capsys))(verb, str(other), "--results",
+                                                                             str(results))
         assert code == 2 and out == "" and err.count("\n") == 1, err
         assert "grid 'never' has never run" in err and "--profile" in err
     assert not (results / "never").exists()
@@ -97,9 +104,9 @@ def test_export_never_replaces_a_table_with_an_emptier_one(demo, tmp_path, capsy
     before = {p.name: p.read_text() for p in folder.glob("*.*")}
     key = load_keys(g, "demo")[0]
     Store(results / "store.sqlite").forget([key])          # one done trial less in the store
-    assert cli_main(["export", str(g), "--results", str(results)]) == 2
-    err = capsys.readouterr().err
-    assert "they hold 3 done cell(s), this export 2 of 3; pass --force" in err and err.count("\n") == 2
+    code, _, err = proc("export", str(g), "--results", str(results))
+    assert code == 2 and "they hold 3 done cell(s), this export 2 of 3; pass --force" in err
+    assert err.count("\n") == 2 and "Traceback" not in err                   # the profile note, the refusal
     assert {p.name: p.read_text() for p in folder.glob("*.*")} == before
     assert cli_main(["export", str(g), "--results", str(results), "--force"]) == 0
     assert json.loads((folder / "table.json").read_text())["done"] == 2
@@ -115,8 +122,7 @@ def test_a_dry_run_never_forgets(demo, tmp_path, capsys):
     g, results = copy_results(demo, tmp_path)
     db = results / "store.sqlite"
     before = db.read_bytes()
-    code, out, _ = cli(capsys, "run", str(g), "--profile", "demo", "--results", str(results), "--dry-run",
-                       "--rerun", "all")
+    code, out, _ = proc("run", str(g), "--profile", "demo", "--results", str(results), "--dry-run", "--rerun", "all")
     assert code == 0 and "would forget 3 stored trial(s)" in out and out.count(" rerun") == 3
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM trials WHERE status='done'").fetchone()[0] == 3
@@ -132,7 +138,7 @@ def test_figures_never_write_through_a_symlink(demo, tmp_path, capsys):
     victim.write_text("precious")
     png.unlink()
     png.symlink_to(victim)
-    assert cli_main(["export", str(g), "--results", str(results)]) == 0
+    assert proc("export", str(g), "--results", str(results))[0] == 0
     assert victim.read_text() == "precious" and not png.is_symlink() and png.read_bytes()[:4] == b"\x89PNG"
     # a folder under results that leads out of it is refused, whole
     shutil.rmtree(figs)
@@ -175,18 +181,18 @@ def test_train_fresh_removes_only_its_own_files_and_refuses_a_foreign_checkpoint
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "sub").mkdir()
-    code, _, err = cli(capsys, "train", str(cfg), "--out", str(out))
+    code, _, err = proc("train", str(cfg), "--out", str(out))
     assert code == 0, err
     assert {p.name for p in out.iterdir()} == {"notes.txt", "sub", "config.json", "checkpoint.pt", "result.json"}
     # another config in the same folder: refused before anything is written
     other = tmp_path / "d.yaml"
     other.write_text(yaml.safe_dump({**TRAIN, "seed": 1}))
     before = (out / "result.json").read_bytes()
-    code, _, err = cli(capsys, "train", str(other), "--out", str(out))
+    code, _, err = proc("train", str(other), "--out", str(out))
     assert code == 2 and err.count("\n") == 1 and "--out: holds trial" in err and "pass --fresh" in err
     assert (out / "result.json").read_bytes() == before
     # --fresh: only raygap's files go
-    code, stdout, err = cli(capsys, "train", str(other), "--out", str(out), "--fresh")
+    code, stdout, err = proc("train", str(other), "--out", str(out), "--fresh")
     assert code == 0 and "--fresh: removed checkpoint.pt, config.json, result.json" in stdout, err
     assert (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir()
     assert json.loads((out / "result.json").read_text())["key"] == json.loads((out / "config.json").read_text())["key"]
@@ -199,7 +205,7 @@ def test_train_on_cuda_without_cuda_is_refused_at_load(tmp_path, capsys):
         pytest.skip("this machine has CUDA")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**TRAIN, "train": {**TRAIN["train"], "device": "cuda"}}))
-    code, _, err = cli(capsys, "train", str(cfg), "--out", str(tmp_path / "o"))
+    code, _, err = proc("train", str(cfg), "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "train.device: cuda, but" in err, err
     assert "nearest valid choice: auto" in err and not (tmp_path / "o").exists()
 
@@ -215,8 +221,8 @@ def test_a_corrupt_or_truncated_store_is_one_line(demo, tmp_path, capsys):
         for p in results.glob("store.sqlite-*"):
             p.unlink()
         db.write_bytes(damage)
-        for args in (["status", str(g)], ["run", str(g), "--profile", "demo"]):
-            code, _, err = cli(capsys, *args, "--results", str(results))
+        for i, args in enumerate((["status", str(g)], ["run", str(g), "--profile", "demo"])):
+            code, _, err = (proc if i == 0 else partial(cli, capsys))(*args, "--results", str(results))
             assert code == 2 and err.count("\n") == 1 and err.startswith(f"raygap: results error: {db}: "), err
             assert "not a readable SQLite trial store" in err and f"mv {db} {db}.bad" in err, err
 
