@@ -83,7 +83,10 @@ class TrainSection:
     select: str = F("auto", choices=["auto", "acc", "macro_f1", "loss", "mae", "corr", "acc2", "f1_2", "acc7"],
                     help="validation metric that picks the reported epoch; auto: acc (classification), mae (regression)")
     regression_loss: str = F("l1", choices=["l1", "mse"], help="task loss for a regression target (MOSI: L1)")
-    checkpoint: bool = F(True, help="write a checkpoint every epoch (needed for resume)")
+    checkpoint: bool = F(True, help="write checkpoints (needed for resume)")
+    checkpoint_every: int = F(5, range=(1, 100000),
+                              help="write (and, in a grid, upload) the checkpoint every N epochs: a stopped run "
+                                   "recomputes at most N - 1 epochs; a paper trial's checkpoint is ~100 MB")
     deterministic: bool = F(True, help="deterministic kernels (CPU runs are bit-reproducible for a seed)")
 
 
@@ -104,6 +107,8 @@ SECTIONS: dict[str, type] = {
 PLUGIN_REGISTRY = {"data": DATASETS, "method": METHODS}
 TOP_LEVEL = ["seed", *SECTIONS]
 NOT_HASHED = {"resources"}
+# keys that never change a trial's numbers (how often it is checkpointed): outside its hash
+NOT_HASHED_KEYS = {"train": {"checkpoint_every"}}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -263,7 +268,8 @@ class TrialConfig:
         return copy.deepcopy(self._d)
 
     def hashed_part(self) -> dict:
-        return {k: v for k, v in self._d.items() if k not in NOT_HASHED}
+        return {k: ({kk: vv for kk, vv in v.items() if kk not in NOT_HASHED_KEYS[k]} if k in NOT_HASHED_KEYS else v)
+                for k, v in self._d.items() if k not in NOT_HASHED}
 
     def key(self) -> str:
         """Identity of the trial: hash of the resolved config (resources excluded) and the

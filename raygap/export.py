@@ -7,8 +7,9 @@ never share files):
 
 * ``trials.csv`` -- one line per cell membership (a trial shared by two cells appears
   twice): ``label``, the column values (one column per column key, e.g. ``data.name``),
-  ``seed``, ``hash``, ``status`` (done / failed / running / pending / new), ``error``,
-  ``attempts``, ``wall_seconds``, every config key flattened (``config.method.rho``) and
+  ``seed``, ``hash``, ``status`` (done / failed / running / interrupted / pending / new),
+  ``error``, ``attempts``, ``wall_seconds``, ``device`` (``cpu``, ``cuda:0 (<GPU name>)``),
+  every config key flattened (``config.method.rho``) and
   every final metric (``metric.acc``), raw (fractions, not percent).
 * ``table.csv``, ``table.md``, ``table.tex`` -- rows in grid order x (column value x
   metric). A cell is ``mean ± std (n=k)`` over the seeds whose trial is done:
@@ -334,7 +335,8 @@ def trials_csv(grid, store) -> str:
         rec = recs.get(t.key) or {}
         row: dict[str, Any] = {"label": t.label, **{k: v for k, v in t.column.items()}, "seed": t.seed,
                                "hash": t.key, "status": rec.get("status", "new"), "error": rec.get("error") or "",
-                               "attempts": rec.get("attempts", 0), "wall_seconds": rec.get("wall_seconds")}
+                               "attempts": rec.get("attempts", 0), "wall_seconds": rec.get("wall_seconds"),
+                               "device": (rec.get("info") or {}).get("device", "")}
         row.update({f"config.{k}": v for k, v in flatten(t.config.to_dict()).items()})
         row.update({f"metric.{k}": v for k, v in sorted((rec.get("metrics") or {}).items())})
         rows.append(row)

@@ -83,18 +83,43 @@ def build_scheduler(optim_cfg, optimizer, epochs: int):
     return None
 
 
+def nvidia_driver() -> str | None:
+    """The loaded NVIDIA kernel driver's version line (Linux), or None."""
+    try:
+        first = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    words = first.split()
+    return next((w for w in words if w[:1].isdigit() and "." in w), first[:80])
+
+
 def cuda_problem() -> str | None:
-    """Why CUDA is unusable in this process (one short phrase), or None when it works."""
+    """Why CUDA is unusable in this process -- what was found: torch's CUDA build, the NVIDIA
+    driver, the visible devices -- or None when it works."""
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU-only build"
     try:
         if torch.cuda.is_available() and torch.cuda.device_count() > 0:
             return None
+        error = None
     except Exception as e:  # noqa: BLE001 -- a broken driver raises here
-        return f"CUDA fails to start: {str(e).splitlines()[0][:200]}"
+        error = str(e).splitlines()[0][:200]
+    driver = nvidia_driver()
     vis = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return ("no CUDA device is visible" + (f" (CUDA_VISIBLE_DEVICES={vis!r})" if vis is not None else "")
-            + f"; torch {torch.__version__} is built for CUDA {torch.version.cuda}: is the driver recent enough?")
+    found = [f"torch {torch.__version__} built for CUDA {torch.version.cuda}",
+             f"NVIDIA driver {driver}" if driver else "no NVIDIA driver loaded",
+             f"CUDA_VISIBLE_DEVICES={vis!r}" if vis is not None else "CUDA_VISIBLE_DEVICES unset"]
+    return (f"CUDA fails to start ({error})" if error else "no CUDA device is visible") + "; found " + ", ".join(found)
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what progress lines and the store show."""
+    if device.type != "cuda":
+        return device.type
+    try:
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    except Exception:  # noqa: BLE001
+        return str(device)
 
 
 def pick_device(name: str, gpu_share: float = 0.0) -> torch.device:
@@ -222,6 +247,15 @@ def final_metrics(history: list[dict], select: str) -> dict[str, float]:
     return out
 
 
+def checkpoint_due(epoch: int, every: int, epochs: int, final: bool = False) -> bool:
+    """Whether a checkpoint is written after ``epoch`` (0-based): every ``every`` epochs; after
+    the last epoch only when ``final`` (``raygap train`` keeps the trained model; a grid's
+    result follows at once and its checkpoint would be deleted right after)."""
+    if epoch >= epochs - 1:
+        return final
+    return (epoch + 1) % every == 0
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -232,7 +266,7 @@ def _atomic_save(obj, path: Path) -> None:
 def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         checkpoint_dir: str | Path | None = None,
         report: Callable[[dict, Path | None], None] | None = None,
-        log: Callable[[str], None] = lambda s: None) -> TrialResult:
+        log: Callable[[str], None] = lambda s: None, final_checkpoint: bool = True) -> TrialResult:
     T = cfg.train
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
@@ -261,6 +295,7 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
                     log=log)
 
     start = 0
+    shown_device = device_name(device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if ckpt_path and ckpt_path.exists():                       # resume
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -326,10 +361,12 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         record.update({f"val_{k}": v for k, v in evaluate(model, method, bundle.val, bundle.task, **pred_kw).items()})
         record.update({f"test_{k}": v for k, v in evaluate(model, method, bundle.test, bundle.task, **pred_kw).items()})
         record["lr"] = optimizer.param_groups[0]["lr"]
+        record["device"] = shown_device
         record["epoch_seconds"] = time.perf_counter() - t0
         st.history.append(record)
 
-        if ckpt_path and T.checkpoint:
+        ckpt_now = bool(ckpt_path and T.checkpoint and checkpoint_due(epoch, T.checkpoint_every, T.epochs, final_checkpoint))
+        if ckpt_now:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -337,11 +374,11 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
                           "history": st.history, "train_indices": st.train_indices,
                           "rng_torch": torch.get_rng_state(), "key": cfg.key()}, ckpt_path)
         if report is not None:
-            report(record, ckpt_path.parent if (ckpt_path and T.checkpoint) else None)
+            report(record, ckpt_path.parent if ckpt_now else None)
         log(format_record(record, bundle.modality_names, select))
 
     return TrialResult(cfg.key(), final_metrics(st.history, select), st.history,
-                       info={"device": str(device), "data": bundle.info,
+                       info={"device": shown_device, "data": bundle.info,
                              "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)})
 
 
@@ -352,11 +389,14 @@ def format_record(r: dict, modalities: list[str], select: str = "acc") -> str:
     extra = f" [{r['stage']}]" if "stage" in r else ""
     return (f"epoch {r['epoch']:>3}{extra}  loss {r.get('train_loss', nan):.4f}  "
             f"val {select} {r.get(f'val_{select}', nan):.3f} {second} {r.get(f'val_{second}', nan):.3f} ({uni})  "
-            f"test {select} {r.get(f'test_{select}', nan):.3f}  {r['epoch_seconds']:.1f}s")
+            f"test {select} {r.get(f'test_{select}', nan):.3f}  {r['epoch_seconds']:.1f}s"
+            + (f" on {r['device']}" if "device" in r else ""))
 
 
 def configure_threads(cfg: TrialConfig, allotted_cpus: float | None = None) -> int:
-    n = cfg.train.threads or int(allotted_cpus or 0) or (os.cpu_count() or 1)
+    from .system import usable_cpus
+
+    n = cfg.train.threads or int(allotted_cpus or 0) or usable_cpus()
     n = max(1, n)
     torch.set_num_threads(n)
     return n
@@ -365,11 +405,12 @@ def configure_threads(cfg: TrialConfig, allotted_cpus: float | None = None) -> i
 def run_trial(cfg: TrialConfig, *, checkpoint_dir: str | Path | None = None,
               report: Callable[[dict, Path | None], None] | None = None,
               log: Callable[[str], None] = lambda s: None,
-              allotted_cpus: float | None = None) -> TrialResult:
+              allotted_cpus: float | None = None, final_checkpoint: bool = True) -> TrialResult:
     """Build everything from the config and train. Deterministic for a seed on CPU."""
     configure_threads(cfg, allotted_cpus)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = pick_device(cfg.train.device)
     bundle = load_data(cfg)
-    return fit(cfg, bundle, device=device, checkpoint_dir=checkpoint_dir, report=report, log=log)
+    return fit(cfg, bundle, device=device, checkpoint_dir=checkpoint_dir, report=report, log=log,
+               final_checkpoint=final_checkpoint)

@@ -151,7 +151,7 @@ def test_gap_adaptive_on_three_modalities_and_cpsl_on_two():
     the two-modality data, each end to end through the engine."""
     from raygap.trial import run_trial
     fast = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
-            "optim": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2}}
+            "optim": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint_every": 1}}
     ga = run_trial(resolve({**fast, "data": {**fast["data"], "text": True},
                             "method": {"name": "gap_adaptive", "pair": ["text", "visual"], "warmup_epochs": 1}}))
     switch = ga.history[1]

@@ -168,7 +168,7 @@ def test_end_to_end_refits_log_the_mixture_and_resume_exactly(tmp_path):
     raw = {"data": {"name": "avdigits", "visual_corrupt": 0.3, "visual_noise": 0.5, "audio_speed": 0.0},
            "model": {"backbone": "small", "width": 4}, "optim": {"lr": 0.1},
            "method": {"name": "gap_adaptive", "warmup_epochs": 1, "mixture": "smm"},
-           "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2}}
+           "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint_every": 1}}
     cfg = resolve(raw)
     full = run_trial(cfg, checkpoint_dir=tmp_path / "a")
     h = full.history

@@ -249,7 +249,7 @@ def test_mla_prediction_is_entropy_weighted():
 
 # ----------------------------------------------------------------------------- end to end
 FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
-        "optim": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2}}
+        "optim": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint_every": 1}}
 
 
 class Crash(Exception):

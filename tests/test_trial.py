@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from raygap.config import resolve
-from raygap.trial import TrialDiverged, final_metrics, load_data, run_trial, select_epoch
+from raygap.trial import TrialDiverged, checkpoint_due, final_metrics, load_data, run_trial, select_epoch
 
 FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
         "model": {"backbone": "small", "width": 4},
-        "optim": {"lr": 0.05}, "train": {"epochs": 4, "batch_size": 128, "device": "cpu", "threads": 2}}
+        "optim": {"lr": 0.05}, "train": {"epochs": 4, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint_every": 1}}
 
 TIMING = ("train_seconds", "epoch_seconds")
 
@@ -94,3 +94,24 @@ def test_metric_names_are_the_names_the_evaluations_return():
                                                                                        ("data_pct",))
     assert "acc_visual" not in metric_names("classification", ["audio"]) and "mae" not in metric_names(
         "classification", ["audio"])
+
+
+def test_checkpoint_cadence():
+    def due(epochs, every, final):
+        return [e for e in range(epochs) if checkpoint_due(e, every, epochs, final)]
+
+    # 100 epochs every 5 in a grid: after epochs 4, 9, ..., 94 (0-based); none after epoch 99
+    assert due(100, 5, False) == [4, 9, 14, 19, 24, 29, 34, 39, 44, 49, 54, 59, 64, 69, 74, 79, 84, 89, 94]
+    assert due(100, 5, True)[-2:] == [94, 99]           # raygap train keeps the trained model
+    assert due(3, 1, False) == [0, 1] and due(3, 1, True) == [0, 1, 2]
+    assert due(12, 5, False) == [4, 9] and due(4, 5, False) == [] and due(1, 1, False) == []
+
+
+def test_train_keeps_the_final_checkpoint_a_grid_does_not(tmp_path):
+    cfg = resolve({**FAST, "train": {**FAST["train"], "epochs": 2, "checkpoint_every": 5}})
+    seen = {True: [], False: []}
+    for final in (True, False):
+        run_trial(cfg, checkpoint_dir=tmp_path / str(final), final_checkpoint=final,
+                  report=lambda rec, ck, f=final: seen[f].append(ck is not None))
+    assert seen == {True: [False, True], False: [False, False]}
+    assert (tmp_path / "True" / "checkpoint.pt").is_file() and not (tmp_path / "False" / "checkpoint.pt").exists()

@@ -1,0 +1,43 @@
+"""What this machine lets raygap use, read the way a scheduler sets it (no Ray here).
+
+``usable_cpus`` counts the CPUs this process may run on: its affinity mask (SLURM's
+``--cpus-per-task``, ``taskset``, cgroup cpusets) and a cgroup CPU quota (Docker
+``--cpus``, Kubernetes limits), not ``os.cpu_count()``, which reports the whole machine
+and oversubscribes a job that holds a few of its cores.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs allowed by a cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(root: Path = CGROUP_ROOT) -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
