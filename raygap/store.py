@@ -19,7 +19,7 @@ Faults -- a corrupt or truncated file, a read-only or full disk -- raise
 opened with ``readonly=True`` (``status``, ``export``, ``run --dry-run``) never writes, so a
 read-only results folder can still be inspected.
 
-Schema (``PRAGMA user_version`` 2)::
+Schema (``PRAGMA user_version`` 3)::
 
     trials(key TEXT PRIMARY KEY,
            status TEXT  -- pending | running | done | failed | interrupted
@@ -27,7 +27,10 @@ Schema (``PRAGMA user_version`` 2)::
            created REAL, started REAL, finished REAL  -- unix times
            wall_seconds REAL, info JSON,
            owner TEXT      -- the driver running it: "host:pid:process start time"
-           heartbeat REAL) -- its last sign of life (start, each epoch)
+           heartbeat REAL  -- its last sign of life (start, each epoch)
+           lease_until REAL    -- the owner's claim holds until then (renewed while it runs)
+           checkpoint TEXT     -- the latest checkpoint on the run's storage (path or URI) ...
+           checkpoint_epoch INT)  -- ... and its epoch: the next run resumes there
     memberships(grid, key, label, "column" JSON, seed, PRIMARY KEY(grid, key, label, "column"))
         -- grid is "<name>/<variant>" (table3/demo): which cells of an expansion use a trial
     runs(grid, variant, profile, sets JSON, path, started REAL, PRIMARY KEY(grid, variant))
@@ -63,7 +66,7 @@ from typing import Any
 from .errors import StoreError
 
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TRIALS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     key TEXT PRIMARY KEY,
@@ -79,7 +82,10 @@ CREATE TABLE IF NOT EXISTS trials (
     wall_seconds REAL,
     info TEXT,
     owner TEXT,
-    heartbeat REAL
+    heartbeat REAL,
+    lease_until REAL,
+    checkpoint TEXT,
+    checkpoint_epoch INTEGER
 );
 """
 SCHEMA = TRIALS_SCHEMA + """
@@ -108,7 +114,8 @@ CREATE TABLE IF NOT EXISTS forgotten (
 );
 """
 TRIAL_COLUMNS = ("key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
-                 "finished", "wall_seconds", "info", "owner", "heartbeat")
+                 "finished", "wall_seconds", "info", "owner", "heartbeat", "lease_until", "checkpoint",
+                 "checkpoint_epoch")
 JSON_COLUMNS = ("config", "metrics", "history", "info")
 _CHUNK = 500
 BUSY_POLL_MS = 2000          # SQLite's own wait per try before raygap says it is waiting
@@ -154,6 +161,11 @@ def owner_alive(owner: str | None) -> bool | None:
         return _start_time(int(pid)) == started
     except ValueError:
         return None
+
+
+def _live_claim(other: str | None, lease: float | None, owner: str, now: float) -> bool:
+    """Whether ``other``'s claim (lease until ``lease``) still holds against ``owner``."""
+    return bool(other and other != owner and lease and lease > now and owner_alive(other) is not False)
 
 
 class Store:
@@ -282,13 +294,18 @@ class Store:
         """Bring any earlier schema to SCHEMA_VERSION in one transaction."""
         with self._tx():
             have = {r[0]: r[1] for r in self._db.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")}
+            cols = [r[1] for r in self._db.execute("PRAGMA table_info(trials)")]
             if "trials" in have and "'interrupted'" not in (have["trials"] or ""):
-                cols = [r[1] for r in self._db.execute("PRAGMA table_info(trials)")]
                 self._db.execute("ALTER TABLE trials RENAME TO trials_old")
                 self._db.execute(TRIALS_SCHEMA)
                 keep = [c for c in TRIAL_COLUMNS if c in cols]
                 self._db.execute(f"INSERT INTO trials ({', '.join(keep)}) SELECT {', '.join(keep)} FROM trials_old")
                 self._db.execute("DROP TABLE trials_old")
+            elif "trials" in have:
+                for col, kind in (("owner", "TEXT"), ("heartbeat", "REAL"), ("lease_until", "REAL"),
+                                  ("checkpoint", "TEXT"), ("checkpoint_epoch", "INTEGER")):
+                    if col not in cols:
+                        self._db.execute(f"ALTER TABLE trials ADD COLUMN {col} {kind}")
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     self._db.execute(stmt)
@@ -497,6 +514,91 @@ class Store:
                     f"UPDATE trials SET status='interrupted', finished=? WHERE status='running' AND owner=? "
                     f"AND key IN ({','.join('?' * len(chunk))})", (now, owner, *chunk)).rowcount
         return n
+
+    # -- claims: one trial, one run ------------------------------------------------------
+    def claim(self, keys: Iterable[str], owner: str | None = None,
+              lease_s: float = 120.0) -> tuple[list[str], dict[str, str]]:
+        """Claim the trials among ``keys`` that are not done and not held by another
+        driver's live claim, for ``lease_s`` seconds (renew with :meth:`renew`). A claim
+        is dead when its lease has expired or its owner is a gone process of this machine.
+        Returns (claimed keys, {key: owner} of the trials another driver holds)."""
+        keys = list(dict.fromkeys(keys))
+        owner = owner or this_process_owner()
+        now = time.time()
+        claimed: list[str] = []
+        held: dict[str, str] = {}
+        with self._tx():
+            for i in range(0, len(keys), _CHUNK):
+                chunk = keys[i:i + _CHUNK]
+                rows = self._db.execute(f"SELECT key, status, owner, lease_until FROM trials WHERE key IN "
+                                        f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                for key, status, other, lease in rows:
+                    if status == "done":
+                        continue
+                    if _live_claim(other, lease, owner, now):
+                        held[key] = other
+                    else:
+                        claimed.append(key)
+            for i in range(0, len(claimed), _CHUNK):
+                chunk = claimed[i:i + _CHUNK]
+                self._db.execute(f"UPDATE trials SET owner=?, lease_until=? WHERE key IN ({','.join('?' * len(chunk))})",
+                                 (owner, now + lease_s, *chunk))
+        return claimed, held
+
+    def held_elsewhere(self, keys: Iterable[str], owner: str | None = None) -> dict[str, str]:
+        """{key: owner} of the trials among ``keys`` (not done) that another driver's live
+        claim holds. Reads only."""
+        keys = list(dict.fromkeys(keys))
+        owner = owner or this_process_owner()
+        now = time.time()
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            for key, status, other, lease in self._query(
+                    f"SELECT key, status, owner, lease_until FROM trials WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk):
+                if status != "done" and _live_claim(other, lease, owner, now):
+                    out[key] = other
+        return out
+
+    def renew(self, keys: Iterable[str], owner: str | None = None, lease_s: float = 120.0) -> int:
+        """Extend this driver's claims on ``keys`` (those not done yet)."""
+        return self._set_lease(keys, owner, time.time() + lease_s, "AND status != 'done'")
+
+    def release(self, keys: Iterable[str], owner: str | None = None) -> int:
+        """Drop this driver's claims on ``keys``."""
+        return self._set_lease(keys, owner, None, "")
+
+    def _set_lease(self, keys, owner, until, extra: str) -> int:
+        keys = list(dict.fromkeys(keys))
+        owner = owner or this_process_owner()
+        n = 0
+        with self._tx():
+            for i in range(0, len(keys), _CHUNK):
+                chunk = keys[i:i + _CHUNK]
+                n += self._db.execute(f"UPDATE trials SET lease_until=? WHERE owner=? {extra} AND key IN "
+                                      f"({','.join('?' * len(chunk))})", (until, owner, *chunk)).rowcount
+        return n
+
+    def record_checkpoint(self, key: str, uri: str, epoch: int | None) -> list[str]:
+        """The latest checkpoint of a running trial is at ``uri`` (epoch ``epoch``). Returns
+        the checkpoints now of no use, for the caller to delete: the one recorded before (an
+        earlier run's, once this run has its own), or ``uri`` itself when the trial is done."""
+        with self._tx():
+            row = self._db.execute("SELECT status, checkpoint FROM trials WHERE key=?", (key,)).fetchone()
+            if row and row[0] == "done":
+                return [uri]
+            self._db.execute("UPDATE trials SET checkpoint=?, checkpoint_epoch=?, heartbeat=? WHERE key=?",
+                             (uri, epoch, time.time(), key))
+        return [row[1]] if row and row[1] and row[1] != uri else []
+
+    def take_checkpoint(self, key: str) -> str | None:
+        """Clear and return the trial's recorded checkpoint (to delete it: the trial is done,
+        or will start over)."""
+        with self._tx():
+            row = self._db.execute("SELECT checkpoint FROM trials WHERE key=?", (key,)).fetchone()
+            self._db.execute("UPDATE trials SET checkpoint=NULL, checkpoint_epoch=NULL WHERE key=?", (key,))
+        return row[0] if row else None
 
     def forget(self, keys: Iterable[str]) -> int:
         """Take the trials ``keys`` (whatever their status) out of the store so they run

@@ -45,7 +45,8 @@ def test_store_round_trip_on_a_real_sqlite_file(tmp_path):
     with sqlite3.connect(db) as c:                   # the documented schema, WAL mode
         cols = [r[1] for r in c.execute("PRAGMA table_info(trials)")]
         assert cols == ["key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
-                        "finished", "wall_seconds", "info", "owner", "heartbeat"]
+                        "finished", "wall_seconds", "info", "owner", "heartbeat", "lease_until", "checkpoint",
+                        "checkpoint_epoch"]
         assert [r[1] for r in c.execute("PRAGMA table_info(memberships)")] == ["grid", "key", "label", "column", "seed"]
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert json.loads(c.execute("SELECT metrics FROM trials").fetchone()[0]) == {"acc": 0.5, "f": None}
@@ -358,7 +359,7 @@ def test_a_store_of_the_previous_schema_is_migrated_with_its_rows(tmp_path):
     s.mark_running("r", {"seed": 0})
     assert s.mark_interrupted(["r"]) == 1 and s.get("r")["status"] == "interrupted"
     with sqlite3.connect(db) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_read_only_store_reads_and_refuses_writes(tmp_path):
@@ -373,3 +374,52 @@ def test_a_read_only_store_reads_and_refuses_writes(tmp_path):
     with pytest.raises(StoreError) as e:
         Store(tmp_path / "nothing.sqlite", readonly=True)
     assert "no trial store here" in e.value.line() and not (tmp_path / "nothing.sqlite").exists()
+
+
+def test_claims_leases_and_the_recorded_checkpoint(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    from raygap import store as store_mod
+
+    g = write(tmp_path, {"name": "c", "rows": {"A": {}}, "seeds": [0, 1, 2]})
+    grid = load_grid(g)
+    s = Store(tmp_path / "store.sqlite")
+    s.register(grid)
+    k0, k1, k2 = [t.key for t in grid.trials]
+    s.save_done(k2, {"acc": 0.5}, [], 1.0, {})
+    host = socket.gethostname()
+    a, b = f"{host}:1:10.00", f"{host}:2:20.00"          # two drivers of this machine, both alive here
+    monkeypatch.setattr(store_mod, "owner_alive", lambda o: {a: True, b: True}.get(o, False))
+    now = [1000.0]
+    monkeypatch.setattr(store_mod.time, "time", lambda: now[0])
+
+    assert s.claim([k0, k1, k2], a, lease_s=120) == ([k0, k1], {})    # a done trial is never claimed
+    assert s.claim([k0, k1], b, lease_s=120) == ([], {k0: a, k1: a})  # a live lease holds
+    assert s.held_elsewhere([k0, k1, k2], b) == {k0: a, k1: a} and s.held_elsewhere([k0], a) == {}
+    now[0] = 1000.0 + 119
+    assert s.renew([k0], a, lease_s=120) == 1                         # k0 now until 1239, k1 until 1120
+    now[0] = 1000.0 + 121
+    assert s.claim([k0, k1], b, lease_s=120) == ([k1], {k0: a})       # k1's lease expired
+    assert s.release([k0], a) == 1 and s.claim([k0], b) == ([k0], {})
+    assert s.release([k0], a) == 0                                    # only the owner's own claims
+    # a dead owner's claim is void at once, lease or not
+    c_ = f"{host}:3:30.00"
+    s.release([k0, k1], b)
+    assert s.claim([k0], c_, lease_s=10_000) == ([k0], {})            # owner_alive(c_) is False here
+    assert s.claim([k0], b) == ([k0], {})
+    # the recorded checkpoint: the earlier one comes back to be deleted; a done trial returns its own
+    assert s.record_checkpoint(k0, "file:///r/ck_e4", 4) == []
+    assert s.record_checkpoint(k0, "file:///r/ck_e4", 4) == []
+    assert s.record_checkpoint(k0, "file:///r/ck_e9", 9) == ["file:///r/ck_e4"]
+    assert (s.get(k0)["checkpoint"], s.get(k0)["checkpoint_epoch"]) == ("file:///r/ck_e9", 9)
+    assert s.record_checkpoint(k2, "file:///r/late", 3) == ["file:///r/late"]
+    assert s.take_checkpoint(k0) == "file:///r/ck_e9" and s.get(k0)["checkpoint"] is None
+    # a real process that has ended is a dead owner (no monkeypatch of the check)
+    monkeypatch.undo()
+    p = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE, text=True)
+    pid = int(p.communicate()[0])
+    assert store_mod.owner_alive(f"{host}:{pid}:123.45") is False
+    assert store_mod.owner_alive(store_mod.this_process_owner()) is True
+    assert store_mod.owner_alive("elsewhere-host:1:1.00") is None          # another machine: the lease decides
