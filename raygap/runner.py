@@ -75,7 +75,13 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     key = config["t"]["key"]
     work = Path(tempfile.mkdtemp(prefix=f"raygap-{key}-"))
     resumed_from = None
-    ckpt = tune.get_checkpoint()
+    resume_note = None
+    ckpt = tune.get_checkpoint()                       # Tune restarted this trial (a worker died)
+    if ckpt is None and config["t"].get("resume"):     # an earlier run's checkpoint, from the store
+        try:
+            ckpt = checkpoint_at(config["t"]["resume"])
+        except Exception as e:  # noqa: BLE001 -- gone or unreadable: start over, and say so
+            resume_note = f"checkpoint {config['t']['resume']} not usable ({type(e).__name__}): started over"
     if ckpt is not None:
         with ckpt.as_directory() as d:
             src = Path(d) / CHECKPOINT
@@ -103,7 +109,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     try:
         try:
             device = pick_device(cfg.train.device, gpu_share=cfg.resources.gpu)
-            result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report)
+            result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report, final_checkpoint=False)
         except DETERMINISTIC_FAILURES as e:
             # the same config fails the same way again: report it as final instead of raising,
             # so Tune does not spend its retries (meant for dead workers) on it
@@ -112,10 +118,47 @@ def trainable(config: dict, shared: dict | None = None) -> None:
             return
         final = {"final_json": json.dumps({"metrics": result.metrics, "history": result.history, "info": {
             **result.info, "node": node, "pid": os.getpid(), "resumed_from_epoch": resumed_from,
+            **({"resume_note": resume_note} if resume_note else {}),
             "wall_seconds": time.perf_counter() - t0}}, default=str), "pid": os.getpid(), "node": node}
         tune.report(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Tune checkpoint lives, as one string: a local path, or ``s3://bucket/...``."""
+    fs = getattr(checkpoint, "filesystem", None)
+    kind = getattr(fs, "type_name", "local") if fs is not None else "local"
+    if kind == "local":
+        return checkpoint.path
+    return f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}"
+
+
+def checkpoint_at(uri: str):
+    """The Tune checkpoint at ``uri`` (see :func:`checkpoint_uri`), on whatever storage."""
+    import pyarrow.fs
+    from ray import tune
+
+    if "://" in uri:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    else:
+        fs, path = pyarrow.fs.LocalFileSystem(), uri
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    return tune.Checkpoint(path, filesystem=fs)
+
+
+def delete_checkpoint(uri: str | None) -> None:
+    """Remove a checkpoint folder from the run's storage (a done trial needs it no more)."""
+    if not uri:
+        return
+    try:
+        import pyarrow.fs
+
+        fs, path = (pyarrow.fs.FileSystem.from_uri(uri) if "://" in uri else (pyarrow.fs.LocalFileSystem(), uri))
+        fs.delete_dir(path)
+    except Exception:  # noqa: BLE001 -- already gone, or storage unreachable: nothing to lose
+        pass
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -132,6 +175,7 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
 
         def __init__(self):
             self.history: dict[str, list] = {}
+            self.ours: set[str] = set()              # checkpoints this experiment wrote
 
         def _key(self, trial) -> str:
             return trial.config["t"]["key"]
@@ -141,8 +185,23 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
 
         def on_trial_start(self, iteration, trials, trial, **info):
             key = self._key(trial)
+            resume = trial.config["t"].get("resume")
+            if resume and key not in self.history:    # keep the epochs the earlier run recorded, up to its checkpoint
+                rec = store.get(key) or {}
+                upto = rec.get("checkpoint_epoch")
+                self.history[key] = [h for h in rec.get("history") or [] if upto is not None and h["epoch"] <= upto]
+                log(f"  {self._label(trial)}: resuming after epoch {upto} from {resume}")
             self.history.setdefault(key, [])
             store.mark_running(key, trial.config["t"]["trial"])
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            key = self._key(trial)
+            epoch = (trial.last_result or {}).get("epoch")
+            uri = checkpoint_uri(checkpoint)
+            self.ours.add(uri)
+            for stale in store.record_checkpoint(key, uri, epoch):
+                if stale == uri or stale not in self.ours:   # (Tune deletes this run's older ones itself)
+                    delete_checkpoint(stale)          # an earlier run's, or the trial finished meanwhile
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
@@ -154,13 +213,15 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
                 store.record_epoch(key, hist)
                 name = _shown_metric(rec, "val_")
                 log(f"  {self._label(trial)}: epoch {rec['epoch']}  val {name} {rec.get('val_' + name, float('nan')):.4f}"
-                    f"  test {name} {rec.get('test_' + name, float('nan')):.4f}")
+                    f"  test {name} {rec.get('test_' + name, float('nan')):.4f}  on {rec.get('device', '?')}")
             if "final_json" in result:
                 fin = json.loads(result["final_json"])
                 store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
+                delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoint is of no more use
                 summary.done += 1
                 log(f"[{summary.done + len(summary.failed)}/{n_todo}] done {self._label(trial)} "
-                    f"({key}): {(name := _shown_metric(fin['metrics']))} {fin['metrics'].get(name, float('nan')):.4f}")
+                    f"({key}): {(name := _shown_metric(fin['metrics']))} {fin['metrics'].get(name, float('nan')):.4f}"
+                    f" on {fin['info'].get('device', '?')}")
             if "failed_json" in result:
                 self._fail(trial, json.loads(result["failed_json"])["error"])
 
@@ -232,42 +293,122 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
 
 
 def _usable_cpus() -> int:
-    """The CPUs this process may use (its affinity mask: SLURM and cgroup cpusets), not the machine's."""
+    """The CPUs this process may use (affinity mask and cgroup quota), not the machine's."""
+    from .system import usable_cpus
+
+    return usable_cpus()
+
+
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"   # where `ray up` leaves the autoscaler's config on the head
+
+
+def addable_node_types(path: str | None = None) -> list[tuple[str, float, float]]:
+    """(name, CPUs, GPUs) of the node types an autoscaler may add (``max_workers`` > 0),
+    from the cluster launcher's config on the head (``RAYGAP_AUTOSCALING_CONFIG`` or
+    ``~/ray_bootstrap_config.yaml``). A type whose resources the config leaves to the
+    launcher (filled in from the instance type) counts as able to hold any request."""
+    import yaml
+
+    p = Path(os.path.expanduser(path or os.environ.get("RAYGAP_AUTOSCALING_CONFIG") or AUTOSCALING_CONFIG))
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        doc = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    out = []
+    for name, t in (doc.get("available_node_types") or {}).items():
+        if not isinstance(t, dict) or int(t.get("max_workers", 0) or 0) <= 0:
+            continue
+        res = t.get("resources") or {}
+        if "CPU" in res or "GPU" in res:
+            out.append((str(name), float(res.get("CPU", 0)), float(res.get("GPU", 0))))
+        else:
+            out.append((str(name), math.inf, math.inf))
+    return out
 
 
-def check_resources(requests: list[dict], nodes: list[dict]) -> str | None:
+def check_resources(requests: list[dict], nodes: list[dict],
+                    addable: list[tuple[str, float, float]] | None = None) -> str | None:
     """A line saying why some trial's request can never be placed, or None.
 
     A trial needs its CPUs and GPUs on one node; Ray would leave it PENDING forever.
-    ``nodes`` are ``ray.nodes()`` entries (alive ones are used).
+    ``nodes`` are ``ray.nodes()`` entries (alive ones are used); ``addable`` are node types
+    an autoscaler can still add (:func:`addable_node_types`), which count too.
     """
     caps = [(n.get("Resources", {}).get("CPU", 0.0), n.get("Resources", {}).get("GPU", 0.0))
             for n in nodes if n.get("Alive", True)]
+    caps += [(c, g) for _, c, g in addable or []]
     for req in requests:
         cpu, gpu = float(req.get("cpu", 1)), float(req.get("gpu", 0))
         if not any(c >= cpu and g >= gpu for c, g in caps):
             have = ", ".join(f"{c:g} CPU/{g:g} GPU" for c, g in caps) or "no nodes"
             what = f"{cpu:g} CPU" + (f" + {gpu:g} GPU" if gpu else "")
-            return (f"a trial asks for {what} on one node, but no node of the cluster has that "
-                    f"(nodes: {have}); such trials would stay PENDING forever")
+            return (f"a trial asks for {what} on one node, but no node of the cluster has that, and no node "
+                    f"type an autoscaler may add (nodes: {have}); such trials would stay PENDING forever")
     return None
+
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph", "glusterfs",
+              "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.juicefs", "fuse.s3fs", "fuse.gcsfuse",
+              "fuse.mount-s3", "9p", "virtiofs", "fuse.weka", "davfs"}
+
+
+def mount_fs_type(path: str | Path, mounts: str = "/proc/mounts") -> str | None:
+    """The file-system type /proc/mounts gives for the mount holding ``path``."""
+    p = str(Path(path).resolve())
+    best, kind = "", None
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (p == point or p.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def node_hosts(nodes: list[dict]) -> set[str]:
+    """The distinct machines of the live nodes (their node-manager addresses)."""
+    return {n.get("NodeManagerAddress") or n.get("NodeManagerHostname") or "?" for n in nodes if n.get("Alive", True)}
+
+
+def check_storage(storage_path: str, nodes: list[dict], mounts: str = "/proc/mounts") -> str | None:
+    """A line saying why trials on other machines could not write their checkpoints to
+    ``storage_path``, or None: a URI (s3://, gs://...) or a shared file system is needed
+    as soon as the live nodes are on more than one machine."""
+    hosts = node_hosts(nodes)
+    if len(hosts) <= 1 or "://" in storage_path:
+        return None
+    kind = mount_fs_type(storage_path, mounts)
+    if kind in NETWORK_FS:
+        return None
+    return (f"the cluster's nodes are on {len(hosts)} machines, but the Tune storage {storage_path} is on "
+            f"a local {kind or 'unknown'} file system: trials on the other machines could not write their "
+            "checkpoints there")
+
+
+def _data_key(spec) -> str:
+    return json.dumps(spec.config.to_dict()["data"], sort_keys=True)
+
+
+def _in_memory(spec) -> bool:
+    from .registry import DATASETS
+
+    return bool(DATASETS.get(spec.config.data.name).meta.get("in_memory"))
 
 
 def _shared_bundles(specs, log) -> dict:
     """Build in-memory datasets once in the driver and hand them to trials (tune.with_parameters)."""
-    from .registry import DATASETS
     from .trial import load_data
 
     shared = {}
     for s in specs:
-        d = s.config.to_dict()["data"]
-        if not DATASETS.get(d["name"]).meta.get("in_memory"):
+        if not _in_memory(s):
             continue
-        k = json.dumps(d, sort_keys=True)
+        k = _data_key(s)
         if k not in shared:
             shared[k] = load_data(s.config)
     if shared:
@@ -275,13 +416,24 @@ def _shared_bundles(specs, log) -> dict:
     return shared
 
 
+LEASE_S = 120.0        # a claim on a trial lasts this long unless renewed (a crashed driver's trials free up)
+RENEW_S = 30.0         # how often a running driver renews its claims
+WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials looks at the store
+
+
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
              max_failures: int = 1, num_cpus: int | None = None, log=print) -> RunSummary:
     """Run every trial of ``grid`` that the store does not hold as done.
 
+    One trial, one run: each trial is claimed in the store before it is launched (a lease
+    renewed while this driver lives); trials another live driver holds are left to it and
+    waited for, then counted as reused. A trial an earlier, stopped run had started resumes
+    from the checkpoint the store recorded for it.
+
     A stop signal (see :mod:`raygap.interrupts`) does not raise out of here: the summary
     says ``interrupted`` and counts what is unfinished, the trials this driver had started
-    are ``interrupted`` in the store, Ray is down and no process is left behind.
+    are ``interrupted`` in the store, its claims are released, Ray is down and no process
+    is left behind.
     """
     from .store import this_process_owner
 
@@ -292,98 +444,229 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
         distinct.setdefault(s.key, s)
     status = store.status_of(list(distinct))
     todo = [s for k, s in distinct.items() if status.get(k) != "done"]
-    summary = RunSummary(total=len(distinct), reused=len(distinct) - len(todo), launched=len(todo))
+    summary = RunSummary(total=len(distinct), reused=len(distinct) - len(todo), launched=0)
     if not todo:
         summary.wall_seconds = time.perf_counter() - t0
         return summary
 
-    # the in-memory datasets are built in a thread while Ray starts (its start-up is mostly
-    # waiting on subprocesses); a daemon thread, so an interrupted start-up does not wait for it
-    shared_box: dict = {}
-
-    def build():
-        try:
-            shared_box["value"] = _shared_bundles(todo, log)
-        except BaseException as e:  # noqa: BLE001 -- re-raised in the main thread
-            shared_box["error"] = e
-
-    builder = threading.Thread(target=build, name="raygap-data", daemon=True)
-    builder.start()
     owner = this_process_owner()
+    storage_path = storage or str((Path(store.path).parent / "ray").resolve())
     started = starting = False
+    mine: set[str] = set()              # every trial this driver claimed (released at the end)
+    attempted: set[str] = set()         # launched here, or settled by another driver: not launched (again)
+    renewer = _Renewer(store, owner)
+    builder = None
     try:
         import ray
-        from ray import tune
 
-        # ours to stop and clean up: an embedded instance this call starts (not one already up)
-        starting = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
-        try:
-            started = _start_ray(address, num_cpus, log)
-        except SystemExit as e:         # ray.init's own SIGTERM handler calls sys.exit(15)
-            interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
-            raise KeyboardInterrupt("SIGTERM") from e
-        interrupts.install()            # ray.init replaced raygap's SIGTERM handler with its own
-        problem = check_resources([s.resources for s in todo], ray.nodes())
-        if problem:
-            raise ConfigError(problem, file=str(grid.path), key="resources")
-        while builder.is_alive():
-            builder.join(0.2)
-        if "error" in shared_box:
-            raise shared_box["error"]
-        shared = shared_box["value"]
-        items = [{"key": s.key, "label": f"{s.label} | {_col(s.column)} | seed {s.seed}",
-                  "trial": s.config.to_dict()} for s in todo]
-
-        def resources(config):
-            r = config["t"]["trial"]["resources"]
-            return {"cpu": r["cpu"], "gpu": r["gpu"]}
-
-        fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
-        storage_path = storage or str((Path(store.path).parent / "ray").resolve())
-        cb = _store_callback(store, summary, len(todo), log)
-        tuner = tune.Tuner(
-            fn,
-            param_space={"t": tune.grid_search(items)},
-            tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(
-                name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=storage_path,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[cb], verbose=0),
-        )
-        log(f"launching {len(todo)} trial(s) ({summary.reused} reused from the store)")
-        tune_log = logging.getLogger("ray.tune.tune")
-        if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
-            tune_log.addFilter(_NoTuneRestoreHint())
-        with interrupts.tune_phase():
-            results = tuner.fit()
-        # Tuner.fit() does not raise on trial errors: reconcile with what the callback saw
-        for r in results:
-            key = (r.config or {}).get("t", {}).get("key")
-            if key and r.error is not None and key not in summary.failed and store.status_of([key]).get(key) != "done":
-                err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
-                store.save_failed(key, err)
-                summary.failed[key] = err
+        while not interrupts.interrupted():    # (Tune's own SIGINT handler ends fit() without raising)
+            status = store.status_of(list(distinct))
+            left = [s for k, s in distinct.items() if status.get(k) != "done" and k not in attempted]
+            if not left:
+                break
+            claimed, held = store.claim([s.key for s in left], owner, LEASE_S)
+            mine |= set(claimed)
+            renewer.keys = set(mine)
+            batch = [s for s in left if s.key in set(claimed)]
+            if batch:
+                if builder is None:
+                    starting = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+                    # an embedded instance: build the in-memory data while Ray starts
+                    builder = _DataBuilder(batch if starting else [], log)
+                    try:
+                        started = _start_ray(address, num_cpus, log)
+                    except SystemExit as e:         # ray.init's own SIGTERM handler calls sys.exit(15)
+                        interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
+                        raise KeyboardInterrupt("SIGTERM") from e
+                    interrupts.install()            # ray.init replaced raygap's SIGTERM handler with its own
+                    nodes = ray.nodes()
+                    problem = check_storage(storage_path, nodes)
+                    if problem:
+                        raise ConfigError(problem, key="--storage",
+                                          hint="pass --storage s3://... or gs://..., or a path on a file system "
+                                               "every node mounts (NFS, Lustre...)")
+                    if len(node_hosts(nodes)) > 1:
+                        # the head may hold no data: each trial builds its in-memory dataset where it runs
+                        builder.disable()
+                        log("several machines: each trial builds its in-memory dataset on its own node")
+                    elif not starting:
+                        builder = _DataBuilder(batch, log)
+                    renewer.start()
+                problem = check_resources([s.resources for s in batch], ray.nodes(), addable_node_types())
+                if problem:
+                    raise ConfigError(problem, file=str(grid.path), key="resources")
+                attempted |= {s.key for s in batch}
+                _tune_batch(grid, store, batch, builder.result(batch), summary, held, storage_path=storage_path,
+                            max_failures=max_failures, log=log)
+            elif held:
+                _wait_for_others(store, held, distinct, summary, attempted, log)
     except KeyboardInterrupt:
         summary.interrupted = interrupts.last_signal() or "SIGINT"
     finally:
         with interrupts.protected("teardown"):
-            _teardown(store, todo, owner, summary, ours=started or starting, log=log)
+            renewer.stop()
+            _teardown(store, todo, mine, owner, summary, ours=started or starting, log=log)
     if interrupts.interrupted() and not summary.interrupted:
         summary.interrupted = interrupts.last_signal()      # Tune's own SIGINT handler ended fit() gracefully
     st = store.status_of([s.key for s in todo])
+    # reused: done at the end, but not run by this driver (done before, or by another driver meanwhile)
+    summary.reused = (summary.total - len(todo)) + sum(1 for s in todo if st.get(s.key) == "done") - summary.done
     summary.unfinished = sum(1 for s in todo if st.get(s.key) not in ("done", "failed"))
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 
 
-def _teardown(store, todo, owner: str, summary: RunSummary, *, ours: bool, log) -> None:
-    """Mark this driver's running trials interrupted; if the Ray instance is ours (started,
-    or being started, by this call), shut it down and end any process it left behind. A
-    second signal here skips the graceful part but still ends every child process."""
+class _DataBuilder:
+    """In-memory datasets built in a daemon thread while Ray starts (its start-up is mostly
+    waiting on subprocesses); an interrupted start-up does not wait for it."""
+
+    def __init__(self, specs, log):
+        self.box: dict = {}
+        self.log = log
+        self.enabled = True
+        self.thread = threading.Thread(target=self._build, args=(specs,), name="raygap-data", daemon=True)
+        self.thread.start()
+
+    def disable(self) -> None:
+        """Trials build their own data (on a cluster of several machines)."""
+        self.enabled = False
+
+    def _build(self, specs):
+        try:
+            self.box["value"] = _shared_bundles(specs, self.log)
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the main thread
+            self.box["error"] = e
+
+    def result(self, specs) -> dict:
+        if not self.enabled:
+            return {}
+        while self.thread.is_alive():
+            self.thread.join(0.2)
+        if "error" in self.box:
+            raise self.box["error"]
+        shared = self.box.setdefault("value", {})
+        missing = [s for s in specs if _data_key(s) not in shared and _in_memory(s)]
+        if missing:                  # a later batch with other datasets (rare): build those here
+            shared.update(_shared_bundles(missing, self.log))
+        return shared
+
+
+class _Renewer:
+    """Renews this driver's claims every RENEW_S seconds while it runs."""
+
+    def __init__(self, store, owner: str):
+        self.store, self.owner, self.keys = store, owner, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raygap-lease", daemon=True)
+
+    def start(self):
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(RENEW_S):
+            try:
+                self.store.renew(list(self.keys), self.owner, LEASE_S)
+            except Exception as e:  # noqa: BLE001 -- said, retried at the next tick
+                print(f"raygap: could not renew the claims on {len(self.keys)} trial(s): {e}", flush=True)
+
+    def stop(self):
+        self._stop.set()
+
+
+def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
+                log) -> None:
+    """One Tune experiment over ``batch`` (trials this driver has claimed)."""
+    import uuid
+
+    from ray import tune
+
+    recs = store.records(s.key for s in batch)
+    items = []
+    for s in batch:
+        rec = recs.get(s.key) or {}
+        resume = None
+        if rec.get("checkpoint"):
+            if rec.get("status") == "failed":        # a failure starts over: its checkpoint is stale
+                delete_checkpoint(store.take_checkpoint(s.key))
+            else:
+                resume = rec["checkpoint"]
+        items.append({"key": s.key, "label": f"{s.label} | {_col(s.column)} | seed {s.seed}",
+                      "trial": s.config.to_dict(), "resume": resume})
+
+    def resources(config):
+        r = config["t"]["trial"]["resources"]
+        return {"cpu": r["cpu"], "gpu": r["gpu"]}
+
+    fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
+    summary.launched += len(batch)
+    cb = _store_callback(store, summary, summary.launched, log)
+    tuner = tune.Tuner(
+        fn,
+        param_space={"t": tune.grid_search(items)},
+        tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            # unique per driver and batch: two drivers never share a Tune folder
+            name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[cb], verbose=0),
+    )
+    resuming = sum(1 for it in items if it["resume"])
+    others = f"; {len(held)} left to another raygap run" if held else ""
+    log(f"launching {len(batch)} trial(s) ({summary.reused} reused from the store"
+        + (f", {resuming} resuming from a checkpoint" if resuming else "") + f"{others})")
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
+        tune_log.addFilter(_NoTuneRestoreHint())
+    with interrupts.tune_phase():
+        results = tuner.fit()
+    # Tuner.fit() does not raise on trial errors: reconcile with what the callback saw
+    for r in results:
+        key = (r.config or {}).get("t", {}).get("key")
+        if key and r.error is not None and key not in summary.failed and store.status_of([key]).get(key) != "done":
+            err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
+            store.save_failed(key, err)
+            summary.failed[key] = err
+
+
+def _wait_for_others(store, held: dict, distinct: dict, summary: RunSummary, attempted: set, log) -> None:
+    """Every trial left is claimed by another live driver: wait until one of them is
+    settled (done, or failed there) or free to claim (its claim died), saying so."""
+    drivers = sorted(set(held.values()))
+    log(f"waiting for {len(held)} trial(s) that another raygap run is running ({', '.join(drivers)[:200]}); "
+        "they count as reused when done")
+    last_said = time.monotonic()
+    while True:
+        time.sleep(WAIT_POLL_S)
+        st = store.status_of(list(held))
+        settled = [k for k in held if st.get(k) in ("done", "failed")]
+        for k in settled:
+            attempted.add(k)               # never run here again in this call
+            s = distinct[k]
+            if st[k] == "done":
+                log(f"  finished by the other run: {s.label} | {_col(s.column)} | seed {s.seed} ({k})")
+            else:
+                err = ((store.get(k) or {}).get("error") or "?")
+                summary.failed[k] = f"(in the other raygap run) {err}"
+                log(f"  failed in the other run: {s.label} | {_col(s.column)} | seed {s.seed} ({k}): {err}")
+        still = store.held_elsewhere([k for k in held if k not in settled])
+        if settled or len(still) < len(held) - len(settled):
+            return
+        if time.monotonic() - last_said >= 60:
+            log(f"  still waiting for {len(still)} trial(s) of another raygap run")
+            last_said = time.monotonic()
+
+
+def _teardown(store, todo, mine: set, owner: str, summary: RunSummary, *, ours: bool, log) -> None:
+    """Mark this driver's running trials interrupted and release its claims; if the Ray
+    instance is ours (started, or being started, by this call), shut it down and end any
+    process it left behind. A second signal here skips the graceful part but still ends
+    every child process."""
     try:
         summary.marked_interrupted = store.mark_interrupted([s.key for s in todo], owner)
+        store.release(mine, owner)
         if ours:
             import ray
 

@@ -1,6 +1,7 @@
 """Two Ray nodes on this machine (ray.cluster_utils.Cluster, loopback only): trials land on
-both and every result reaches the store. Also: raygap refuses to start an embedded instance
-that would listen beyond this machine."""
+both, a node removed mid-grid costs nothing, GPU shares without CUDA fail at once. Also:
+raygap refuses to start an embedded instance that would listen beyond this machine; the
+cluster checks (storage, node types an autoscaler may add, CPU counts) on their own."""
 from __future__ import annotations
 
 import os
@@ -20,31 +21,58 @@ BASE = {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4}
         "train": {"epochs": 1, "batch_size": 256, "device": "cpu", "threads": 1}}
 
 
-def test_trials_are_placed_on_both_nodes(tmp_path):
+def test_trials_use_both_nodes_survive_losing_one_and_gpu_shares_without_cuda_fail(tmp_path):
+    import threading
+    import time
+
     from ray.cluster_utils import Cluster
 
     import ray
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1, num_gpus=1)       # a GPU that Ray counts but CUDA cannot use
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
         g = tmp_path / "mn.yaml"
-        # GPU: a trial holding a GPU share where CUDA is unusable must fail at once, alone, with one
-        # line: never train on the CPU instead, never be retried as if a worker had died
-        g.write_text(yaml.safe_dump({"name": "mn", "base": BASE, "seeds": [0, 1, 2, 3], "metrics": ["acc"],
+        # Concat: 2 trials, one per node; the worker node is removed while its trial runs.
+        # GPU: the head's GPU is one Ray counts but CUDA cannot use -- a trial holding a share of it
+        # must fail at once, alone, with one line: never train on the CPU, never be retried.
+        base = {**BASE, "train": {**BASE["train"], "epochs": 6, "checkpoint_every": 1}}
+        g.write_text(yaml.safe_dump({"name": "mn", "base": base, "seeds": [0, 1], "metrics": ["acc"],
                                      "resources": {"cpu": 1},
                                      "rows": {"Concat": {"method": {"name": "concat"}},
                                               "GPU": {"method": {"name": "warmup_objective"}, "train": {"device": "auto"},
                                                       "resources": {"gpu": 1}}}}))
         grid = load_grid(g)
         store = Store(tmp_path / "store.sqlite")
-        s = run_grid(grid, store, address=cluster.address, log=lambda m: None, max_failures=2)
         cpu = [t for t in grid.trials if t.label == "Concat"]
         gpu = [t for t in grid.trials if t.label == "GPU"]
-        assert s.done == 4 and sorted(s.failed) == sorted(t.key for t in gpu) and s.exit_code == 1
-        nodes = {store.get(t.key)["info"]["node"] for t in cpu}
-        assert len(nodes) == 2
-        assert all(store.get(t.key)["status"] == "done" for t in cpu)
+        removed = {}
+
+        def lose_the_worker():                 # once a trial on the worker node has 2 epochs, remove the node
+            reader = Store(tmp_path / "store.sqlite")
+            deadline = time.time() + 300
+            while time.time() < deadline and not removed:
+                for t in cpu:
+                    hist = (reader.get(t.key) or {}).get("history") or []
+                    if len(hist) >= 2 and hist[-1].get("worker_node") == worker.node_id:
+                        cluster.remove_node(worker)
+                        removed["key"] = t.key
+                        return
+                time.sleep(0.2)
+
+        th = threading.Thread(target=lose_the_worker)
+        th.start()
+        s = run_grid(grid, store, address=cluster.address, storage=str(tmp_path / "tune"), log=lambda m: None,
+                     max_failures=3)
+        th.join(30)
+        assert removed, "no trial ran on the worker node long enough to lose it"
+        assert s.done == 2 and sorted(s.failed) == sorted(t.key for t in gpu) and s.exit_code == 1
+        for t in cpu:                          # nothing lost: every epoch exactly once
+            rec = store.get(t.key)
+            assert rec["status"] == "done" and [h["epoch"] for h in rec["history"]] == list(range(6))
+        lost = store.get(removed["key"])                # it ran on the worker node (epochs >= 2 there) ...
+        assert lost["info"]["node"] != worker.node_id                         # ... and ended on the head ...
+        assert lost["info"]["resumed_from_epoch"] >= 1                        # ... from its checkpoint
         for t in gpu:
             rec = store.get(t.key)
             assert rec["status"] == "failed" and rec["attempts"] == 1 and not rec["history"]
@@ -77,3 +105,63 @@ def test_the_embedded_instance_refuses_to_start_after_ray_was_imported_without_l
     assert r.returncode == 0, r.stderr[-2000:]
     assert "REFUSED --address: Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set" in r.stdout
     assert "NEW []" in r.stdout, r.stdout
+
+
+# ----------------------------------------------------------------------------- cluster checks, on their own
+def _node(ip: str, cpu: float, gpu: float = 0.0) -> dict:
+    return {"Alive": True, "NodeManagerAddress": ip, "Resources": {"CPU": cpu, "GPU": gpu}}
+
+
+def test_several_machines_need_shared_or_cloud_storage(tmp_path):
+    from raygap.runner import check_storage
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n")
+    one = [_node("10.0.0.1", 8), _node("10.0.0.1", 8)]              # two Ray nodes, one machine
+    two = [_node("10.0.0.1", 8), _node("10.0.0.2", 8, 1)]
+    assert check_storage("/home/me/results/ray", one, str(mounts)) is None
+    assert check_storage("s3://bucket/raygap", two, str(mounts)) is None
+    assert check_storage("/mnt/shared/raygap", two, str(mounts)) is None
+    msg = check_storage("/home/me/results/ray", two, str(mounts))
+    assert msg and "2 machines" in msg and "local ext4 file system" in msg and "\n" not in msg
+
+
+def test_node_types_an_autoscaler_may_add_count_in_the_resource_check(tmp_path):
+    from raygap.runner import addable_node_types, check_resources
+
+    cfg = tmp_path / "bootstrap.yaml"
+    cfg.write_text(yaml.safe_dump({"available_node_types": {
+        "head": {"resources": {"CPU": 0}, "max_workers": 0},
+        "gpu": {"resources": {"CPU": 8, "GPU": 1}, "min_workers": 0, "max_workers": 4},
+        "auto": {"node_config": {"InstanceType": "g5.2xlarge"}, "max_workers": 2}}}))
+    head_only = [_node("10.0.0.1", 0)]
+    want = [{"cpu": 4, "gpu": 0.5}]
+    assert "PENDING forever" in check_resources(want, head_only)
+    types = {name: (name, c, g) for name, c, g in addable_node_types(str(cfg))}
+    assert set(types) == {"gpu", "auto"} and types["gpu"] == ("gpu", 8.0, 1.0)
+    gpu_type = [types["gpu"]]
+    assert check_resources(want, head_only, gpu_type) is None                 # a GPU worker type can be added
+    assert check_resources([{"cpu": 16, "gpu": 1}], head_only, gpu_type)      # bigger than any type: refused
+    types = list(types.values())
+    assert check_resources([{"cpu": 16, "gpu": 1}], head_only, types) is None  # resources left to the launcher
+    assert addable_node_types(str(tmp_path / "none.yaml")) == []
+
+
+def test_cpu_count_follows_the_affinity_mask_and_the_cgroup_quota(tmp_path):
+    from raygap.system import cgroup_cpu_quota, usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")                     # docker --cpus 1.5
+    assert cgroup_cpu_quota(tmp_path) == 1.5 and usable_cpus(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None and usable_cpus(tmp_path) == affinity
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1) == 1.0 and usable_cpus(v1) == 1
+    # inside `taskset -c 0` the count is 1, whatever the machine has
+    r = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
+                        "from raygap.system import usable_cpus; print(usable_cpus())"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr

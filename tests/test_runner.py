@@ -23,7 +23,7 @@ from raygap.store import Store  # noqa: E402
 BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},
-        "train": {"epochs": 2, "batch_size": 256, "device": "cpu", "threads": 1}}
+        "train": {"epochs": 2, "batch_size": 256, "device": "cpu", "threads": 1, "checkpoint_every": 1}}
 
 
 def write_grid(path: Path, name: str, rows: dict, seeds=(0, 1), base=None, **extra) -> Path:
