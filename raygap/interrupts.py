@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
@@ -159,3 +160,95 @@ def end_descendants(grace: float = 5.0) -> list[int]:
             pass
     psutil.wait_procs(alive, timeout=grace)
     return [p.pid for p in procs]
+
+
+# ----------------------------------------------------------------------------- a killed driver's leftovers
+# A driver killed with SIGKILL (an OOM kill, a lost session) cannot end the embedded Ray it
+# started: some of Ray's processes (its dashboard and runtime-env agents) outlive it, one of
+# them listening on 127.0.0.1. The driver therefore keeps a ledger of the processes it
+# started (pid and start time, refreshed while it runs, deleted at its teardown); the next
+# run on the same results folder ends those still alive whose driver is gone. Only
+# processes a raygap run itself started are ever ended, recognised by pid *and* start time.
+LEDGER_DIR = ".raygap-procs"
+
+
+def _ledger_path(folder: Path) -> Path:
+    import socket
+
+    return Path(folder) / LEDGER_DIR / f"{socket.gethostname()}-{os.getpid()}.json"
+
+
+def record_children(folder: Path, owner: str) -> int:
+    """Write (or refresh) this driver's ledger of its descendant processes; returns how many."""
+    import json
+
+    import psutil
+
+    try:
+        procs = psutil.Process().children(recursive=True)
+        entries = sorted({(p.pid, round(p.create_time(), 2)) for p in procs})
+    except psutil.Error:
+        return 0
+    path = _ledger_path(folder)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"owner": owner, "procs": entries}))
+        os.replace(tmp, path)
+    except OSError:
+        return 0                           # a read-only or full disk: the teardown still ends them
+    return len(entries)
+
+
+def drop_ledger(folder: Path) -> None:
+    """This driver ended its processes itself: its ledger goes."""
+    try:
+        _ledger_path(folder).unlink()
+    except OSError:
+        pass
+
+
+def end_leftovers(folder: Path, owner_alive) -> list[int]:
+    """End the processes recorded by drivers of this machine that are gone (``owner_alive``
+    says False); returns their pids. Ledgers of live drivers or other machines are left."""
+    import json
+    import socket
+
+    import psutil
+
+    ended: list[int] = []
+    host = socket.gethostname()
+    for path in sorted((Path(folder) / LEDGER_DIR).glob(f"{host}-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            owner, entries = doc["owner"], doc["procs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if owner_alive(owner) is not False:
+            continue
+        procs = []
+        for pid, started in entries:
+            try:
+                p = psutil.Process(int(pid))
+                if abs(p.create_time() - float(started)) < 0.02:      # the same process, not a reused pid
+                    procs.append(p)
+            except (psutil.Error, ValueError, TypeError):
+                pass
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        ended += [p.pid for p in procs]
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    return ended

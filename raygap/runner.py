@@ -74,20 +74,27 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     cfg = resolve(config["t"]["trial"])
     key = config["t"]["key"]
     work = Path(tempfile.mkdtemp(prefix=f"raygap-{key}-"))
-    resumed_from = None
-    resume_note = None
+    resumed = None                                     # {"epoch", "uri", "history"} of the checkpoint resumed
+    notes = []
     ckpt = tune.get_checkpoint()                       # Tune restarted this trial (a worker died)
-    if ckpt is None and config["t"].get("resume"):     # an earlier run's checkpoint, from the store
+    candidates = [ckpt] if ckpt is not None else list(config["t"].get("resume") or [])   # newest first
+    for c in candidates:                               # an earlier run's checkpoints: the first usable one
         try:
-            ckpt = checkpoint_at(config["t"]["resume"])
-        except Exception as e:  # noqa: BLE001 -- gone or unreadable: start over, and say so
-            resume_note = f"checkpoint {config['t']['resume']} not usable ({type(e).__name__}): started over"
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            src = Path(d) / CHECKPOINT
-            if src.exists():
+            c = c if not isinstance(c, str) else checkpoint_at(c)
+            with c.as_directory() as d:
+                src = Path(d) / CHECKPOINT
+                state = torch.load(src, map_location="cpu", weights_only=False)   # a partial upload fails here
                 shutil.copy2(src, work / CHECKPOINT)
-                resumed_from = torch.load(src, map_location="cpu", weights_only=False)["epoch"]
+            resumed = {"epoch": state["epoch"], "uri": checkpoint_uri(c), "history": state.get("history") or []}
+            del state
+            break
+        except Exception as e:  # noqa: BLE001 -- gone, partial or unreadable: the next older one, and say so
+            notes.append(f"checkpoint {c if isinstance(c, str) else checkpoint_uri(c)} not usable "
+                         f"({type(e).__name__})")
+    if candidates and resumed is None:
+        notes.append("started over")
+    resumed_from = resumed["epoch"] if resumed else None
+    resume_note = "; ".join(notes) or None
     configure_threads(cfg, cfg.resources.cpu)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -96,9 +103,14 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     bundle = (shared or {}).get(data_key)
     bundle = bundle if bundle is not None else load_data(cfg)
 
+    first = [True]
+
     def report(record: dict, ckpt_dir):
         metrics = _scalars(record)
         metrics["record_json"] = json.dumps(record, default=str)
+        if first[0] and (resumed or resume_note):      # the first epoch after a resume says from where
+            metrics["resumed_json"] = json.dumps({**(resumed or {}), "note": resume_note}, default=str)
+        first[0] = False
         metrics.update(pid=os.getpid(), node=node)
         if ckpt_dir is not None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
@@ -134,15 +146,46 @@ def checkpoint_uri(checkpoint) -> str:
     return f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}"
 
 
+def _fs_path(uri: str):
+    """(pyarrow file system, path in it, URI prefix) of a checkpoint URI or local path."""
+    import pyarrow.fs
+
+    if "://" in uri:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        return fs, path, uri.split("://", 1)[0] + "://"
+    return pyarrow.fs.LocalFileSystem(), uri, ""
+
+
+def resume_candidates(uri: str) -> list[str]:
+    """The checkpoints a trial may resume from, newest first: any later checkpoint in the
+    Tune trial folder of ``uri`` (written to storage by a driver killed before it could
+    record it in the store), then ``uri`` itself, the one the store recorded."""
+    import re
+
+    import pyarrow.fs
+
+    pattern = re.compile(r"checkpoint_(\d+)")
+    try:
+        fs, path, prefix = _fs_path(uri)
+        parent, _, name = path.rstrip("/").rpartition("/")
+        m = pattern.fullmatch(name)
+        if not m:
+            return [uri]
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+    except Exception:  # noqa: BLE001 -- storage unreachable: the recorded one (the trial says if it fails)
+        return [uri]
+    later = sorted((int(mm.group(1)), i.path) for i in infos
+                   if i.type == pyarrow.fs.FileType.Directory and (mm := pattern.fullmatch(i.base_name))
+                   and int(mm.group(1)) > int(m.group(1)))
+    return [prefix + p for _, p in reversed(later)] + [uri]
+
+
 def checkpoint_at(uri: str):
     """The Tune checkpoint at ``uri`` (see :func:`checkpoint_uri`), on whatever storage."""
     import pyarrow.fs
     from ray import tune
 
-    if "://" in uri:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-    else:
-        fs, path = pyarrow.fs.LocalFileSystem(), uri
+    fs, path, _ = _fs_path(uri)
     if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
         raise FileNotFoundError(uri)
     return tune.Checkpoint(path, filesystem=fs)
@@ -153,9 +196,7 @@ def delete_checkpoint(uri: str | None) -> None:
     if not uri:
         return
     try:
-        import pyarrow.fs
-
-        fs, path = (pyarrow.fs.FileSystem.from_uri(uri) if "://" in uri else (pyarrow.fs.LocalFileSystem(), uri))
+        fs, path, _ = _fs_path(uri)
         fs.delete_dir(path)
     except Exception:  # noqa: BLE001 -- already gone, or storage unreachable: nothing to lose
         pass
@@ -190,7 +231,9 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
                 rec = store.get(key) or {}
                 upto = rec.get("checkpoint_epoch")
                 self.history[key] = [h for h in rec.get("history") or [] if upto is not None and h["epoch"] <= upto]
-                log(f"  {self._label(trial)}: resuming after epoch {upto} from {resume}")
+                newer = f" ({len(resume) - 1} newer in storage, not recorded)" if len(resume) > 1 else ""
+                log(f"  {self._label(trial)}: resuming from the checkpoint of an earlier run "
+                    f"(recorded: epoch {upto}){newer}")
             self.history.setdefault(key, [])
             store.mark_running(key, trial.config["t"]["trial"])
 
@@ -202,10 +245,24 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
             for stale in store.record_checkpoint(key, uri, epoch):
                 if stale == uri or stale not in self.ours:   # (Tune deletes this run's older ones itself)
                     delete_checkpoint(stale)          # an earlier run's, or the trial finished meanwhile
+            self._drop_earlier(trial)
+
+        def _drop_earlier(self, trial):
+            """The earlier run's checkpoints of this trial: of no use once it has its own, or is done."""
+            for c in trial.config["t"].get("resume") or []:
+                if c not in self.ours:
+                    delete_checkpoint(c)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
             hist = self.history.setdefault(key, [])
+            if "resumed_json" in result:             # the epochs the checkpoint holds, whichever it was
+                r = json.loads(result["resumed_json"])
+                if "epoch" in r:
+                    hist[:] = r["history"]
+                    log(f"  {self._label(trial)}: resumed after epoch {r['epoch']} from {r['uri']}")
+                if r.get("note"):
+                    log(f"  {self._label(trial)}: {r['note']}")
             if "record_json" in result:
                 rec = json.loads(result["record_json"])
                 rec["worker_pid"], rec["worker_node"] = result.get("pid"), result.get("node")
@@ -217,7 +274,8 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
             if "final_json" in result:
                 fin = json.loads(result["final_json"])
                 store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
-                delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoint is of no more use
+                delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
+                self._drop_earlier(trial)
                 summary.done += 1
                 log(f"[{summary.done + len(summary.failed)}/{n_todo}] done {self._label(trial)} "
                     f"({key}): {(name := _shown_metric(fin['metrics']))} {fin['metrics'].get(name, float('nan')):.4f}"
@@ -418,6 +476,7 @@ def _shared_bundles(specs, log) -> dict:
 
 LEASE_S = 120.0        # a claim on a trial lasts this long unless renewed (a crashed driver's trials free up)
 RENEW_S = 30.0         # how often a running driver renews its claims
+LEDGER_S = 5.0        # how often the ledger of the embedded Ray's processes is refreshed (for a killed driver's successor)
 WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials looks at the store
 
 
@@ -435,7 +494,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     are ``interrupted`` in the store, its claims are released, Ray is down and no process
     is left behind.
     """
-    from .store import this_process_owner
+    from .store import owner_alive, this_process_owner
 
     t0 = time.perf_counter()
     store.register(grid)
@@ -455,6 +514,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     mine: set[str] = set()              # every trial this driver claimed (released at the end)
     attempted: set[str] = set()         # launched here, or settled by another driver: not launched (again)
     renewer = _Renewer(store, owner)
+    results_folder = Path(store.path).parent
     builder = None
     try:
         import ray
@@ -473,12 +533,20 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                     starting = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
                     # an embedded instance: build the in-memory data while Ray starts
                     builder = _DataBuilder(batch if starting else [], log)
+                    if starting:             # what a raygap run killed here (SIGKILL, OOM) left running
+                        ended = interrupts.end_leftovers(results_folder, owner_alive)
+                        if ended:
+                            log(f"ended {len(ended)} Ray process(es) a killed raygap run had left running "
+                                f"(pids {', '.join(map(str, ended))})")
                     try:
                         started = _start_ray(address, num_cpus, log)
                     except SystemExit as e:         # ray.init's own SIGTERM handler calls sys.exit(15)
                         interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
                         raise KeyboardInterrupt("SIGTERM") from e
                     interrupts.install()            # ray.init replaced raygap's SIGTERM handler with its own
+                    if started:
+                        interrupts.record_children(results_folder, owner)
+                        renewer.ledger = results_folder
                     nodes = ray.nodes()
                     problem = check_storage(storage_path, nodes)
                     if problem:
@@ -506,6 +574,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
         with interrupts.protected("teardown"):
             renewer.stop()
             _teardown(store, todo, mine, owner, summary, ours=started or starting, log=log)
+            if started or starting:
+                interrupts.drop_ledger(results_folder)
     if interrupts.interrupted() and not summary.interrupted:
         summary.interrupted = interrupts.last_signal()      # Tune's own SIGINT handler ended fit() gracefully
     st = store.status_of([s.key for s in todo])
@@ -552,10 +622,12 @@ class _DataBuilder:
 
 
 class _Renewer:
-    """Renews this driver's claims every RENEW_S seconds while it runs."""
+    """Renews this driver's claims every RENEW_S seconds while it runs, and refreshes the
+    ledger of the embedded Ray's processes (``ledger``: the results folder) every LEDGER_S."""
 
     def __init__(self, store, owner: str):
         self.store, self.owner, self.keys = store, owner, set()
+        self.ledger: Path | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raygap-lease", daemon=True)
 
@@ -564,7 +636,13 @@ class _Renewer:
             self._thread.start()
 
     def _run(self):
-        while not self._stop.wait(RENEW_S):
+        last_renew = time.monotonic()
+        while not self._stop.wait(min(LEDGER_S, RENEW_S)):
+            if self.ledger is not None:
+                interrupts.record_children(self.ledger, self.owner)
+            if time.monotonic() - last_renew < RENEW_S:
+                continue
+            last_renew = time.monotonic()
             try:
                 self.store.renew(list(self.keys), self.owner, LEASE_S)
             except Exception as e:  # noqa: BLE001 -- said, retried at the next tick
@@ -587,10 +665,13 @@ def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, 
         rec = recs.get(s.key) or {}
         resume = None
         if rec.get("checkpoint"):
-            if rec.get("status") == "failed":        # a failure starts over: its checkpoint is stale
-                delete_checkpoint(store.take_checkpoint(s.key))
+            found = resume_candidates(rec["checkpoint"])     # newest first: one a killed driver did not record too
+            if rec.get("status") == "failed":        # a failure starts over: its checkpoints are stale
+                store.take_checkpoint(s.key)
+                for c in found:
+                    delete_checkpoint(c)
             else:
-                resume = rec["checkpoint"]
+                resume = found
         items.append({"key": s.key, "label": f"{s.label} | {_col(s.column)} | seed {s.seed}",
                       "trial": s.config.to_dict(), "resume": resume})
 

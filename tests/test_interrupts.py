@@ -7,6 +7,9 @@ lists the listening sockets of the whole process tree while trials run."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import sys
 import json
 import signal
 import sqlite3
@@ -119,3 +122,40 @@ def test_the_interrupt_matrix(sig, tmp_path):
     assert code == 130 and f"raygap: interrupted ({sig.name})" in out, out
     assert (results / "g" / "noprofile" / "table.md").read_text() == before
     assert not list((results / "g" / "noprofile").glob(".*.tmp"))
+
+
+def test_a_killed_drivers_leftovers_are_ended_by_the_next_run_and_nothing_else(tmp_path):
+    """The ledger: pid and start time of every process a driver started; the next run ends
+    those of a gone driver. A process merely reusing a recorded pid is never touched."""
+    import json
+    import socket
+
+    import psutil
+
+    from raygap import interrupts
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        assert interrupts.record_children(tmp_path, "me") >= 1
+        ledger, = (tmp_path / interrupts.LEDGER_DIR).glob("*.json")
+        doc = json.loads(ledger.read_text())
+        assert doc["owner"] == "me" and child.pid in [pid for pid, _ in doc["procs"]]
+        # while its driver lives (or lives on another machine), nothing is ended
+        assert interrupts.end_leftovers(tmp_path, lambda o: True) == [] and child.poll() is None
+        assert interrupts.end_leftovers(tmp_path, lambda o: None) == [] and child.poll() is None
+        # another process at a recorded pid (its start time differs) is left alone
+        ledger.write_text(json.dumps({"owner": "me", "procs": [[child.pid, psutil.Process(child.pid).create_time() - 50]]}))
+        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and child.poll() is None
+        assert not ledger.exists()                    # a gone driver's ledger is done with either way
+        interrupts.record_children(tmp_path, "me")
+        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [child.pid]
+        assert child.wait(10) is not None
+        # another machine's ledger in a shared results folder is not this machine's to act on
+        other = tmp_path / interrupts.LEDGER_DIR / f"not-{socket.gethostname()}-1.json"
+        other.write_text(json.dumps({"owner": "x", "procs": [[os.getpid(), 0]]}))
+        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and other.exists()
+        interrupts.drop_ledger(tmp_path)
+        assert not (tmp_path / interrupts.LEDGER_DIR / f"{socket.gethostname()}-{os.getpid()}.json").exists()
+    finally:
+        child.kill()
+        child.wait()

@@ -165,3 +165,24 @@ def test_cpu_count_follows_the_affinity_mask_and_the_cgroup_quota(tmp_path):
                         "from raygap.system import usable_cpus; print(usable_cpus())"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+
+
+def test_resume_candidates_newest_first_including_unrecorded_ones(tmp_path):
+    from raygap.runner import delete_checkpoint, resume_candidates
+
+    trial = tmp_path / "exp" / "trial-abc"
+    for name in ("checkpoint_000002", "checkpoint_000003", "checkpoint_000010", "checkpoint_000001", "notes"):
+        (trial / name).mkdir(parents=True)
+    (trial / "checkpoint_000011").write_text("a file, not a checkpoint folder")
+    rec = str(trial / "checkpoint_000002")
+    assert resume_candidates(rec) == [str(trial / "checkpoint_000010"), str(trial / "checkpoint_000003"), rec]
+    # the same through a URI: the scheme is kept on every candidate
+    assert resume_candidates("file://" + rec) == ["file://" + str(trial / "checkpoint_000010"),
+                                                  "file://" + str(trial / "checkpoint_000003"), "file://" + rec]
+    assert resume_candidates(str(trial / "notes")) == [str(trial / "notes")]       # not a Tune checkpoint name
+    assert resume_candidates(str(tmp_path / "gone" / "checkpoint_000001")) == [str(tmp_path / "gone" / "checkpoint_000001")]
+    delete_checkpoint("file://" + str(trial / "checkpoint_000010"))
+    delete_checkpoint(str(trial / "checkpoint_000003"))
+    delete_checkpoint(str(tmp_path / "never-there"))                                # nothing to lose: no error
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000011",
+                                                       "notes"]
