@@ -82,6 +82,41 @@ def test_trials_use_both_nodes_survive_losing_one_and_gpu_shares_without_cuda_fa
         cluster.shutdown()
 
 
+def test_two_machines_storage_preflight_and_data_built_where_trials_run(tmp_path):
+    """Two Ray nodes on two addresses (127.0.0.1 and 127.0.0.2: two machines to Ray), joined
+    by a real `raygap run --address`: local storage is refused in one line before any trial;
+    with storage every node reaches, the trials run and build their in-memory data on their
+    own node (the head of a real cluster may hold no data)."""
+    from _proc import Raygap
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.2")
+    cluster.wait_for_nodes()
+    try:
+        g = tmp_path / "two.yaml"
+        g.write_text(yaml.safe_dump({"name": "two", "base": BASE, "seeds": [0, 1], "metrics": ["acc"],
+                                     "resources": {"cpu": 1}, "rows": {"Concat": {"method": {"name": "concat"}}}}))
+        results = tmp_path / "results"
+        run = Raygap("run", str(g), "--address", cluster.address, "--results", str(results))
+        code, out = run.finish(180)
+        lines = [ln for ln in out.splitlines() if ln.startswith("raygap: error")]
+        assert code == 2 and len(lines) == 1, out
+        assert "--storage" in lines[0] and "2 machines" in lines[0], lines[0]
+        assert "launching" not in out and "done" not in out
+        shared = tmp_path / "shared"
+        run = Raygap("run", str(g), "--address", cluster.address, "--results", str(results),
+                     "--storage", shared.as_uri())
+        code, out = run.finish(300)
+        assert code == 0, out
+        assert "several machines: each trial builds its in-memory dataset on its own node" in out
+        assert "once for all trials" not in out                       # nothing built on the driver
+        recs = Store(results / "store.sqlite").records([t.key for t in load_grid(g).trials])
+        assert sorted(r["status"] for r in recs.values()) == ["done", "done"]
+    finally:
+        cluster.shutdown()
+
+
 def test_the_embedded_instance_refuses_to_start_after_ray_was_imported_without_loopback():
     # a program that imported ray before raygap could set the variable: raygap must not start an
     # instance listening on every interface (the positive case, a real `raygap run` bound to
