@@ -247,6 +247,24 @@ def final_metrics(history: list[dict], select: str) -> dict[str, float]:
     return out
 
 
+def train_step(model, method, batch, st, optimizer, scaler, amp, device, sums: dict) -> None:
+    """One optimizer step: the method's forward and loss, backward, its gradient hook, the
+    step. Nothing here waits for the device: the logs are summed on it (``sums``)."""
+    with autocast(device, amp):
+        out = method.forward(model, batch, st)
+        loss, logs = method.loss(out, batch, st)
+    logs = {"loss": loss, **logs}
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    method.after_backward(model, out, batch, st)
+    scaler.step(optimizer)
+    scaler.update()
+    n = len(batch["label"])
+    for k, v in logs.items():
+        sums[k] = sums.get(k, 0.0) + v.detach().float() * n
+
+
 def checkpoint_due(epoch: int, every: int, epochs: int, final: bool = False) -> bool:
     """Whether a checkpoint is written after ``epoch`` (0-based): every ``every`` epochs; after
     the last epoch only when ``final`` (``raygap train`` keeps the trained model; a grid's
@@ -336,18 +354,7 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
             n_seen += n
             for phase in method.phases(st):                    # one optimizer step per phase
                 st.phase = phase
-                with autocast(device, T.amp):
-                    out = method.forward(model, batch, st)
-                    loss, logs = method.loss(out, batch, st)
-                logs = {"loss": loss, **logs}
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                method.after_backward(model, out, batch, st)
-                scaler.step(optimizer)
-                scaler.update()
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() * n
+                train_step(model, method, batch, st, optimizer, scaler, T.amp, device, sums)
         if scheduler is not None:
             scheduler.step()
         record: dict[str, Any] = {"epoch": epoch}

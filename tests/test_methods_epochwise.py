@@ -155,7 +155,7 @@ def test_pmr_extra_term_goes_to_the_weaker_modality_by_hand():
     assert logs["boost_visual"].item() == 1.0 and logs["boost_audio"].item() == 0.0
     loss.backward()
     assert out.features["visual"].grad.abs().sum() > 0          # the term reaches the weaker encoder only
-    assert out.features["audio"].grad is None                   # no path from the loss to the dominant one
+    assert torch.equal(out.features["audio"].grad, torch.zeros(2, 2))   # the dominant one: 0 x its term
     # swapped strengths: audio is weaker, its CE_proto = ln(1 + e^-1) gets the coefficient instead
     out, batch, protos = _pmr_batch(1.0, 5.0)
     m.protos = protos
@@ -164,6 +164,18 @@ def test_pmr_extra_term_goes_to_the_weaker_modality_by_hand():
     # after the modulation window: CE of the fused output only
     loss, _ = m.loss(out, batch, types.SimpleNamespace(epoch=71))
     assert loss.item() == pytest.approx(LN2, abs=1e-6)
+    # the dominant modality's true class without a prototype (its CE is infinite): 0 x it stays 0.
+    # audio: class 1 has no prototype -> sample 0 prob 1, sample 1 prob 0: s_a = 1. visual: the
+    # prototypes swapped -> true-class prob sigmoid(-1) = 0.2689414 each: s_v = 0.5378828 < s_a.
+    # L = ln 2 + 2 * ln(1 + e) = 0.6931472 + 2 * 1.3132617 = 3.3196706
+    out, batch, protos = _pmr_batch(5.0, 1.0)
+    m.protos = {"audio": protos["audio"], "visual": protos["visual"].flip(0)}
+    m.valid = {"audio": torch.tensor([True, False]), "visual": torch.ones(2, dtype=torch.bool)}
+    loss, logs = m.loss(out, batch, types.SimpleNamespace(epoch=0))
+    assert logs["boost_audio"].item() == 0.0 and logs["boost_visual"].item() == 1.0
+    assert loss.item() == pytest.approx(3.3196706, abs=3e-6)                 # (float32)
+    loss.backward()
+    assert torch.isfinite(out.features["audio"].grad).all() and torch.isfinite(out.features["visual"].grad).all()
 
 
 def test_pmr_epoch_start_averages_a_stratified_subset():

@@ -65,24 +65,30 @@ def shapley_responses(head, feats: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def response_scores(responses: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """L_m = mean over the batch of -log p(y) under softmax(phi_m), p floored at 1e-8."""
+def _t(x) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
+
+
+def response_scores(responses: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """L_m = mean over the batch of -log p(y) under softmax(phi_m), p floored at 1e-8 (0-dim,
+    on the device: nothing per batch waits for it)."""
     out = {}
     for m, r in responses.items():
         p = torch.softmax(r.detach().float(), dim=1).gather(1, labels.view(-1, 1).long())[:, 0]
-        out[m] = float(-torch.log(p.clamp_min(1e-8)).mean())
+        out[m] = -torch.log(p.clamp_min(1e-8)).mean()
     return out
 
 
-def score_ratios(scores: dict[str, float]) -> dict[str, float]:
+def score_ratios(scores: dict) -> dict[str, torch.Tensor]:
     """r_m = exp(mean of the other modalities' scores - L_m)."""
     ms = list(scores)
-    return {m: math.exp(sum(scores[j] for j in ms if j != m) / (len(ms) - 1) - scores[m]) for m in ms}
+    sc = {m: _t(v) for m, v in scores.items()}
+    return {m: torch.exp(sum(sc[j] for j in ms if j != m) / (len(ms) - 1) - sc[m]) for m in ms}
 
 
-def agm_coefficients(ratio: dict[str, float], target: dict[str, float], alpha: float, clip: float) -> dict[str, float]:
+def agm_coefficients(ratio: dict, target: dict, alpha: float, clip: float) -> dict[str, torch.Tensor]:
     """k_m = exp(alpha * min(target_m - ratio_m, clip))."""
-    return {m: math.exp(alpha * min(target[m] - ratio[m], clip)) for m in ratio}
+    return {m: torch.exp(alpha * (_t(target[m]) - _t(ratio[m])).clamp(max=clip)) for m in ratio}
 
 
 @METHODS.register("agm", params=AGMParams, version=1, min_modalities=2)
@@ -98,7 +104,7 @@ class AGM(Method):
         super().__init__(params, ctx)
         if len(ctx.modalities) < 2:
             raise ValueError("agm needs at least two modalities")
-        self.mean_score = {m: 0.0 for m in ctx.modalities}   # running means over all batches so far
+        self.mean_score: dict = {m: 0.0 for m in ctx.modalities}   # running means over all batches so far (float64)
         self.steps = 0
         self.coeff = {m: 1.0 for m in ctx.modalities}
         self._epoch = {}
@@ -125,13 +131,13 @@ class AGM(Method):
         self.coeff = k if active else {m: 1.0 for m in k}
         self.steps += 1
         for m in scores:
-            self.mean_score[m] += (scores[m] - self.mean_score[m]) / self.steps
-        e = self._epoch
+            self.mean_score[m] = self.mean_score[m] + (scores[m].double() - self.mean_score[m]) / self.steps
+        e = self._epoch                                # summed on the device, read at the epoch's end
         e["n"] = e.get("n", 0) + 1
         for m in scores:
-            e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + self.coeff[m]
-            e[f"agm_ratio_{m}"] = e.get(f"agm_ratio_{m}", 0.0) + ratio[m]
-            e[f"agm_score_{m}"] = e.get(f"agm_score_{m}", 0.0) + scores[m]
+            e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + _t(self.coeff[m]).double()
+            e[f"agm_ratio_{m}"] = e.get(f"agm_ratio_{m}", 0.0) + ratio[m].double()
+            e[f"agm_score_{m}"] = e.get(f"agm_score_{m}", 0.0) + scores[m].double()
         loss = self.task_loss(out.fused, y)
         return loss, {"loss_f": loss.detach()}
 
@@ -140,10 +146,10 @@ class AGM(Method):
 
     def on_epoch_end(self, st):
         n = max(self._epoch.pop("n", 0), 1)
-        return {k: v / n for k, v in self._epoch.items()}
+        return {k: float(v) / n for k, v in self._epoch.items()}
 
     def state_dict(self):
-        return {"mean_score": dict(self.mean_score), "steps": self.steps}
+        return {"mean_score": {m: _t(v).double() for m, v in self.mean_score.items()}, "steps": self.steps}
 
     def load_state_dict(self, state):
         self.mean_score = dict(state["mean_score"])

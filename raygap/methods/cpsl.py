@@ -15,7 +15,6 @@ Which parts come from the abstract and which are raygap's own choices: docs/meth
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -54,32 +53,40 @@ def statistical_loss_classification(logits: torch.Tensor, prior: torch.Tensor) -
     return (pri[nz] * (pri[nz].log() - pbar[nz].log())).sum()
 
 
-def conflict_ratios(g: dict[str, float]) -> dict[str, float]:
+# Per step everything stays on the device (0-dim tensors, no branch on a device value): the
+# training step never waits for the GPU. Plain floats are accepted too (hand-computed checks).
+def _t(x) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
+
+
+def conflict_ratios(g: dict) -> dict[str, torch.Tensor]:
     """rho_m = G_m / mean_k G_k (all ones when every G is 0)."""
-    mean = sum(g.values()) / max(len(g), 1)
-    return {m: (v / mean if mean > 0 else 1.0) for m, v in g.items()}
+    gs = {m: _t(v) for m, v in g.items()}
+    mean = sum(gs.values()) / max(len(gs), 1)
+    return {m: torch.where(mean > 0, v / mean.clamp_min(1e-300), torch.ones_like(v)) for m, v in gs.items()}
 
 
-def conflict_coefficient(rho: float, alpha: float, k_min: float) -> float:
-    return max(k_min, 1.0 - math.tanh(alpha * (rho - 1.0)))
+def conflict_coefficient(rho, alpha: float, k_min: float) -> torch.Tensor:
+    return (1.0 - torch.tanh(alpha * (_t(rho) - 1.0))).clamp_min(k_min)
 
 
-def project_off(d: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The component of ``d`` along ``s`` to remove when cos(d, s) < 0, and whether it applied."""
+def project_off(d: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The component of ``d`` along ``s`` to remove when cos(d, s) < 0, and whether it applied
+    (a 0-dim bool tensor)."""
     dot = (d * s).sum()
     ss = (s * s).sum()
-    if dot >= 0 or ss <= 0:
-        return torch.zeros_like(d), False
-    return (dot / ss) * s, True
+    applied = (dot < 0) & (ss > 0)
+    return torch.where(applied, dot / ss.clamp_min(1e-30), torch.zeros_like(dot)) * s, applied
 
 
-def rms_grad(params) -> float:
-    sq, n = 0.0, 0
-    for p in params:
-        n += p.numel()
-        if p.grad is not None:
-            sq += float(p.grad.detach().float().pow(2).sum())
-    return math.sqrt(sq / n) if n else 0.0
+def rms_grad(params) -> torch.Tensor:
+    """sqrt(sum of squared gradients / number of parameters), 0-dim float64 on the device."""
+    params = list(params)
+    n = sum(p.numel() for p in params)
+    sq = [p.grad.detach().float().pow(2).sum().double() for p in params if p.grad is not None]
+    if not sq or not n:
+        return torch.zeros((), dtype=torch.float64, device=params[0].device if params else None)
+    return (torch.stack(sq).sum() / n).sqrt()
 
 
 # ----------------------------------------------------------------------------- the method
@@ -152,40 +159,41 @@ class CPSL(Method):
         g = {m: rms_grad(model.encoders[m].parameters()) for m in mods}
         rho = conflict_ratios(g)
         self.c["steps"] += 1
-        any_conflict = False
+        any_conflict = None
         for m in mods:
-            k = 1.0
-            if rho[m] > self.p.tau:
-                any_conflict = True
-                k = conflict_coefficient(rho[m], self.p.alpha, self.p.k_min)
-                for p in model.encoders[m].parameters():
-                    if p.grad is not None:
-                        p.grad.mul_(k)
-            self.c[f"rho_{m}"] += rho[m]
-            self.c[f"k_{m}"] += k
-        self.c["conflict"] += int(any_conflict)
+            hit = rho[m] > self.p.tau
+            k = torch.where(hit, conflict_coefficient(rho[m], self.p.alpha, self.p.k_min), torch.ones_like(rho[m]))
+            for p in model.encoders[m].parameters():
+                if p.grad is not None:
+                    p.grad.mul_(k.to(p.grad.dtype))
+            any_conflict = hit if any_conflict is None else (any_conflict | hit)
+            self.c[f"rho_{m}"] = self.c[f"rho_{m}"] + rho[m]
+            self.c[f"k_{m}"] = self.c[f"k_{m}"] + k
+        self.c["conflict"] = self.c["conflict"] + any_conflict.double()
         if self._pending is not None:
             delta, s_grad, extras = self._pending
-            dom = max(mods, key=lambda m: rho[m])
-            c = extras.get(f"contrib_{dom}")
-            if s_grad is not None and c is not None:
-                d_part = delta.t() @ c.float()                    # (K, H): the dominant modality's share
+            contrib = [extras.get(f"contrib_{m}") for m in mods]
+            if s_grad is not None and all(c is not None for c in contrib):
+                # the dominant modality's share (K, H), chosen on the device: every modality's
+                # share weighted by a one-hot of argmax rho (ties: the first, as max())
+                top = torch.stack([rho[m] for m in mods]).argmax()
+                dom = (torch.arange(len(mods), device=top.device) == top).to(delta.dtype)
+                d_part = sum(dom[i] * (delta.t() @ c.float()) for i, c in enumerate(contrib))
                 remove, applied = project_off(d_part, s_grad)
-                if applied:
-                    W = model.fusion.head_weight
-                    W.grad.sub_(remove.to(W.grad.dtype))
-                    self.c["projected"] += 1
+                W = model.fusion.head_weight
+                W.grad.sub_(remove.to(W.grad.dtype))
+                self.c["projected"] = self.c["projected"] + applied.double()
             self._pending = None
 
     def on_epoch_end(self, st):
         n = max(self.c["steps"], 1)
         rec = {}
         if self.p.cp:
-            rec["conflict_rate"] = self.c["conflict"] / n
-            rec["projection_rate"] = self.c["projected"] / n
+            rec["conflict_rate"] = float(self.c["conflict"]) / n
+            rec["projection_rate"] = float(self.c["projected"]) / n
             for m in self.ctx.modalities:
-                rec[f"rho_{m}"] = self.c[f"rho_{m}"] / n
-                rec[f"k_{m}"] = self.c[f"k_{m}"] / n
+                rec[f"rho_{m}"] = float(self.c[f"rho_{m}"]) / n
+                rec[f"k_{m}"] = float(self.c[f"k_{m}"]) / n
         return rec
 
     def state_dict(self):

@@ -170,7 +170,7 @@ class MMTM(nn.Module):
     @torch.no_grad()
     def update_running(self, s: list[torch.Tensor], g: list[torch.Tensor]) -> None:
         """Cumulative means over training forwards: avg <- (x.mean(0) + n avg) / (n + 1)."""
-        n = float(self.steps.item())
+        n = self.steps.to(torch.float32)              # stays on the device: no host sync per step
         for k in range(2):
             for avg, x in ((self.avg_squeeze(k), s[k]), (self.avg_gate(k), g[k])):
                 avg.copy_((x.detach().float().mean(0) + n * avg) / (n + 1.0))
@@ -184,14 +184,17 @@ class MMTM(nn.Module):
 
 
 # -- conditional learning speed and the curation decision -------------------------------------
-def speed_ratio(params) -> float:
-    """sum ||grad||^2 / sum ||w||^2 over the parameters (a missing gradient counts 0)."""
-    gn, wn = 0.0, 0.0
-    for p in params:
-        wn += float(p.detach().float().pow(2).sum())
-        if p.grad is not None:
-            gn += float(p.grad.detach().float().pow(2).sum())
-    return gn / wn if wn > 0 else 0.0
+def speed_ratio(params) -> torch.Tensor:
+    """sum ||grad||^2 / sum ||w||^2 over the parameters (a missing gradient counts 0), as a
+    0-dim float64 tensor on the parameters' device (the caller reads all of them at once)."""
+    params = list(params)
+    if not params:
+        return torch.zeros((), dtype=torch.float64)
+    dev = params[0].device
+    wn = torch.stack([p.detach().float().pow(2).sum().double() for p in params]).sum()
+    gs = [p.grad.detach().float().pow(2).sum().double() for p in params if p.grad is not None]
+    gn = torch.stack(gs).sum() if gs else torch.zeros((), dtype=torch.float64, device=dev)
+    return torch.where(wn > 0, gn / wn.clamp_min(1e-300), torch.zeros_like(wn))
 
 
 def speed_gap(m_main: list[float], m_bypass: list[float]) -> float:
@@ -302,9 +305,13 @@ class Greedy(Method):
                 self.curating = False
             return
         main, bypass = self.branch_params(model)
+        # the one host sync of this step: whether a curation window starts decides the next
+        # forward pass (the official algorithm's decision, per step)
+        speeds = torch.stack([speed_ratio(main[0]), speed_ratio(main[1]),
+                              speed_ratio(bypass[0]), speed_ratio(bypass[1])]).tolist()
         for k in range(2):
-            self.m_main[k] += speed_ratio(main[k])
-            self.m_bypass[k] += speed_ratio(bypass[k])
+            self.m_main[k] += speeds[k]
+            self.m_bypass[k] += speeds[2 + k]
         self.d = speed_gap(self.m_main, self.m_bypass)
         target = curation_target(self.d, self.p.epsilon) if epoch >= self.p.start_epoch else None
         if target is not None:

@@ -16,7 +16,6 @@ with ``opm_ogm``. The choices argued against the official code are in docs/metho
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -43,37 +42,42 @@ class OGMGEParams:
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def modality_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """s_m = sum over the batch of softmax(logits_m) at the true class."""
+# Everything per batch stays on the device (0-dim tensors, no branch on a device value): the
+# training step never waits for the GPU. Plain floats are accepted too (hand-computed checks).
+def _t(x) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
+
+
+def modality_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """s_m = sum over the batch of softmax(logits_m) at the true class (0-dim, on the device)."""
     out = {}
     for m, l in logits.items():
         p = torch.softmax(l.detach().float(), dim=1)
-        out[m] = float(p.gather(1, labels.view(-1, 1).long()).sum())
+        out[m] = p.gather(1, labels.view(-1, 1).long()).sum()
     return out
 
 
-def score_ratios(scores: dict[str, float]) -> dict[str, float]:
+def score_ratios(scores: dict) -> dict[str, torch.Tensor]:
     """rho_m = s_m / mean of the other modalities' scores (for two: s_0/s_1 and its inverse)."""
     ms = list(scores)
     if len(ms) < 2:
         raise ValueError("OGM needs at least two modalities")
+    sc = {m: _t(v) for m, v in scores.items()}
     out = {}
     for m in ms:
-        others = sum(scores[j] for j in ms if j != m) / (len(ms) - 1)
-        out[m] = scores[m] / max(others, 1e-12)
+        others = sum(sc[j] for j in ms if j != m) / (len(ms) - 1)
+        out[m] = sc[m] / others.clamp_min(1e-12)
     return out
 
 
-def ogm_coefficients(ratios: dict[str, float], alpha: float, form: str = "ratio") -> dict[str, float]:
+def ogm_coefficients(ratios: dict, alpha: float, form: str = "ratio") -> dict[str, torch.Tensor]:
     """k_m = 1 - tanh(alpha * rho_m) ("ratio") or 1 - tanh(alpha * (rho_m - 1)) ("excess") where
     rho_m > 1 (the dominant modality), else 1."""
     k = {}
     for m, r in ratios.items():
-        if r > 1.0:
-            x = r if form == "ratio" else r - 1.0
-            k[m] = 1.0 - math.tanh(alpha * x)
-        else:
-            k[m] = 1.0
+        r = _t(r)
+        x = r if form == "ratio" else r - 1.0
+        k[m] = torch.where(r > 1.0, 1.0 - torch.tanh(alpha * x), torch.ones_like(r))
     return k
 
 
@@ -91,48 +95,53 @@ def encoder_params(model, modality: str, modulate: str = "conv") -> list[torch.n
     return ps
 
 
-def modulate_gradients(model, coeffs: dict[str, float], *, modulate: str = "conv",
+def modulate_gradients(model, coeffs: dict, *, modulate: str = "conv",
                        noise_to: str = "modulated", generator: torch.Generator | None = None) -> None:
     """g <- k_m * g (+ N(0, std(g)) noise, std taken before scaling, as the official code) for the
     encoder parameters of each modality. ``noise_to``: modulated (k_m < 1 only), both (every
-    modality), none."""
+    modality), none. On the device, without a host sync: the noise of a modality that is not
+    modulated is drawn and multiplied by 0 (``modulated``), and k = 1 multiplies exactly."""
     for m, k in coeffs.items():
-        noisy = noise_to == "both" or (noise_to == "modulated" and k < 1.0)
-        for p in encoder_params(model, m, modulate):
+        params = [p for p in encoder_params(model, m, modulate) if p.grad is not None]
+        if not params:
+            continue
+        dev = params[0].grad.device
+        k = _t(k).to(device=dev, dtype=torch.float32)
+        gate = None if noise_to == "none" else (k < 1.0).float() if noise_to == "modulated" else 1.0
+        for p in params:
             g = p.grad
-            if g is None:
-                continue
-            std = float(g.float().std()) if (noisy and g.numel() > 1) else 0.0
-            if k != 1.0:
-                g.mul_(k)
-            if noisy and g.numel() > 1:
-                noise = torch.randn(g.shape, generator=generator, dtype=torch.float32)
-                g.add_(noise.to(device=g.device, dtype=g.dtype) * (std + 1e-8))
+            noisy = gate is not None and g.numel() > 1
+            std = g.float().std() if noisy else None
+            g.mul_(k.to(g.dtype))
+            if noisy:
+                noise = torch.randn(g.shape, generator=generator, dtype=torch.float32, device=g.device)
+                g.add_((noise * ((std + 1e-8) * gate)).to(g.dtype))
 
 
 class OGMStats:
-    """Per-epoch means of k_m and rho_m over the batches."""
+    """Per-epoch means of k_m and rho_m over the batches (summed on the device, read at the
+    epoch's end)."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         self.n = 0
-        self.k: dict[str, float] = {}
-        self.rho: dict[str, float] = {}
+        self.k: dict = {}
+        self.rho: dict = {}
         self.active = 0
 
-    def add(self, k: dict[str, float], rho: dict[str, float], active: bool):
+    def add(self, k: dict, rho: dict, active: bool):
         self.n += 1
         self.active += int(active)
         for m in k:
-            self.k[m] = self.k.get(m, 0.0) + k[m]
-            self.rho[m] = self.rho.get(m, 0.0) + rho[m]
+            self.k[m] = self.k.get(m, 0.0) + _t(k[m]).detach().double()
+            self.rho[m] = self.rho.get(m, 0.0) + _t(rho[m]).detach().double()
 
     def record(self, modalities: list[str]) -> dict:
         n = max(self.n, 1)
-        rec = {f"ogm_k_{m}": self.k.get(m, 1.0 * n) / n for m in modalities}
-        rec.update({f"ogm_ratio_{m}": self.rho.get(m, 1.0 * n) / n for m in modalities})
+        rec = {f"ogm_k_{m}": float(self.k.get(m, 1.0 * n)) / n for m in modalities}
+        rec.update({f"ogm_ratio_{m}": float(self.rho.get(m, 1.0 * n)) / n for m in modalities})
         if len(modalities) == 2:
             rec["ogm_ratio"] = rec[f"ogm_ratio_{modalities[0]}"]   # s_0 / s_1
         rec["ogm_active_frac"] = self.active / n
@@ -158,7 +167,7 @@ class OGMGE(Method):
     def in_window(self, epoch: int) -> bool:
         return self.p.modulation_starts <= epoch < self.p.modulation_ends
 
-    def coefficients(self, out, batch) -> tuple[dict[str, float], dict[str, float]]:
+    def coefficients(self, out, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         scores = modality_scores({m: out.logits[m] for m in self.ctx.modalities}, batch["label"])
         rho = score_ratios(scores)
         return ogm_coefficients(rho, self.p.alpha, self.p.coeff), rho

@@ -11,12 +11,13 @@ Per training batch (after ``warmup_epochs`` epochs):
   divided by (1 - theta), theta = sum_m D_m q_m / sum_m D_m (the official custom autograd op);
 * OGM: after the backward pass of CE(fused), the gradient modulation of ``ogm_ge`` with the
   coefficients from the same scores (from the features before dropping).
-Drops draw from a torch.Generator seeded from the trial seed (kept in the checkpoint); evaluation
-never drops.
+Drops draw from a torch.Generator on the device, whether a batch is modulated from a host-side
+random.Random, both seeded from the trial seed (kept in the checkpoint); nothing per batch waits
+for the device. Evaluation never drops.
 """
 from __future__ import annotations
 
-import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from ..params import F
 from ..registry import METHODS
 from .base import Method, check_epoch_window
-from .ogm_ge import OGMStats, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
+from .ogm_ge import OGMStats, _t, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
 
 
 @dataclass
@@ -46,12 +47,13 @@ class OPMOGMParams:
                          help="OGM-GE noise: both modalities (BML's OGM_GE mode), the modulated one, or none")
 
 
-def drop_probabilities(ratios: dict[str, float], q_base: float, lam: float) -> dict[str, float]:
-    """q_m = clip(q_base * (1 + lam * tanh(relu(rho_m - 1))), 0, 1) where rho_m > 1, else 0."""
+def drop_probabilities(ratios: dict, q_base: float, lam: float) -> dict[str, torch.Tensor]:
+    """q_m = clip(q_base * (1 + lam * tanh(relu(rho_m - 1))), 0, 1) where rho_m > 1, else 0
+    (0-dim tensors, on the ratios' device)."""
     q = {}
     for m, r in ratios.items():
-        t = math.tanh(max(r - 1.0, 0.0))
-        q[m] = min(max(q_base * (1.0 + lam * t), 0.0), 1.0) if t > 0 else 0.0
+        t = torch.tanh(torch.relu(_t(r) - 1.0))
+        q[m] = torch.where(t > 0, (q_base * (1.0 + lam * t)).clamp(0.0, 1.0), torch.zeros_like(t))
     return q
 
 
@@ -70,8 +72,10 @@ class OPMOGM(Method):
         super().__init__(params, ctx)
         if len(ctx.modalities) < 2:
             raise ValueError("opm_ogm needs at least two modalities")
-        self.gen = torch.Generator()
-        self.gen.manual_seed(int(ctx.config.seed) * 7919 + 17)
+        seed = int(ctx.config.seed) * 7919 + 17
+        self.gen = torch.Generator(device=ctx.device)    # the drop masks, drawn on the device
+        self.gen.manual_seed(seed)
+        self.rng = random.Random(seed)                    # whether a batch is modulated: a host decision
         self.stats = OGMStats()
         self._batch: dict = {}
         self._reset_opm()
@@ -95,26 +99,24 @@ class OPMOGM(Method):
         B = len(batch["label"])
         self.opm["batches"] += 1
         self.opm["samples"] += B
-        execute = bool(torch.rand(1, generator=self.gen).item() < self.p.p_exe)
-        q = drop_probabilities(rho, self.p.q_base, self.p.lam)
-        if not execute or not any(v > 0 for v in q.values()):
+        if not self.rng.random() < self.p.p_exe:
             return clean
-        self.opm["executed"] += 1
+        q = drop_probabilities(rho, self.p.q_base, self.p.lam)
+        # on the device, no branch on q: a modality with q = 0 keeps every sample
+        self.opm["executed"] = self.opm["executed"] + (torch.stack(list(q.values())).max() > 0).float()
         dropped, extras = {}, {}
         for m in ms:
-            keep = torch.ones(B)
-            if q[m] > 0:
-                keep = (torch.rand(B, generator=self.gen) >= q[m]).float()
-            self.opm["q"][m] = self.opm["q"].get(m, 0.0) + q[m]
-            self.opm["dropped"][m] = self.opm["dropped"].get(m, 0) + int(B - keep.sum().item())
             f = feats[m]
-            dropped[m] = f * keep.to(device=f.device, dtype=f.dtype).view(-1, *([1] * (f.dim() - 1)))
+            keep = (torch.rand(B, generator=self.gen, device=f.device) >= q[m].to(f.device)).float()
+            self.opm["q"][m] = self.opm["q"].get(m, 0.0) + q[m].detach().double()
+            self.opm["dropped"][m] = self.opm["dropped"].get(m, 0) + (B - keep.sum())
+            dropped[m] = f * keep.to(dtype=f.dtype).view(-1, *([1] * (f.dim() - 1)))
             extras[f"drop_{m}"] = keep == 0
         if self.p.rescale == "bml":
             dims = {m: feats[m][0].numel() for m in ms}
             theta = sum(dims[m] * q[m] for m in ms) / sum(dims.values())
-            if theta < 1.0:
-                dropped = {m: f / (1.0 - theta) for m, f in dropped.items()}
+            scale = torch.where(theta < 1.0, 1.0 / (1.0 - theta).clamp_min(1e-12), torch.ones_like(theta))
+            dropped = {m: f * scale.to(device=f.device, dtype=f.dtype) for m, f in dropped.items()}
         out = model.head(dropped)
         # the per-modality logits reported are those before dropping (what the scores use)
         out.logits, out.features = clean.logits, feats
@@ -144,15 +146,18 @@ class OPMOGM(Method):
     def on_epoch_end(self, st):
         rec = self.stats.record(self.ctx.modalities)
         o = self.opm
-        rec["opm_exec_frac"] = o["executed"] / max(o["batches"], 1)
+        executed = float(o["executed"])
+        rec["opm_exec_frac"] = executed / max(o["batches"], 1)
         for m in self.ctx.modalities:
-            rec[f"opm_q_{m}"] = o["q"].get(m, 0.0) / max(o["executed"], 1)
-            rec[f"opm_drop_rate_{m}"] = o["dropped"].get(m, 0) / max(o["samples"], 1)
+            rec[f"opm_q_{m}"] = float(o["q"].get(m, 0.0)) / max(executed, 1)
+            rec[f"opm_drop_rate_{m}"] = float(o["dropped"].get(m, 0)) / max(o["samples"], 1)
         return rec
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
+        return {"gen": self.gen.get_state(), "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict) -> None:
         if "gen" in state:
             self.gen.set_state(state["gen"])
+        if "rng" in state:
+            self.rng.setstate(state["rng"])

@@ -55,7 +55,7 @@ def prototype_logits(feats: torch.Tensor, protos: torch.Tensor, valid: torch.Ten
     """-||f - c_k||_2 for every class k, (B, K); classes without a prototype get -inf."""
     d2 = ((feats[:, None, :] - protos[None, :, :].to(feats)) ** 2).sum(-1)
     logits = -d2.clamp_min(1e-12).sqrt()          # the floor keeps the gradient finite at f == c_k
-    if valid is not None and not bool(valid.all()):
+    if valid is not None:                           # (no branch on the device's values: no host sync)
         logits = logits.masked_fill(~valid.to(logits.device)[None, :], float("-inf"))
     return logits
 
@@ -65,10 +65,12 @@ def true_class_score(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return Fn.softmax(logits, dim=1).gather(1, y[:, None]).sum()
 
 
-def boost_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]:
-    """alpha for every modality whose score is below the best one, 0 for the rest (ties: 0)."""
-    best = max(scores.values())
-    return {m: (alpha if s < best else 0.0) for m, s in scores.items()}
+def boost_coefficients(scores: dict, alpha: float) -> dict[str, torch.Tensor]:
+    """alpha for every modality whose score is below the best one, 0 for the rest (ties: 0);
+    0-dim tensors on the scores' device."""
+    sc = {m: v if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64) for m, v in scores.items()}
+    best = torch.stack(list(sc.values())).max()
+    return {m: torch.where(v < best, torch.full_like(v, alpha), torch.zeros_like(v)) for m, v in sc.items()}
 
 
 def stratified_subset(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -140,20 +142,27 @@ class PMR(Method):
         plog, scores = {}, {}
         for m in self.ctx.modalities:
             plog[m] = prototype_logits(out.features[m].float(), self.protos[m], self.valid[m])
-            scores[m] = float(true_class_score(plog[m].detach(), y))
-            logs[f"proto_prob_{m}"] = torch.tensor(scores[m] / len(y))
+            scores[m] = true_class_score(plog[m].detach(), y)             # stays on the device
+            logs[f"proto_prob_{m}"] = scores[m] / len(y)
         if len(self.ctx.modalities) == 2:
             a, b = self.ctx.modalities
-            logs[f"ratio_{a}_{b}"] = torch.tensor(scores[a] / max(scores[b], 1e-12))
+            logs[f"ratio_{a}_{b}"] = scores[a] / scores[b].clamp_min(1e-12)
         loss = ce_f
-        coef = boost_coefficients(scores, self.p.alpha) if self.active(st.epoch) else {}
+        if not self.active(st.epoch):
+            for m in self.ctx.modalities:
+                logs[f"loss_proto_{m}"] = Fn.cross_entropy(plog[m].detach(), y)
+                logs[f"boost_{m}"] = torch.zeros((), device=y.device)
+            return loss, logs
+        # every modality's term, times its coefficient (alpha for the weaker ones, else 0): the
+        # choice is made on the device. A class without a prototype gets the lowest finite logit
+        # instead of -inf here, so that 0 x its CE stays 0 (the CE itself is unchanged otherwise).
+        coef = boost_coefficients(scores, self.p.alpha)
         for m in self.ctx.modalities:
-            ce_p = Fn.cross_entropy(plog[m], y)
+            ce_p = Fn.cross_entropy(plog[m].clamp_min(torch.finfo(plog[m].dtype).min), y)
             logs[f"loss_proto_{m}"] = ce_p.detach()
-            c = coef.get(m, 0.0)
-            logs[f"boost_{m}"] = torch.tensor(1.0 if c > 0 else 0.0)
-            if c > 0:
-                loss = loss + c * ce_p
+            c = coef[m].to(ce_p.dtype)
+            logs[f"boost_{m}"] = (c > 0).float()
+            loss = loss + c * ce_p
         return loss, logs
 
     def on_epoch_end(self, st: TrainState) -> dict:
