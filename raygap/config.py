@@ -88,6 +88,11 @@ class TrainSection:
                               help="write (and, in a grid, upload) the checkpoint every N epochs: a stopped run "
                                    "recomputes at most N - 1 epochs; a paper trial's checkpoint is ~100 MB")
     deterministic: bool = F(True, help="deterministic kernels (CPU runs are bit-reproducible for a seed)")
+    channels_last: str = F("auto", choices=["auto", "on", "off"],
+                           help="channels-last memory format for the conv encoders (faster convolutions on "
+                                "tensor cores); auto: on with CUDA, off on the CPU")
+    compile: bool = F(False, help="torch.compile each encoder and the fusion head (minutes of compilation "
+                                  "per trial, then faster steps; a C++ compiler is needed on the CPU)")
 
 
 @dataclass
@@ -108,7 +113,8 @@ PLUGIN_REGISTRY = {"data": DATASETS, "method": METHODS}
 TOP_LEVEL = ["seed", *SECTIONS]
 NOT_HASHED = {"resources"}
 # keys that never change a trial's numbers (how often it is checkpointed): outside its hash
-NOT_HASHED_KEYS = {"train": {"checkpoint_every"}}
+# (how it runs, not what it computes: memory layout and compilation change rounding only)
+NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile"}}
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -301,6 +301,11 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     method = method_cls(cfg.params("method"), ctx)
     method.setup(model)
     model.to(device)
+    if T.channels_last == "on" or (T.channels_last == "auto" and device.type == "cuda"):
+        model.to(memory_format=torch.channels_last)            # conv weights NHWC: the convs follow
+    if T.compile:
+        for sub in [*model.encoders.values(), model.fusion]:
+            sub.compile(dynamic=False)    # in place (state_dict keys unchanged); one graph per batch shape
     new_optimizer = lambda: build_optimizer(cfg.optim, model.parameters())  # noqa: E731
     optimizer = new_optimizer()
     scheduler = build_scheduler(cfg.optim, optimizer, T.epochs)

@@ -115,3 +115,14 @@ def test_train_keeps_the_final_checkpoint_a_grid_does_not(tmp_path):
                   report=lambda rec, ck, f=final: seen[f].append(ck is not None))
     assert seen == {True: [False, True], False: [False, False]}
     assert (tmp_path / "True" / "checkpoint.pt").is_file() and not (tmp_path / "False" / "checkpoint.pt").exists()
+
+
+def test_channels_last_changes_neither_the_trial_nor_its_numbers_beyond_rounding():
+    base = {**FAST, "train": {**FAST["train"], "epochs": 2, "checkpoint": False}}
+    plain = resolve(base)
+    nhwc = resolve({**base, "train": {**base["train"], "channels_last": "on"}})
+    assert plain.key() == nhwc.key()                      # how it runs, not what it computes
+    a, b = run_trial(plain), run_trial(nhwc)
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-3)    # rounding, grown over steps
+        assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-3)

@@ -91,7 +91,8 @@ def agm_coefficients(ratio: dict, target: dict, alpha: float, clip: float) -> di
     return {m: torch.exp(alpha * (_t(target[m]) - _t(ratio[m])).clamp(max=clip)) for m in ratio}
 
 
-@METHODS.register("agm", params=AGMParams, version=1, min_modalities=2)
+# version 2: per-batch scores and coefficients as device tensors (float32 ratios): results differ in rounding
+@METHODS.register("agm", params=AGMParams, version=2, min_modalities=2)
 class AGM(Method):
     """CE(fused) with each modality's feature gradient scaled by its Shapley-response coefficient."""
 

@@ -149,7 +149,9 @@ class OGMStats:
 
 
 # ----------------------------------------------------------------------------- the method
-@METHODS.register("ogm_ge", params=OGMGEParams, version=1, min_modalities=2)
+# version 2: GE noise drawn on the device for every modality, times 0 where not modulated (another
+# random stream than version 1), ratios in float32
+@METHODS.register("ogm_ge", params=OGMGEParams, version=2, min_modalities=2)
 class OGMGE(Method):
     """L = CE(fused); the dominant modality's encoder gradient scaled by k, plus GE noise."""
 
