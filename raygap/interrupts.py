@@ -147,6 +147,14 @@ def end_descendants(grace: float = 5.0) -> list[int]:
         procs = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
+    return _end(procs, grace)
+
+
+def _end(procs: list, grace: float) -> list[int]:
+    """SIGTERM to ``procs`` (psutil processes), SIGKILL to those alive ``grace`` seconds later;
+    returns their pids."""
+    import psutil
+
     for p in procs:
         try:
             p.terminate()
@@ -234,19 +242,7 @@ def end_leftovers(folder: Path, owner_alive) -> list[int]:
                     procs.append(p)
             except (psutil.Error, ValueError, TypeError):
                 pass
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=5)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        ended += [p.pid for p in procs]
+        ended += _end(procs, 5.0)
         try:
             path.unlink()
         except OSError:

@@ -342,19 +342,14 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
         raise ConfigError(f"Ray was imported before {LOOPBACK_ENV}=0 was set, so an embedded instance would listen "
                           "on every interface; refusing to start it", key="--address",
                           hint=f"set {LOOPBACK_ENV}=0 before importing ray, or join a cluster with --address")
-    cpus = num_cpus or _usable_cpus()
+    from .system import usable_cpus
+
+    cpus = num_cpus or usable_cpus()    # affinity mask and cgroup quota, not the machine's CPUs
     log(f"starting a local Ray instance ({cpus} CPUs, 127.0.0.1 only)")
     interrupts.pause_point("startup")
     ray.init(address="local", num_cpus=cpus, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     return True
-
-
-def _usable_cpus() -> int:
-    """The CPUs this process may use (affinity mask and cgroup quota), not the machine's."""
-    from .system import usable_cpus
-
-    return usable_cpus()
 
 
 AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"   # where `ray up` leaves the autoscaler's config on the head

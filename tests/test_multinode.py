@@ -104,15 +104,10 @@ def test_the_embedded_instance_refuses_to_start_after_ray_was_imported_without_l
     code = textwrap.dedent("""
         import psutil
         import ray
+        from _proc import listening as sockets_of
         def listening():       # of this process and every process it started (other tests may run beside)
             me = psutil.Process()
-            out = set()
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    out |= {(c.laddr.ip, c.laddr.port) for c in p.net_connections("inet") if c.status == "LISTEN"}
-                except psutil.Error:
-                    pass
-            return out
+            return set(sockets_of([me, *me.children(recursive=True)]))
         before = listening()
         from raygap.errors import ConfigError
         from raygap.runner import _start_ray
@@ -123,6 +118,7 @@ def test_the_embedded_instance_refuses_to_start_after_ray_was_imported_without_l
         print("NEW", sorted(listening() - before))
     """)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(__file__), env.get("PYTHONPATH")]))  # _proc
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "REFUSED --address: Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set" in r.stdout

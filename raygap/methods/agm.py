@@ -29,7 +29,7 @@ import torch
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, check_epoch_window
+from .base import Method, check_epoch_window, scalar
 
 
 @dataclass
@@ -65,10 +65,6 @@ def shapley_responses(head, feats: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def _t(x) -> torch.Tensor:
-    return x if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
-
-
 def response_scores(responses: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """L_m = mean over the batch of -log p(y) under softmax(phi_m), p floored at 1e-8 (0-dim,
     on the device: nothing per batch waits for it)."""
@@ -82,13 +78,13 @@ def response_scores(responses: dict[str, torch.Tensor], labels: torch.Tensor) ->
 def score_ratios(scores: dict) -> dict[str, torch.Tensor]:
     """r_m = exp(mean of the other modalities' scores - L_m)."""
     ms = list(scores)
-    sc = {m: _t(v) for m, v in scores.items()}
+    sc = {m: scalar(v) for m, v in scores.items()}
     return {m: torch.exp(sum(sc[j] for j in ms if j != m) / (len(ms) - 1) - sc[m]) for m in ms}
 
 
 def agm_coefficients(ratio: dict, target: dict, alpha: float, clip: float) -> dict[str, torch.Tensor]:
     """k_m = exp(alpha * min(target_m - ratio_m, clip))."""
-    return {m: torch.exp(alpha * (_t(target[m]) - _t(ratio[m])).clamp(max=clip)) for m in ratio}
+    return {m: torch.exp(alpha * (scalar(target[m]) - scalar(ratio[m])).clamp(max=clip)) for m in ratio}
 
 
 # version 2: per-batch scores and coefficients as device tensors (float32 ratios): results differ in rounding
@@ -136,7 +132,7 @@ class AGM(Method):
         e = self._epoch                                # summed on the device, read at the epoch's end
         e["n"] = e.get("n", 0) + 1
         for m in scores:
-            e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + _t(self.coeff[m]).double()
+            e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + scalar(self.coeff[m]).double()
             e[f"agm_ratio_{m}"] = e.get(f"agm_ratio_{m}", 0.0) + ratio[m].double()
             e[f"agm_score_{m}"] = e.get(f"agm_score_{m}", 0.0) + scores[m].double()
         loss = self.task_loss(out.fused, y)
@@ -150,7 +146,7 @@ class AGM(Method):
         return {k: float(v) / n for k, v in self._epoch.items()}
 
     def state_dict(self):
-        return {"mean_score": {m: _t(v).double() for m, v in self.mean_score.items()}, "steps": self.steps}
+        return {"mean_score": {m: scalar(v).double() for m, v in self.mean_score.items()}, "steps": self.steps}
 
     def load_state_dict(self, state):
         self.mean_score = dict(state["mean_score"])

@@ -39,6 +39,12 @@ import torch.nn.functional as Fn
 from ..models.net import ModelOutput
 
 
+def scalar(x) -> torch.Tensor:
+    """A per-batch value as a 0-dim tensor: a tensor as it is (on its device: nothing waits for
+    it), a plain number as float64 (hand-computed checks call the formulas with floats)."""
+    return x if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
+
+
 @dataclass
 class MethodContext:
     modalities: list[str]

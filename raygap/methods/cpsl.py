@@ -23,7 +23,7 @@ import torch.nn.functional as Fn
 from ..errors import ConfigError
 from ..params import F
 from ..registry import METHODS
-from .base import Method, TrainState
+from .base import Method, TrainState, scalar
 
 
 @dataclass
@@ -55,19 +55,17 @@ def statistical_loss_classification(logits: torch.Tensor, prior: torch.Tensor) -
 
 # Per step everything stays on the device (0-dim tensors, no branch on a device value): the
 # training step never waits for the GPU. Plain floats are accepted too (hand-computed checks).
-def _t(x) -> torch.Tensor:
-    return x if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
 
 
 def conflict_ratios(g: dict) -> dict[str, torch.Tensor]:
     """rho_m = G_m / mean_k G_k (all ones when every G is 0)."""
-    gs = {m: _t(v) for m, v in g.items()}
+    gs = {m: scalar(v) for m, v in g.items()}
     mean = sum(gs.values()) / max(len(gs), 1)
     return {m: torch.where(mean > 0, v / mean.clamp_min(1e-300), torch.ones_like(v)) for m, v in gs.items()}
 
 
 def conflict_coefficient(rho, alpha: float, k_min: float) -> torch.Tensor:
-    return (1.0 - torch.tanh(alpha * (_t(rho) - 1.0))).clamp_min(k_min)
+    return (1.0 - torch.tanh(alpha * (scalar(rho) - 1.0))).clamp_min(k_min)
 
 
 def project_off(d: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

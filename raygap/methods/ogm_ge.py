@@ -23,7 +23,7 @@ import torch
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, check_epoch_window
+from .base import Method, check_epoch_window, scalar
 
 
 @dataclass
@@ -44,8 +44,6 @@ class OGMGEParams:
 # ----------------------------------------------------------------------------- shared helpers
 # Everything per batch stays on the device (0-dim tensors, no branch on a device value): the
 # training step never waits for the GPU. Plain floats are accepted too (hand-computed checks).
-def _t(x) -> torch.Tensor:
-    return x if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64)
 
 
 def modality_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -62,7 +60,7 @@ def score_ratios(scores: dict) -> dict[str, torch.Tensor]:
     ms = list(scores)
     if len(ms) < 2:
         raise ValueError("OGM needs at least two modalities")
-    sc = {m: _t(v) for m, v in scores.items()}
+    sc = {m: scalar(v) for m, v in scores.items()}
     out = {}
     for m in ms:
         others = sum(sc[j] for j in ms if j != m) / (len(ms) - 1)
@@ -75,7 +73,7 @@ def ogm_coefficients(ratios: dict, alpha: float, form: str = "ratio") -> dict[st
     rho_m > 1 (the dominant modality), else 1."""
     k = {}
     for m, r in ratios.items():
-        r = _t(r)
+        r = scalar(r)
         x = r if form == "ratio" else r - 1.0
         k[m] = torch.where(r > 1.0, 1.0 - torch.tanh(alpha * x), torch.ones_like(r))
     return k
@@ -106,7 +104,7 @@ def modulate_gradients(model, coeffs: dict, *, modulate: str = "conv",
         if not params:
             continue
         dev = params[0].grad.device
-        k = _t(k).to(device=dev, dtype=torch.float32)
+        k = scalar(k).to(device=dev, dtype=torch.float32)
         gate = None if noise_to == "none" else (k < 1.0).float() if noise_to == "modulated" else 1.0
         for p in params:
             g = p.grad
@@ -135,8 +133,8 @@ class OGMStats:
         self.n += 1
         self.active += int(active)
         for m in k:
-            self.k[m] = self.k.get(m, 0.0) + _t(k[m]).detach().double()
-            self.rho[m] = self.rho.get(m, 0.0) + _t(rho[m]).detach().double()
+            self.k[m] = self.k.get(m, 0.0) + scalar(k[m]).detach().double()
+            self.rho[m] = self.rho.get(m, 0.0) + scalar(rho[m]).detach().double()
 
     def record(self, modalities: list[str]) -> dict:
         n = max(self.n, 1)

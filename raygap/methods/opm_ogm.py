@@ -24,8 +24,8 @@ import torch
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, check_epoch_window
-from .ogm_ge import OGMStats, _t, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
+from .base import Method, check_epoch_window, scalar
+from .ogm_ge import OGMStats, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
 
 
 @dataclass
@@ -52,7 +52,7 @@ def drop_probabilities(ratios: dict, q_base: float, lam: float) -> dict[str, tor
     (0-dim tensors, on the ratios' device)."""
     q = {}
     for m, r in ratios.items():
-        t = torch.tanh(torch.relu(_t(r) - 1.0))
+        t = torch.tanh(torch.relu(scalar(r) - 1.0))
         q[m] = torch.where(t > 0, (q_base * (1.0 + lam * t)).clamp(0.0, 1.0), torch.zeros_like(t))
     return q
 

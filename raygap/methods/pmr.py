@@ -25,7 +25,7 @@ import torch.nn.functional as Fn
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, TrainState, check_epoch_window
+from .base import Method, TrainState, check_epoch_window, scalar
 
 
 @dataclass
@@ -68,7 +68,7 @@ def true_class_score(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def boost_coefficients(scores: dict, alpha: float) -> dict[str, torch.Tensor]:
     """alpha for every modality whose score is below the best one, 0 for the rest (ties: 0);
     0-dim tensors on the scores' device."""
-    sc = {m: v if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64) for m, v in scores.items()}
+    sc = {m: scalar(v) for m, v in scores.items()}
     best = torch.stack(list(sc.values())).max()
     return {m: torch.where(v < best, torch.full_like(v, alpha), torch.zeros_like(v)) for m, v in sc.items()}
 
