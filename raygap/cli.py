@@ -306,6 +306,37 @@ def cmd_prepare(args) -> int:
     return main_prepare(args.dataset, args.raw_dir, args.out_dir, opts)
 
 
+def cmd_cache(args) -> int:
+    import yaml
+
+    from .config import validate_params
+    from .data.cache import build_dataset
+    from .registry import DATASETS
+
+    if args.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {args.dataset!r}", key="dataset",
+                          hint=f"nearest: {DATASETS.nearest(args.dataset)!r}")
+    entry = DATASETS.get(args.dataset)
+    if entry.meta.get("in_memory"):
+        raise ConfigError(f"dataset {args.dataset} is built in memory and has no tensor cache", key="dataset",
+                          hint="the cache is for cremad, ave and ks")
+    opts = {}
+    for kv in args.option or []:
+        if "=" not in kv:
+            raise ConfigError(f"--option expects KEY=VALUE, got {kv!r}", key="--option")
+        k, v = kv.split("=", 1)
+        opts[k] = yaml.safe_load(v)
+    params = entry.params(**validate_params(entry.params, opts, "--option"))
+    for n in args.frames or []:
+        if not 1 <= n <= 64:
+            raise ConfigError(f"{n} is out of range [1, 64]", key="--frames")
+    if not 0 <= args.side <= 4096:
+        raise ConfigError(f"{args.side} is out of range [0, 4096]", key="--side")
+    build_dataset(args.dataset, params, args.root, frames=args.frames or (), side=args.side,
+                  workers=max(1, args.workers), log=lambda s: print(s, flush=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="raygap", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -356,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("out_dir")
     pr.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset-specific option")
     pr.set_defaults(func=cmd_prepare)
+
+    ca = sub.add_parser("cache", help="decode a prepared dataset into the tensor cache (data.pipeline: cache)")
+    ca.add_argument("dataset")
+    ca.add_argument("--root", help="the prepared layout (default: $RAYGAP_DATA/DATASET)")
+    ca.add_argument("--frames", type=int, nargs="+", metavar="N",
+                    help="frames per clip, one cache each (default: the dataset's num_frames)")
+    ca.add_argument("--side", type=int, default=0, help="side of the cached frames (default 0: the image size)")
+    ca.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
+    ca.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="a data key of the dataset that changes what is cached (e.g. sample_rate=22050 for ave)")
+    ca.set_defaults(func=cmd_cache)
     return p
 
 

@@ -114,7 +114,11 @@ TOP_LEVEL = ["seed", *SECTIONS]
 NOT_HASHED = {"resources"}
 # keys that never change a trial's numbers (how often it is checkpointed): outside its hash
 # (how it runs, not what it computes: memory layout and compilation change rounding only)
-NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile"}}
+NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile"}, "data": {"preload"}}
+# keys added after results were stored, hashed only when set away from the value that reproduces
+# those results (so a stored trial keeps its identity): {section: {key: (that value, keys that only
+# matter when it is changed)}}
+HASHED_UNLESS = {"data": {"pipeline": ("files", ("cache_side",))}}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -274,8 +278,13 @@ class TrialConfig:
         return copy.deepcopy(self._d)
 
     def hashed_part(self) -> dict:
-        return {k: ({kk: vv for kk, vv in v.items() if kk not in NOT_HASHED_KEYS[k]} if k in NOT_HASHED_KEYS else v)
-                for k, v in self._d.items() if k not in NOT_HASHED}
+        out = {k: ({kk: vv for kk, vv in v.items() if kk not in NOT_HASHED_KEYS[k]} if k in NOT_HASHED_KEYS else v)
+               for k, v in self._d.items() if k not in NOT_HASHED}
+        for section, keys in HASHED_UNLESS.items():
+            for key, (old, riders) in keys.items():
+                if out[section].get(key, old) == old:
+                    out[section] = {k: v for k, v in out[section].items() if k != key and k not in riders}
+        return out
 
     def key(self) -> str:
         """Identity of the trial: hash of the resolved config (resources excluded) and the
@@ -355,6 +364,9 @@ def _cross_checks(c: dict) -> None:
         dup = sorted({m for m in mods if mods.count(m) > 1})
         if dup:
             raise ConfigError(f"lists {dup[0]!r} twice", key="data.modalities")
+    if c["data"].get("pipeline") == "cache" and entry.meta.get("in_memory"):
+        raise ConfigError(f"dataset {entry.name} is built in memory and has no tensor cache", key="data.pipeline",
+                          hint="use data.pipeline=files (the cache is for cremad, ave and ks)")
     mods = list(mods or have.modalities)
     method = METHODS.get(c["method"]["name"])
     if have.task not in method.obj.tasks:

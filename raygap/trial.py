@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from . import data as _data  # noqa: F401  (registers datasets)
 from . import methods as _methods  # noqa: F401  (registers methods)
 from .config import TrialConfig
-from .data.base import DatasetBundle, TensorSplit
+from .data.base import DatasetBundle
 from .metrics import classification_metrics, regression_metrics
 from .methods.base import MethodContext, TrainState
 from .models import build_model
@@ -143,8 +143,10 @@ def pick_device(name: str, gpu_share: float = 0.0) -> torch.device:
 
 def iterate(split, batch_size: int, *, shuffle: bool, indices: np.ndarray | None = None,
             generator: torch.Generator | None = None, num_workers: int = 0, drop_singleton: bool = False):
-    """Batches of a split: sliced straight out of memory for a TensorSplit, else a DataLoader."""
-    if isinstance(split, TensorSplit):
+    """Batches of a split. A split that builds whole batches itself (``split.batch(idx,
+    generator)``: a TensorSplit, or the tensor cache's split, on its device) gets index
+    batches drawn with ``generator``; any other (per-item) split goes through a DataLoader."""
+    if hasattr(split, "batch"):
         idx = torch.arange(len(split)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator)]
@@ -152,7 +154,7 @@ def iterate(split, batch_size: int, *, shuffle: bool, indices: np.ndarray | None
             b = idx[s:s + batch_size]
             if drop_singleton and len(b) == 1 and len(idx) > 1:
                 break
-            yield split.batch(b)
+            yield split.batch(b, generator=generator)
         return
     ds = split if indices is None else Subset(split, indices.tolist())
     loader = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
@@ -306,6 +308,8 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     if T.compile:
         for sub in [*model.encoders.values(), model.fusion]:
             sub.compile(dynamic=False)    # in place (state_dict keys unchanged); one graph per batch shape
+    placed = {name: sp.place(device) for name, sp in (("train", bundle.train), ("val", bundle.val),
+                                                       ("test", bundle.test)) if hasattr(sp, "place")}
     new_optimizer = lambda: build_optimizer(cfg.optim, model.parameters())  # noqa: E731
     optimizer = new_optimizer()
     scheduler = build_scheduler(cfg.optim, optimizer, T.epochs)
@@ -390,7 +394,7 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         log(format_record(record, bundle.modality_names, select))
 
     return TrialResult(cfg.key(), final_metrics(st.history, select), st.history,
-                       info={"device": shown_device, "data": bundle.info,
+                       info={"device": shown_device, "data": bundle.info, "batches": placed,
                              "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)})
 
 

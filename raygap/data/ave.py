@@ -121,4 +121,5 @@ def build(params: AveParams, common: DataCommon) -> DatasetBundle:
         "sample_rate": params.sample_rate,
     }
     return assemble(NAME, root, splits, class_names, ave_front_end(params.sample_rate), params.num_frames,
-                    params.image_size, common, params.verify_media, info)
+                    params.image_size, common, params.verify_media, info,
+                    cache_options={"sample_rate": params.sample_rate})

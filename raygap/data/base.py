@@ -58,6 +58,16 @@ class DataCommon:
     split_seed: int = 0
     on_bad_media: str = "error"      # "error": raise naming the file; "skip": drop the item and count it
     train_augment: bool = True       # random crops / flips on the train split (file datasets)
+    pipeline: str = field(default="files", metadata={
+        "choices": ["files", "cache"],
+        "help": "files: decode each item from its media every epoch (DataLoader); cache: read the tensor "
+                "cache `raygap cache` / `raygap prepare` wrote, batches built on the trial's device"})
+    cache_side: int = field(default=0, metadata={
+        "range": (0, 4096), "help": "pipeline=cache: side of the cached frames (0: the dataset's image_size)"})
+    preload: str = field(default="auto", metadata={
+        "choices": ["auto", "on", "off"],
+        "help": "pipeline=cache on a GPU: upload each split once (on), when it takes at most 30% of free "
+                "device memory (auto), or gather every batch from the mapped files (off)"})
 
 
 class TensorSplit:
@@ -86,11 +96,27 @@ class TensorSplit:
         item["index"] = i
         return item
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {k: t[idx] for k, t in self.tensors.items()}
-        out["label"] = self.labels[idx]
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The items ``idx`` stacked, sliced on the device the split was placed on
+        (``generator`` is unused: nothing random here)."""
+        dev = getattr(self, "_on_device", None)
+        if dev is not None:
+            idx_d = idx.to(dev["label"].device, non_blocking=True)
+            out = {k: t.index_select(0, idx_d) for k, t in dev.items()}
+        else:
+            out = {k: t[idx] for k, t in self.tensors.items()}
+            out["label"] = self.labels[idx]
         out["index"] = idx
         return out
+
+    def place(self, device: torch.device) -> str:
+        """Copy the tensors to ``device`` once (they are small): batches are then sliced there.
+        ``tensors`` and ``labels`` stay on the host for whoever reads them."""
+        if device.type == "cpu":
+            self._on_device = None
+            return "host"
+        self._on_device = {**{k: t.to(device) for k, t in self.tensors.items()}, "label": self.labels.to(device)}
+        return "resident"
 
     def subset(self, idx: np.ndarray) -> "TensorSplit":
         ti = torch.as_tensor(idx, dtype=torch.long)

@@ -468,19 +468,36 @@ def screen(splits: dict[str, list[Clip]], policy: str, num_frames: int, front_en
 # ----------------------------------------------------------------------------- the bundle
 def assemble(name: str, root: Path, splits: dict[str, list[Clip]], class_names: list[str],
              front_end: AudioFrontEnd, num_frames: int, image_size: int, common: DataCommon,
-             verify: bool, info: dict, extras: Callable[[list[Clip]], dict[str, np.ndarray]] | None = None
-             ) -> DatasetBundle:
+             verify: bool, info: dict, extras: Callable[[list[Clip]], dict[str, np.ndarray]] | None = None,
+             cache_options: dict | None = None) -> DatasetBundle:
     """Screen the media of ``splits`` (train / val / test clip lists), wrap them in
-    :class:`ClipSplit` and return the bundle with counts and provenance in ``info``."""
+    :class:`ClipSplit` (``data.pipeline: files``) or :class:`~raygap.data.cache.CacheSplit`
+    (``cache``: the same clips, read from the tensor cache) and return the bundle with counts
+    and provenance in ``info``. ``cache_options`` are the dataset options a rebuild command
+    must repeat (they change the cached audio)."""
     ids = {s: {c.id for c in clips} for s, clips in splits.items()}
     shared = {f"{a}&{b}": len(ids[a] & ids[b]) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
     kept, skipped = screen(splits, common.on_bad_media, num_frames, front_end, verify)
     out = {}
-    for split in ("train", "val", "test"):
-        clips = kept[split]
-        out[split] = ClipSplit(clips, front_end, num_frames, image_size,
-                               train=(split == "train" and bool(common.train_augment)),
-                               skipped=skipped[split], extras=extras(clips) if extras else None)
+    if common.pipeline == "cache":
+        from . import cache as tc
+
+        side = int(common.cache_side or image_size)
+        store = tc.open_cache(name, root, front_end, num_frames, side, cache_options)
+        fix = tc.rebuild_command(name, root, num_frames, side, cache_options)
+        for split in ("train", "val", "test"):
+            clips = kept[split]
+            out[split] = tc.CacheSplit(store, tc.rows_for(store, clips, num_frames, fix), clips, image_size,
+                                       train=(split == "train" and bool(common.train_augment)),
+                                       preload=common.preload, skipped=skipped[split],
+                                       extras=extras(clips) if extras else None)
+        info = {**info, "cache": str(store.folder), "cache_built": store.manifest.get("created")}
+    else:
+        for split in ("train", "val", "test"):
+            clips = kept[split]
+            out[split] = ClipSplit(clips, front_end, num_frames, image_size,
+                                   train=(split == "train" and bool(common.train_augment)),
+                                   skipped=skipped[split], extras=extras(clips) if extras else None)
     num_classes = len(class_names)
     info = {
         "root": str(root),
@@ -492,7 +509,8 @@ def assemble(name: str, root: Path, splits: dict[str, list[Clip]], class_names: 
         "skipped": {s: len(v) for s, v in skipped.items()},
         "skipped_total": sum(len(v) for v in skipped.values()),
         "on_bad_media": common.on_bad_media,
-        "precomputed_audio": sum(c.audio_npy.is_file() for s in out.values() for c in s.clips),
+        "precomputed_audio": sum(c.audio_npy.is_file() for clips in kept.values() for c in clips),
+        "pipeline": common.pipeline,
         "audio": front_end.description,
         "visual": {"frames_per_clip": int(num_frames), "image_size": int(image_size),
                    "train": ("RandomResizedCrop + horizontal flip" if common.train_augment else "Resize")

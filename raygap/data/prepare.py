@@ -63,6 +63,8 @@ class Option:
 COMMON_OPTIONS = {
     "workers": Option(int, min(8, os.cpu_count() or 1), "parallel ffmpeg processes"),
     "overwrite": Option(bool, False, "redo outputs that already exist"),
+    "cache": Option(bool, True, "then decode the layout into the tensor cache (`raygap cache`: the "
+                                "dataset's default frames and image size) for data.pipeline: cache"),
 }
 DATASET_OPTIONS: dict[str, dict[str, Option]] = {
     "cremad": {
@@ -464,6 +466,13 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
     log(f"{dataset}: {len(plan.clips)} clips ({lists}); {len(plan.jobs) - len(failures)} outputs written, "
         f"{plan.kept} kept, {len(problems)} problems"
         + (f" (listed in {failures_path})" if problems else "") + f" -> {out}")
+    if opts["cache"] and len(plan.clips) > len(problems):
+        from ..registry import DATASETS
+        from .cache import build_dataset
+
+        entry = DATASETS.get(dataset)
+        report["cache"] = [str(p) for p in build_dataset(dataset, entry.params(), str(out),
+                                                         workers=opts["workers"], log=log)]
     return report
 
 
