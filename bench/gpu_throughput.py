@@ -11,13 +11,16 @@ Then the projected wall time of every distinct paper-profile trial of grids/tabl
 (training samples x epochs, plus a forward pass over validation and test each epoch) on one
 node of 8 such devices, from the best packed rate.
 
-Not measured here yet: (b) and (c), an engine epoch with the tensor-cache pipeline and with the
-file pipeline -- the cache (issue 12, item 1) does not exist yet.
+(b) An engine epoch with the tensor-cache pipeline: ``raygap.trial.run_trial`` (the real loop,
+    concat method) for two epochs on a generated CREMA-D layout (480x360 frames, made with
+    ffmpeg, or numpy/PIL where ffmpeg is missing; cached), training samples/s of the second
+    epoch's training pass -- compared with (a) on the same shape: the pipeline's overhead.
+(c) The same epoch with the file pipeline (DataLoader, ``--workers`` processes decoding).
 
 Runs from the checkout without Ray (PYTHONPATH=.). `--smoke` runs it at reduced shapes on the
 CPU in seconds (tests/test_benches.py runs that).
 
-    PYTHONPATH=. python bench/gpu_throughput.py [--steps 30] [--packs 1,2,4] [--gpus 8]
+    PYTHONPATH=. python bench/gpu_throughput.py [--steps 30] [--packs 1,2,4] [--gpus 8] [--clips-per-class 200]
     PYTHONPATH=. python bench/gpu_throughput.py --smoke
 """
 from __future__ import annotations
@@ -147,6 +150,37 @@ def packed(k: int, args) -> float:
     return sum(rates)
 
 
+def engine_epoch(pipeline: str, args) -> float:
+    """(b) / (c): training samples/s of the real loop's second epoch on the generated layout."""
+    from raygap.data import cache as tc
+    from raygap.data.base import DataCommon
+    from raygap.data.synth import make_cremad_layout
+    from raygap.errors import DataError
+    from raygap.registry import DATASETS
+    from raygap.trial import run_trial
+
+    smoke = args.smoke
+    size = SMOKE["image"] if smoke else 224
+    root = Path(args.layout or (ROOT / "results" / "bench" / ("cremad-layout-smoke" if smoke else "cremad-layout")))
+    make_cremad_layout(root, 4 if smoke else args.clips_per_class, frame_size=(64, 48) if smoke else (480, 360),
+                       seconds=2.5, workers=4, allow_without_ffmpeg=True)
+    entry = DATASETS.get("cremad")
+    try:
+        entry.obj(entry.params(image_size=size), DataCommon(root=str(root), pipeline="cache"))
+    except DataError:
+        tc.build_dataset("cremad", entry.params(image_size=size), str(root), workers=1 if smoke else max(1, args.workers),
+                         log=lambda s: None)
+    cfg = resolve({"data": {"name": "cremad", "root": str(root), "pipeline": pipeline, "image_size": size},
+                   "model": {"backbone": SMOKE["backbone"] if smoke else "resnet18", "width": 8},
+                   "optim": {"name": "sgd", "lr": 2e-3},
+                   "train": {"epochs": 2, "batch_size": args.batch, "device": args.device,
+                             "amp": args.amp if args.amp in ("none", "bf16") else "none",
+                             "num_workers": args.workers if pipeline == "files" else 0,
+                             "threads": args.threads if args.device == "cpu" else 0, "checkpoint": False}})
+    h = run_trial(cfg).history[-1]
+    return h["train_n"] / h["train_seconds"]
+
+
 def paper_trials() -> list[tuple[str, int, int]]:
     """(dataset, frames, epochs) of every distinct paper-profile trial of Tables II-VII."""
     from raygap.grid import load_grid
@@ -169,6 +203,10 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--amp", default="bf16")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                    help="DataLoader workers of (c), cache-building processes of (b)")
+    ap.add_argument("--layout", default=None, help="generated CREMA-D layout (default results/bench/cremad-layout)")
+    ap.add_argument("--clips-per-class", type=int, default=200)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -197,6 +235,15 @@ def main() -> None:
         print(f"  {d:6s} {f} frame(s): " + "   ".join(line)
               + f"   bf16/fp32 train {rates[(d, f, 'bf16')][0] / rates[(d, f, 'none')][0]:.2f}x")
 
+    amp0 = args.amp if args.amp in ("none", "bf16") else "bf16"
+    d0, f0 = min(shapes, key=lambda s: (s[0] != "cremad", s[1]))
+    print(f"(b)/(c) engine epoch on a generated CREMA-D layout ({amp0}), training samples/s of the real loop")
+    eng = {p: engine_epoch(p, args) for p in ("cache", "files")}
+    model_rate = rates[(d0, f0, amp0)][0]
+    print(f"  (b) cache pipeline {eng['cache']:8.1f}   (b)/(a) {eng['cache'] / model_rate:.2f}")
+    print(f"  (c) file pipeline  {eng['files']:8.1f}   (c)/(a) {eng['files'] / model_rate:.2f}   "
+          f"({args.workers} DataLoader workers)")
+
     packs = [int(k) for k in (args.packs or ("1,2" if args.smoke else "1,2,4")).split(",")]
     print(f"(d) packed trials on one device ({args.amp}, CREMA-D shape), aggregate samples/s")
     agg = {k: packed(k, args) for k in packs}
@@ -216,8 +263,8 @@ def main() -> None:
     print(f"projection: {len(trials)} distinct paper trials of Tables II-VII on {args.gpus} x {name}, "
           f"{amp}, packing gain {gain:.2f}x: {hours:.2f} h of pure model steps (no data pipeline, "
           f"no start-up){' [smoke shapes: not meaningful]' if args.smoke else ''}")
-    d0, f0 = min(shapes, key=lambda s: (s[0] != "cremad", s[1]))
-    print(f"ratios: bf16/fp32 train ({d0}, {f0} frame(s)) "
+    print(f"ratios: (b)/(a) {eng['cache'] / model_rate:.2f} (goal >= 0.90); (b)/(c) {eng['cache'] / eng['files']:.2f}; "
+          f"bf16/fp32 train ({d0}, {f0} frame(s)) "
           f"{rates[(d0, f0, 'bf16')][0] / rates[(d0, f0, 'none')][0]:.2f}; "
           + "; ".join(f"{k} packed vs 1 {agg[k] / agg[packs[0]]:.2f}" for k in packs[1:]))
 

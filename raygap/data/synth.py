@@ -23,8 +23,10 @@ from .cremad import AUDIO_DIR, CLASS_NAMES, FRAMES_DIR, TEST_LIST, TRAIN_LIST, w
 
 def make_cremad_layout(root: str | Path, clips_per_class: int, *, frame_size: tuple[int, int] = (480, 360),
                        seconds: float = 2.5, test_fraction: float = 0.1, seed: int = 0,
-                       workers: int = 4) -> list[str]:
-    """Write the layout under ``root`` (kept if it is already complete); returns the clip ids."""
+                       workers: int = 4, allow_without_ffmpeg: bool = False) -> list[str]:
+    """Write the layout under ``root`` (kept if it is already complete); returns the clip ids.
+    ``allow_without_ffmpeg``: where ffmpeg is missing (the GPU bench machine), draw the same
+    kind of media with numpy, PIL and soundfile instead of failing."""
     ffmpeg = shutil.which("ffmpeg")
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -43,11 +45,30 @@ def make_cremad_layout(root: str | Path, clips_per_class: int, *, frame_size: tu
     if (root / TRAIN_LIST).is_file() and (root / TEST_LIST).is_file() and all(
             (root / AUDIO_DIR / f"{c}.wav").is_file() for c, _ in rows):
         return [c for c, _ in rows]
-    if ffmpeg is None:
+    if ffmpeg is None and not allow_without_ffmpeg:
         raise DataError("ffmpeg is not installed: it generates the media (Debian/Ubuntu: apt-get install ffmpeg)")
     w, h = frame_size
 
+    def without_ffmpeg(job):          # same content from numpy, PIL and soundfile
+        import soundfile as sf
+        from PIL import Image
+
+        clip, freq, hue = job
+        frames = root / FRAMES_DIR / clip
+        frames.mkdir(parents=True, exist_ok=True)
+        (root / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
+        t = np.arange(int(16000 * seconds)) / 16000
+        sf.write(str(root / AUDIO_DIR / f"{clip}.wav"), (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32),
+                 16000, subtype="PCM_16")
+        yy, xx = np.mgrid[0:h, 0:w]
+        for n in range(1, int(np.ceil(seconds)) + 1):
+            hsv = np.stack([np.full((h, w), (hue % 360) / 360 * 255), 160 + 80 * ((xx // 16 + yy // 16 + n) % 2),
+                            (xx * 255 // max(1, w - 1))], -1).astype(np.uint8)
+            Image.fromarray(hsv, "HSV").convert("RGB").save(frames / f"{n}.jpg", quality=85)
+
     def one(job):
+        if ffmpeg is None:
+            return without_ffmpeg(job)
         clip, freq, hue = job
         frames = root / FRAMES_DIR / clip
         frames.mkdir(parents=True, exist_ok=True)
