@@ -28,3 +28,36 @@ def test_channels_last_and_compile_on_the_gpu():
     # GPU kernels are not bit-reproducible across layouts: the same training within seed noise
     assert abs(fast.metrics["acc"] - plain.metrics["acc"]) < 0.1
     assert math.isfinite(fast.history[-1]["train_loss"])
+
+
+def test_cache_batches_on_the_gpu_never_make_the_host_wait(tmp_path):
+    """A generated CREMA-D layout, cached; batches built on the GPU (resident and streamed)
+    under torch's sync debug mode set to error: any host synchronisation raises."""
+    import shutil
+
+    import torch
+
+    import raygap.data  # noqa: F401
+    from raygap.data import cache as tc
+    from raygap.data.base import DataCommon
+    from raygap.data.synth import make_cremad_layout
+    from raygap.registry import DATASETS
+
+    make_cremad_layout(tmp_path, 4, frame_size=(64, 48), allow_without_ffmpeg=shutil.which("ffmpeg") is None)
+    entry = DATASETS.get("cremad")
+    params = entry.params(image_size=32)
+    tc.build_dataset("cremad", params, str(tmp_path), workers=1, log=lambda s: None)
+    dev = torch.device("cuda")
+    for preload in ("on", "off"):
+        split = entry.obj(params, DataCommon(root=str(tmp_path), pipeline="cache", preload=preload)).train
+        assert split.place(dev) == ("resident" if preload == "on" else "streamed")
+        gen = torch.Generator().manual_seed(0)
+        split.batch(torch.arange(4), gen)                      # first call: allocations, constants
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            b = split.batch(torch.arange(8), gen)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert b["visual"].device.type == "cuda" and b["visual"].shape == (8, 1, 3, 32, 32)
+        assert math.isfinite(float(b["visual"].float().mean()))

@@ -86,9 +86,16 @@ def crop_theta(boxes: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
     return theta.float()
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: through pinned memory, non-blocking."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def resized_crop(frames: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
     """Float frames (n, C, h, w) -> (n, C, size, size) through per-frame affine ``theta``."""
-    grid = F.affine_grid(theta.to(frames.device), [frames.shape[0], frames.shape[1], size, size],
+    grid = F.affine_grid(to_device(theta, frames.device), [frames.shape[0], frames.shape[1], size, size],
                          align_corners=False)
     return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -100,10 +107,16 @@ def resize(frames: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+_NORM: dict = {}
+
+
 def normalise(frames: torch.Tensor) -> torch.Tensor:
     """Float frames in [0, 255] -> ``ToTensor`` + ImageNet ``Normalize``."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1) * 255.0
+    key = (frames.device, frames.dtype)
+    if key not in _NORM:                     # once per device: no copy per batch
+        _NORM[key] = tuple(torch.tensor(v, dtype=frames.dtype).view(1, 3, 1, 1).mul(255.0).to(frames.device)
+                           for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = _NORM[key]
     return (frames - mean) / std
 
 

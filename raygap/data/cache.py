@@ -321,14 +321,13 @@ class CacheSplit:
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(idx, dtype=torch.long)
         if self.resident is not None:
-            d_idx = idx.to(self.device, non_blocking=True)
+            d_idx = augment.to_device(idx, self.device)
             raw = {k: v.index_select(0, d_idx) for k, v in self.resident.items() if k != "label"}
             label = self.resident["label"].index_select(0, d_idx)
         else:
             raw = self.host_batch(idx)
-            if self.device.type != "cpu":
-                raw = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in raw.items()}
-            label = self._labels[idx].to(self.device, non_blocking=True)
+            raw = {k: augment.to_device(v, self.device) for k, v in raw.items()}
+            label = augment.to_device(self._labels[idx], self.device)
             d_idx = idx
         visual = augment.frames_batch(raw["visual"], self.hw[idx], self.image_size, self.train, generator)
         return {"audio": raw["audio"].float().unsqueeze(1), "visual": visual, "label": label, "index": d_idx}
