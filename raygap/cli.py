@@ -306,6 +306,74 @@ def cmd_prepare(args) -> int:
     return main_prepare(args.dataset, args.raw_dir, args.out_dir, opts)
 
 
+def version_line() -> str:
+    """``raygap X (torch Y, ray Z; Python W)``: read from package metadata, nothing imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    parts = []
+    for pkg in ("torch", "ray"):
+        try:
+            parts.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            parts.append(f"{pkg} not installed")
+    return f"raygap {__version__} ({', '.join(parts)}; Python {sys.version.split()[0]})"
+
+
+def _summary(text: str, limit: int = 110, sentence: bool = True) -> str:
+    """The first paragraph of a docstring (its first sentence when ``sentence``), at most
+    ``limit`` characters."""
+    para = []
+    for line in (text or "").strip().splitlines():
+        if not line.strip():
+            break
+        para.append(line.strip())
+    out = " ".join(para)
+    cut = out.find(". ") if sentence else -1
+    out = out[:cut + 1] if cut > 0 else out
+    return out if len(out) <= limit else out[:limit - 1].rstrip() + "…"
+
+
+def cmd_list(args) -> int:
+    """One line per method, dataset, mixture, grid or profile: name and description."""
+    rows: list[tuple[str, str]] = []
+    if args.what in ("methods", "datasets", "mixtures"):
+        from . import data, methods, mixtures  # noqa: F401  (register every plug-in)
+        from .registry import DATASETS, METHODS, MIXTURES
+
+        reg = {"methods": METHODS, "datasets": DATASETS, "mixtures": MIXTURES}[args.what]
+        for name in reg.names():
+            e = reg.get(name)
+            extra = []
+            if args.what == "methods":
+                extra.append(f"v{e.meta.get('version', 1)}")
+                if e.meta.get("min_modalities", 1) > 1:
+                    extra.append(f">= {e.meta['min_modalities']} modalities")
+            if args.what == "datasets":
+                extra.append("in memory" if e.meta.get("in_memory") else "files / cache")
+            rows.append((name, _summary(e.doc) + (f" [{', '.join(extra)}]" if extra else "")))
+    else:
+        from .config import read_yaml
+        from .grid import PROFILES_DIR
+
+        folder = PROFILES_DIR if args.what == "profiles" else PROFILES_DIR.parent
+        for path in sorted(folder.glob("*.yaml")):
+            try:
+                doc = read_yaml(path) or {}
+                desc = str(doc.get("description") or "") if isinstance(doc, dict) else ""
+            except ConfigError as e:
+                desc = f"(unreadable: {e.line()})"
+            shown = path.stem
+            if args.what == "grids":
+                shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+            rows.append((shown, _summary(desc, 150, sentence=False)))
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
 def cmd_cache(args) -> int:
     import yaml
 
@@ -339,6 +407,7 @@ def cmd_cache(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="raygap", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="run one trial in this process (no Ray)")
@@ -387,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("out_dir")
     pr.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset-specific option")
     pr.set_defaults(func=cmd_prepare)
+
+    ls = sub.add_parser("list", help="what raygap ships: methods, datasets, mixtures, grids, profiles")
+    ls.add_argument("what", choices=["methods", "datasets", "mixtures", "grids", "profiles"])
+    ls.set_defaults(func=cmd_list)
 
     ca = sub.add_parser("cache", help="decode a prepared dataset into the tensor cache (data.pipeline: cache)")
     ca.add_argument("dataset")

@@ -1,11 +1,62 @@
 #!/usr/bin/env bash
 # Install raygap with its pinned dependencies into ./.venv (idempotent; fast when warm).
-# uv downloads torch/torchvision from PyPI (~35 s cold, ~2 s warm); constraints.txt pins
-# every transitive dependency.
+#
+# Nothing is installed outside .venv, so this works with a PEP 668 "externally managed"
+# system python (Debian 12, Ubuntu 24.04), with pyenv and with conda: the venv is made
+# first, and the installer (uv) is installed inside it. Python 3.11 or 3.12: the first of
+# $RAYGAP_PYTHON, python3.11, python3.12, python3 that is one of them.
+# uv downloads torch/torchvision from PyPI (a CUDA build, ~5.5 GB in the venv; ~35 s cold,
+# ~2 s warm); constraints.txt pins every transitive dependency. For a CPU-only torch (~0.7 GB),
+# see docs/install.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -m uv --version >/dev/null 2>&1; then
-  python3 -m pip install -q --disable-pip-version-check "uv==0.13.8"
+UV_VERSION=0.13.8
+ok_version='import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)'
+
+say() { echo "setup: $*" >&2; }
+
+pick_python() {
+  local c
+  for c in ${RAYGAP_PYTHON:+"$RAYGAP_PYTHON"} python3.11 python3.12 python3; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c "$ok_version" >/dev/null 2>&1; then
+      command -v "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c "$ok_version" >/dev/null 2>&1; then
+  say ".venv holds Python $(.venv/bin/python -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '?'), not 3.11 or 3.12: remove it (rm -rf .venv) and run this again"
+  exit 2
 fi
-[ -x .venv/bin/python ] || python3 -m uv venv -q .venv --python 3.11
-python3 -m uv pip install -q --python .venv/bin/python -c constraints.txt -e ".[test]"
+
+if [ ! -x .venv/bin/python ]; then
+  if ! PY=$(pick_python); then
+    say "needs Python 3.11 or 3.12; found $(python3 --version 2>&1 || echo 'no python3'). Install one (e.g. pyenv install 3.12) or set RAYGAP_PYTHON=/path/to/python3.12"
+    exit 2
+  fi
+  say "creating .venv with $PY ($("$PY" --version 2>&1))"
+  # Debian/Ubuntu ship venv without ensurepip unless python3-venv is installed: fall back to a
+  # venv without pip (the installer is then put into it by the system pip or a uv on PATH).
+  if ! "$PY" -m venv .venv >/dev/null 2>&1; then
+    rm -rf .venv
+    "$PY" -m venv --without-pip .venv
+  fi
+fi
+
+if ! .venv/bin/python -m uv --version >/dev/null 2>&1; then
+  if .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+  elif command -v uv >/dev/null 2>&1; then
+    uv pip install -q --python .venv/bin/python "uv==$UV_VERSION"
+  elif PY=$(pick_python) && "$PY" -m pip --version >/dev/null 2>&1; then
+    # pip >= 22.3 installs into another environment with --python: only .venv is touched
+    "$PY" -m pip --python .venv/bin/python install -q --disable-pip-version-check "uv==$UV_VERSION"
+  else
+    say "cannot put uv into .venv: no pip in it or next to $(.venv/bin/python --version 2>&1). On Debian/Ubuntu: sudo apt-get install python3-venv (or python3-pip), then rm -rf .venv and run this again"
+    exit 2
+  fi
+fi
+
+.venv/bin/python -m uv pip install -q --python .venv/bin/python -c constraints.txt -e ".[test]"
