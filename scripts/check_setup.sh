@@ -22,7 +22,7 @@ fails=0
 for c in "${cases[@]}"; do
   dir="$work/$c"
   git clone -q "$repo" "$dir"
-  env_args=(PATH="$plain_path" HOME="$HOME")
+  env_args=(PATH="$plain_path")
   case "$c" in
     system) ;;
     noensure)
@@ -36,7 +36,7 @@ fi
 exec /usr/bin/python3 "$@"
 EOF
       chmod +x "$work/noensure-bin/python3"
-      env_args=(PATH="$work/noensure-bin:$plain_path" HOME="$HOME" RAYGAP_PYTHON="$work/noensure-bin/python3") ;;
+      env_args=(PATH="$work/noensure-bin:$plain_path" RAYGAP_PYTHON="$work/noensure-bin/python3") ;;
     py312)
       py=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12.*/bin/python3.12 2>/dev/null | tail -1)
       if [ -z "$py" ]; then echo "py312: no pyenv Python 3.12 here: skipped"; continue; fi
@@ -44,11 +44,12 @@ EOF
     *) echo "unknown case $c (system, noensure, py312)" >&2; exit 2 ;;
   esac
   t0=$(date +%s)
-  if (cd "$dir" && env -i "${env_args[@]}" bash scripts/setup.sh >"$work/$c.log" 2>&1); then
+  if (cd "$dir" && env -u VIRTUAL_ENV -u PYENV_VERSION "${env_args[@]}" bash scripts/setup.sh >"$work/$c.log" 2>&1); then
     t1=$(date +%s)
     echo "$c: setup ok in $((t1 - t0)) s: $("$dir/.venv/bin/raygap" --version)"
+    grep '^setup:' "$work/$c.log" | sed "s/^/  $c: /" || true
     if [ $train = 1 ]; then
-      (cd "$dir" && env -i "${env_args[@]}" .venv/bin/raygap train configs/demo.yaml --set train.epochs=1 | tail -1)
+      (cd "$dir" && env -u VIRTUAL_ENV -u PYENV_VERSION "${env_args[@]}" .venv/bin/raygap train configs/demo.yaml --set train.epochs=1 | tail -1)
       echo "$c: one demo epoch trained in $(( $(date +%s) - t1 )) s"
     fi
   else

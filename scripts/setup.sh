@@ -40,6 +40,7 @@ if [ ! -x .venv/bin/python ]; then
   # Debian/Ubuntu ship venv without ensurepip unless python3-venv is installed: fall back to a
   # venv without pip (the installer is then put into it by the system pip or a uv on PATH).
   if ! "$PY" -m venv .venv >/dev/null 2>&1; then
+    say "$PY -m venv failed (no ensurepip): a venv without pip instead"
     rm -rf .venv
     "$PY" -m venv --without-pip .venv
   fi
@@ -52,6 +53,7 @@ if ! .venv/bin/python -m uv --version >/dev/null 2>&1; then
     uv pip install -q --python .venv/bin/python "uv==$UV_VERSION"
   elif PY=$(pick_python) && "$PY" -m pip --version >/dev/null 2>&1; then
     # pip >= 22.3 installs into another environment with --python: only .venv is touched
+    say "uv into .venv with $PY's pip (--python .venv/bin/python)"
     "$PY" -m pip --python .venv/bin/python install -q --disable-pip-version-check "uv==$UV_VERSION"
   else
     say "cannot put uv into .venv: no pip in it or next to $(.venv/bin/python --version 2>&1). On Debian/Ubuntu: sudo apt-get install python3-venv (or python3-pip), then rm -rf .venv and run this again"
