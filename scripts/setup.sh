@@ -6,8 +6,8 @@
 # first, and the installer (uv) is installed inside it. Python 3.11 or 3.12: the first of
 # $RAYGAP_PYTHON, python3.11, python3.12, python3 that is one of them.
 # uv downloads torch/torchvision from PyPI (a CUDA build, ~5.5 GB in the venv; ~35 s cold,
-# ~2 s warm); constraints.txt pins every transitive dependency. For a CPU-only torch (~0.7 GB),
-# see docs/install.md.
+# ~2 s warm); constraints.txt pins every transitive dependency. RAYGAP_TORCH=cpu installs
+# PyTorch's CPU build instead (docs/install.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV_VERSION=0.13.8
@@ -61,4 +61,10 @@ if ! .venv/bin/python -m uv --version >/dev/null 2>&1; then
   fi
 fi
 
-.venv/bin/python -m uv pip install -q --python .venv/bin/python -c constraints.txt -e ".[test]"
+torch_index=()
+if [ "${RAYGAP_TORCH:-}" = "cpu" ]; then
+  # PyTorch's CPU wheels (2.14.1+cpu satisfies the torch==2.14.1 pin; no nvidia-* packages)
+  torch_index=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+  say "RAYGAP_TORCH=cpu: torch, torchvision and torchaudio from PyTorch's CPU index"
+fi
+.venv/bin/python -m uv pip install -q --python .venv/bin/python "${torch_index[@]}" -c constraints.txt -e ".[test]"
