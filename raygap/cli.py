@@ -183,13 +183,21 @@ def _table_dir(args, grid, create: bool = True) -> Path:
         raise
 
 
-def _rerun_keys(args, grid) -> list[str]:
+def _rerun_keys(args, grid, store=None) -> list[str]:
+    from .grid import stale_trials
+
     prefixes = [p.strip() for item in args.rerun or [] for p in item.split(",") if p.strip()]
     for p in prefixes:
-        if p != "all" and not all(c in "0123456789abcdef" for c in p):
-            raise ConfigError(f"{p!r} is not a trial hash (hex digits, as in --dry-run) or 'all'", key="--rerun",
-                              hint="e.g. --rerun 3fa2 --rerun all")
-    keys = sorted({s.key for s in grid.trials if any(p == "all" or s.key.startswith(p) for p in prefixes)})
+        if p not in ("all", "stale") and not all(c in "0123456789abcdef" for c in p):
+            raise ConfigError(f"{p!r} is not a trial hash (hex digits, as in --dry-run), 'all' or 'stale'",
+                              key="--rerun", hint="e.g. --rerun 3fa2 --rerun all")
+    stale = {k for ks in stale_trials(grid, store).values() for k in ks} if "stale" in prefixes and store else set()
+    keys = sorted({s.key for s in grid.trials
+                   if any(p == "all" or (p == "stale" and s.key in stale) or (p != "stale" and s.key.startswith(p))
+                          for p in prefixes)})
+    if prefixes == ["stale"] and not keys:
+        print("--rerun stale: no stored trial of this grid ran with other code of its method", file=sys.stderr)
+        return []
     if prefixes and not keys:
         raise ConfigError(f"--rerun {' '.join(prefixes)} matches no trial of this grid", file=args.grid,
                           hint="the hashes are listed by --dry-run")
@@ -200,19 +208,27 @@ def cmd_run(args) -> int:
     from .export import ExportRefused, export_grid
     from .grid import describe
 
+    from .grid import stale_lines, stale_trials
+
     grid = _grid(args)
     table_dir = _table_dir(args, grid, create=not args.dry_run)
-    keys = _rerun_keys(args, grid)
     for label, reason in grid.skipped:
         print(f"skipped row {label!r}: {reason}")
     if args.dry_run:                    # reads only: no store is created, nothing is forgotten
         db = _results_root(args) / "store.sqlite"
         store = _store(args, readonly=True) if db.exists() else _NoStore()
+        keys = _rerun_keys(args, grid, store)
         print(describe(grid, store, rerun=set(keys)))
+        for line in stale_lines(stale_trials(grid, store)):
+            print(f"raygap: {line}", file=sys.stderr)
         if keys:
             print(f"--rerun: would forget {len(keys)} stored trial(s) and run them again (dry run: nothing changed)")
         return 0
     store = _store(args)
+    keys = _rerun_keys(args, grid, store)
+    for line in stale_lines({m: [k for k in ks if k not in keys] for m, ks in stale_trials(grid, store).items()
+                             if any(k not in keys for k in ks)}):
+        print(f"raygap: {line}", file=sys.stderr)
     if keys:
         n = store.forget(keys)
         print(f"--rerun: {n} stored trial(s) set aside (kept in the store's `forgotten` table) to run again")
@@ -269,8 +285,12 @@ def _figures(grid, store, out_dir: Path) -> list:
 def cmd_status(args) -> int:
     from .export import status_text
 
+    from .grid import stale_lines, stale_trials
+
     grid, store = _grid_for_reading(args)
     print(status_text(grid, store or _NoStore()))
+    for line in stale_lines(stale_trials(grid, store or _NoStore())):
+        print(f"raygap: {line}", file=sys.stderr)
     return 0
 
 
@@ -435,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", help="Tune storage: a local path, s3://, gs:// or a shared filesystem")
     r.add_argument("--dry-run", action="store_true", help="print the trials, their hashes and which are done")
     r.add_argument("--rerun", action="append", metavar="HASH",
-                   help="run these stored trials again (a hash prefix from --dry-run, or 'all'; repeat the option "
+                   help="run these stored trials again (a hash prefix from --dry-run, 'all', or 'stale': those "
+                        "whose method's code changed since they ran; repeat the option "
                         "or separate with commas); their old rows are kept in the store's `forgotten` table")
     r.add_argument("--max-failures", type=int, default=1, help="Tune retries of a trial whose worker died")
     r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray instance (default: all)")

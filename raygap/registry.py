@@ -7,6 +7,8 @@ package's ``__init__`` -- no runner or trainer code changes.
 from __future__ import annotations
 
 import difflib
+import functools
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -43,6 +45,18 @@ class Registry:
         m = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.0)
         return m[0] if m else None
 
+    def source(self, name: str) -> str:
+        """A digest of the file that defines ``name`` as it is now (12 hex digits): stored with
+        each finished trial, so results of a method whose code changed since are found."""
+        import inspect
+
+        obj = self.get(name).obj
+        try:
+            path = inspect.getsourcefile(obj) or ""
+        except TypeError:
+            return ""
+        return _file_digest(path)
+
     def get(self, name: str) -> Entry:
         try:
             return self._entries[name]
@@ -50,6 +64,15 @@ class Registry:
             near = self.nearest(name)
             hint = f"; nearest: {near!r}" if near else ""
             raise KeyError(f"unknown {self.kind} {name!r} (choices: {', '.join(self.names())}{hint})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:12]
+    except OSError:
+        return ""
 
 
 METHODS = Registry("method")

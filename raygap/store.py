@@ -383,6 +383,17 @@ class Store:
                 out[rec["key"]] = rec
         return out
 
+    def done_infos(self, keys: Iterable[str]) -> dict[str, dict]:
+        """key -> the ``info`` of each done trial among ``keys`` (no history read)."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, dict] = {}
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            for rec in self._records(f"SELECT key, info FROM trials WHERE status='done' AND key IN "
+                                     f"({','.join('?' * len(chunk))})", chunk):
+                out[rec["key"]] = rec.get("info") or {}
+        return out
+
     def status_of(self, keys: Iterable[str]) -> dict[str, str]:
         """key -> status for the stored ones among ``keys`` (absent keys are new). A
         ``running`` trial whose driver was a process of this machine that is gone reads

@@ -395,6 +395,7 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
 
     return TrialResult(cfg.key(), final_metrics(st.history, select), st.history,
                        info={"device": shown_device, "data": bundle.info, "batches": placed,
+                             "method_source": METHODS.source(cfg.method.name),
                              "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)})
 
 

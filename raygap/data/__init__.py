@@ -1,4 +1,14 @@
-"""Datasets; importing this package registers every loader."""
-from . import avdigits  # noqa: F401  (registers the "avdigits" dataset)
-from . import ave, cremad, ks  # noqa: F401  (register "ave", "cremad", "ks": file-backed, docs/datasets.md)
-from . import mosi  # noqa: F401  (registers "mosi": CMU-MOSI feature pickles, in memory, docs/datasets.md)
+"""Datasets; importing this package registers every loader.
+
+Each ``*.py`` here other than the shared helpers is one dataset that registers itself in
+``DATASETS`` (``avdigits``, ``cremad``, ``ave``, ``ks``, ``mosi``; docs/datasets.md); a new
+dataset is a new file, with no list to edit (docs/contributing.md).
+"""
+import importlib
+import pkgutil
+
+_HELPERS = {"base", "media", "prepare", "cache", "augment", "synth"}
+
+for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _m.name not in _HELPERS and not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
