@@ -235,11 +235,17 @@ def cmd_run(args) -> int:
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         # Ray reads this when it is imported: an embedded instance then binds 127.0.0.1 only
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    from .runner import run_grid
+    from .progress import Progress
+    from .runner import run_grid, tracker_problem
 
+    problem = tracker_problem(args.tracker)
+    if problem:
+        raise ConfigError(problem, key="--tracker")
+
+    progress = Progress(verbosity=1 + args.verbose - args.quiet, every=args.progress_every)
     summary = run_grid(grid, store, address=args.address, storage=args.storage,
                        max_failures=args.max_failures, num_cpus=args.num_cpus,
-                       log=lambda s: print(s, flush=True))
+                       log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker)
     with interrupts.protected("export"):
         try:
             paths = export_grid(grid, store, table_dir, force=args.force)
@@ -251,7 +257,9 @@ def cmd_run(args) -> int:
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
     print(written)
     if figures:
-        print(f"figures: {len(figures)} in {table_dir / 'figures'}")
+        drawn = getattr(figures, "drawn", len(figures))
+        kept = f"; {len(figures) - drawn} unchanged, kept" if drawn < len(figures) else ""
+        print(f"figures: {len(figures)} in {table_dir / 'figures'} ({drawn} drawn{kept})")
     if summary.unfinished:
         marked = (f" ({summary.marked_interrupted} marked interrupted in the store)"
                   if summary.marked_interrupted else "")
@@ -460,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "or separate with commas); their old rows are kept in the store's `forgotten` table")
     r.add_argument("--max-failures", type=int, default=1, help="Tune retries of a trial whose worker died")
     r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray instance (default: all)")
+    r.add_argument("--tracker", choices=["none", "tensorboard", "mlflow", "wandb"], default="none",
+                   help="also log every epoch through Ray Tune's logger callback (TensorBoard event files in each "
+                        "trial folder, MLflow or W&B runs); mlflow and wandb are optional extras")
+    r.add_argument("-q", "--quiet", action="count", default=0, help="only failures and the end")
+    r.add_argument("-v", "--verbose", action="count", default=0, help="also a line per trial epoch")
+    r.add_argument("--progress-every", type=float, default=60.0, metavar="S",
+                   help="without a terminal: print the grid line (done, left, ETA) every S seconds (default 60)")
     r.set_defaults(func=cmd_run)
 
     stt = sub.add_parser("status", help="what is done, running, failed, left")

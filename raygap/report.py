@@ -5,7 +5,9 @@
 * ``fig_evolution``: the gap histogram at every refit, with the fitted components'
   weights and means (Fig. 5);
 * ``fig_accuracy``: validation accuracy of the fused prediction and of each modality per
-  epoch, with the stage switch marked (Fig. 6).
+  epoch, with the stage switch marked (Fig. 6);
+* ``fig_table``: a whole table per metric -- each row's mean ± std over seeds, seeds as dots,
+  one panel per column.
 
 Every refit of ``gap_adaptive`` logs ``gap_hist``/``gap_hist_edges`` and ``fit_*`` in its
 epoch record (docs/method.md, Observability), so any finished trial can be drawn.
@@ -139,22 +141,114 @@ def _slug(s: str) -> str:
     return "_".join(p for p in keep.split("_") if p)[:60] or "row"
 
 
-def grid_figures(grid, store, out_dir: Path) -> list[Path]:
-    """For every (row, column) cell of a grid: the figures of its first finished seed."""
+INDEX = ".drawn.json"      # figures/<INDEX>: what each figure was drawn from, so unchanged ones are kept
+
+
+def _load_index(out_dir: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads((out_dir / INDEX).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _fresh(index: dict, name: str, sig: str, out_dir: Path) -> bool:
+    entry = index.get(name) or {}
+    return entry.get("sig") == sig and all((out_dir / f).is_file() for f in entry.get("files") or ["?"])
+
+
+class Figures(list):
+    """The figures of a grid (paths); ``drawn``: how many were (re)drawn this time."""
+    drawn = 0
+
+
+def grid_figures(grid, store, out_dir: Path) -> Figures:
+    """For every (row, column) cell of a grid the figures of its first finished seed, and one
+    figure of the whole table per metric (:func:`fig_table`). A figure whose inputs did not
+    change since it was drawn (the same finished trials; the index is ``figures/.drawn.json``)
+    is kept, not drawn again."""
+    import hashlib
+    import json
+
+    from .export import atomic_write
+
     out_dir = Path(out_dir)
-    made: list[Path] = []
+    index = _load_index(out_dir)
+    new_index: dict = {}
+    out = Figures()
+    keys = [t.key for t in grid.trials]
+    finished = store.finished_times(keys)
     seen = set()
     for t in grid.trials:
         cell = (t.label, tuple(t.column.items()))
-        if cell in seen:
-            continue
-        rec = store.get(t.key)
-        if not rec or rec["status"] != "done" or not rec.get("history"):
+        if cell in seen or t.key not in finished:
             continue
         seen.add(cell)
         col = "_".join(str(v) for v in t.column.values())
         stem = f"{_slug(t.label)}_{_slug(col)}_seed{t.seed}" if col else f"{_slug(t.label)}_seed{t.seed}"
-        mods = t.config.data.modalities or [k[len("val_acc_"):] for k in rec["history"][0]
-                                            if k.startswith("val_acc_")]
-        made += trial_figures(rec["history"], mods, out_dir, stem, f"{t.label} | {col} | seed {t.seed}")
-    return made
+        sig = f"{t.key}:{finished[t.key]}"
+        if _fresh(index, stem, sig, out_dir):
+            new_index[stem] = index[stem]
+        else:
+            rec = store.get(t.key)
+            if not rec or not rec.get("history"):
+                continue
+            mods = t.config.data.modalities or [k[len("val_acc_"):] for k in rec["history"][0]
+                                                if k.startswith("val_acc_")]
+            made = trial_figures(rec["history"], mods, out_dir, stem, f"{t.label} | {col} | seed {t.seed}")
+            new_index[stem] = {"sig": sig, "files": [p.name for p in made]}
+            out.drawn += len(made)
+        out += [out_dir / f for f in new_index[stem]["files"]]
+    if finished:
+        from .export import table_cells
+
+        combos, cells = table_cells(grid, store)
+        for m in grid.metrics:
+            name = f"table_{_slug(m)}"
+            data = {"rows": grid.row_labels, "columns": [grid.column_header(c) for c in combos],
+                    "values": [[cells[(r, ci, m)].values for ci in range(len(combos))] for r in grid.row_labels]}
+            sig = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+            if not _fresh(index, name, sig, out_dir):
+                fig_table(data, m, out_dir / f"{name}.png", f"{grid.description or grid.name}")
+                out.drawn += 1
+            new_index[name] = {"sig": sig, "files": [f"{name}.png"]}
+            out.append(out_dir / f"{name}.png")
+    if new_index != index:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / INDEX, json.dumps(new_index, indent=1, sort_keys=True))
+    return out
+
+
+def fig_table(data: dict, metric: str, path: Path, title: str = "") -> Path:
+    """The table as a figure: one panel per column, one line per row: the mean over seeds with
+    a bar of one standard deviation either side, and each seed's value as a dot."""
+    from .export import metric_label
+
+    plt = _plt()
+    rows, cols = data["rows"], data["columns"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 2.4, 0.38 * len(rows) + 1.4),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(rows))[::-1]
+    for ci, ax in enumerate(axes[0]):
+        for ri, row in enumerate(rows):
+            vals = np.asarray(data["values"][ri][ci], dtype=float)
+            if not len(vals):
+                continue
+            mean = vals.mean()
+            std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+            ax.errorbar([mean], [y[ri]], xerr=[[std], [std]], fmt="o", color="black", ms=5, capsize=3, zorder=3)
+            jitter = (np.arange(len(vals)) - (len(vals) - 1) / 2) * 0.08
+            ax.scatter(vals, y[ri] + jitter, s=12, color="tab:blue", alpha=0.7, zorder=2)
+        ax.set_title(cols[ci], fontsize=9)
+        ax.set_xlabel(metric_label(metric), fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels(rows, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path

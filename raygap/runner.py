@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,10 +105,23 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     bundle = bundle if bundle is not None else load_data(cfg)
 
     first = [True]
+    caught: list[str] = []                 # Python warnings raised in this trial, sent with the next report
+    seen: set[str] = set()
+
+    def catch(message, category, filename, lineno, file=None, line=None):
+        text = f"{category.__name__}: {str(message).splitlines()[0][:300]} ({Path(filename).name}:{lineno})"
+        if text not in seen:
+            seen.add(text)
+            caught.append(text)
+
+    warnings.showwarning = catch             # (this worker process runs this trial only)
 
     def report(record: dict, ckpt_dir):
         metrics = _scalars(record)
         metrics["record_json"] = json.dumps(record, default=str)
+        if caught:
+            metrics["warnings_json"] = json.dumps(caught)
+            caught.clear()
         if first[0] and (resumed or resume_note):      # the first epoch after a resume says from where
             metrics["resumed_json"] = json.dumps({**(resumed or {}), "note": resume_note}, default=str)
         first[0] = False
@@ -125,7 +139,16 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         except DETERMINISTIC_FAILURES as e:
             # the same config fails the same way again: report it as final instead of raising,
             # so Tune does not spend its retries (meant for dead workers) on it
-            tune.report({"failed_json": json.dumps({"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}),
+            import traceback
+
+            trace = None
+            try:                                  # the full traceback, where the trial's other files are
+                trace = str(Path(tune.get_context().get_trial_dir()) / "error.txt")
+                Path(trace).write_text(traceback.format_exc())
+            except Exception:  # noqa: BLE001 -- the one-line error is still reported
+                trace = None
+            tune.report({"failed_json": json.dumps({"error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                                                    "traceback": trace}),
                          "pid": os.getpid(), "node": node})
             return
         final = {"final_json": json.dumps({"metrics": result.metrics, "history": result.history, "info": {
@@ -208,13 +231,16 @@ def _shown_metric(record: dict, prefix: str = "") -> str:
     return "acc" if f"{prefix}acc" in record or f"{prefix}mae" not in record else "mae"
 
 
-def _store_callback(store, summary: RunSummary, n_todo: int, log):
+def _store_callback(store, summary: RunSummary, progress):
     from ray.tune import Callback
+
+    log = progress.note
 
     class StoreCallback(Callback):
         """Writes every epoch, every finished trial and every failure to the trial store."""
 
         def __init__(self):
+            self.warned: set[str] = set()
             self.history: dict[str, list] = {}
             self.ours: set[str] = set()              # checkpoints this experiment wrote
 
@@ -236,6 +262,10 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
                     f"(recorded: epoch {upto}){newer}")
             self.history.setdefault(key, [])
             store.mark_running(key, trial.config["t"]["trial"])
+            progress.trial_started(key, self._label(trial))
+
+        def on_step_end(self, iteration, trials, **info):
+            progress.tick()
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             key = self._key(trial)
@@ -260,43 +290,56 @@ def _store_callback(store, summary: RunSummary, n_todo: int, log):
                 r = json.loads(result["resumed_json"])
                 if "epoch" in r:
                     hist[:] = r["history"]
+                    progress.resumed(key, int(r["epoch"]) + 1)
                     log(f"  {self._label(trial)}: resumed after epoch {r['epoch']} from {r['uri']}")
                 if r.get("note"):
                     log(f"  {self._label(trial)}: {r['note']}")
+            for text in json.loads(result.get("warnings_json") or "[]"):
+                if text not in self.warned:          # each distinct warning once per run
+                    self.warned.add(text)
+                    log(f"  warning from {self._label(trial)}: {text}")
             if "record_json" in result:
                 rec = json.loads(result["record_json"])
                 rec["worker_pid"], rec["worker_node"] = result.get("pid"), result.get("node")
                 hist[:] = [h for h in hist if h["epoch"] < rec["epoch"]] + [rec]   # a restart replays epochs
                 store.record_epoch(key, hist)
                 name = _shown_metric(rec, "val_")
-                log(f"  {self._label(trial)}: epoch {rec['epoch']}  val {name} {rec.get('val_' + name, float('nan')):.4f}"
-                    f"  test {name} {rec.get('test_' + name, float('nan')):.4f}  on {rec.get('device', '?')}")
+                progress.epoch(key, self._label(trial), int(rec["epoch"]), name, rec.get("val_" + name, float("nan")),
+                               rec.get("epoch_seconds", float("nan")), rec.get("device", ""))
             if "final_json" in result:
                 fin = json.loads(result["final_json"])
                 store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
                 delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
                 summary.done += 1
-                log(f"[{summary.done + len(summary.failed)}/{n_todo}] done {self._label(trial)} "
-                    f"({key}): {(name := _shown_metric(fin['metrics']))} {fin['metrics'].get(name, float('nan')):.4f}"
-                    f" on {fin['info'].get('device', '?')}")
+                progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := _shown_metric(fin['metrics']))} "
+                                         f"{fin['metrics'].get(name, float('nan')):.4f} on {fin['info'].get('device', '?')}")
             if "failed_json" in result:
-                self._fail(trial, json.loads(result["failed_json"])["error"])
+                failed = json.loads(result["failed_json"])
+                self._fail(trial, failed["error"], failed.get("traceback"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._fail(trial, _error_line(trial))
+            self._fail(trial, _error_line(trial), _error_file(trial))
 
-        def _fail(self, trial, err: str):
+        def _fail(self, trial, err: str, trace: str | None = None):
             key = self._key(trial)
             store.save_failed(key, err)
-            summary.failed[key] = err
-            log(f"[{summary.done + len(summary.failed)}/{n_todo}] FAILED {self._label(trial)} ({key}): {err}")
+            summary.failed[key] = err + (f" [full traceback: {trace}]" if trace else "")
+            progress.trial_failed(key, f"{self._label(trial)} ({key}): {summary.failed[key]}")
 
     return StoreCallback()
 
 
-def _error_line(trial) -> str:
+def _error_file(trial) -> str | None:
+    """Where Tune wrote the trial's full traceback."""
     path = getattr(trial, "error_file", None) or getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    if path and not os.path.isabs(path):
+        path = os.path.join(getattr(trial, "local_path", "") or "", path)
+    return path or None
+
+
+def _error_line(trial) -> str:
+    path = _error_file(trial)
     text = ""
     try:
         if path and os.path.exists(path):
@@ -476,7 +519,8 @@ WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials l
 
 
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
-             max_failures: int = 1, num_cpus: int | None = None, log=print) -> RunSummary:
+             max_failures: int = 1, num_cpus: int | None = None, log=print, progress=None,
+             tracker: str | None = None) -> RunSummary:
     """Run every trial of ``grid`` that the store does not hold as done.
 
     One trial, one run: each trial is claimed in the store before it is launched (a lease
@@ -502,6 +546,12 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     if not todo:
         summary.wall_seconds = time.perf_counter() - t0
         return summary
+    if progress is None:               # plain lines through ``log``
+        from .progress import Progress
+
+        progress = Progress(verbosity=1, tty=False, emit=log)
+    progress.begin({s.key: int(s.config.train.epochs) for s in todo}, reused=summary.reused)
+    log = progress.note
 
     owner = this_process_owner()
     storage_path = storage or str((Path(store.path).parent / "ray").resolve())
@@ -560,7 +610,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                     raise ConfigError(problem, file=str(grid.path), key="resources")
                 attempted |= {s.key for s in batch}
                 _tune_batch(grid, store, batch, builder.result(batch), summary, held, storage_path=storage_path,
-                            max_failures=max_failures, log=log)
+                            max_failures=max_failures, log=log, progress=progress, tracker=tracker)
             elif held:
                 _wait_for_others(store, held, distinct, summary, attempted, log)
     except KeyboardInterrupt:
@@ -571,6 +621,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
             _teardown(store, todo, mine, owner, summary, ours=started or starting, log=log)
             if started or starting:
                 interrupts.drop_ledger(results_folder)
+            progress.close()
     if interrupts.interrupted() and not summary.interrupted:
         summary.interrupted = interrupts.last_signal()      # Tune's own SIGINT handler ended fit() gracefully
     st = store.status_of([s.key for s in todo])
@@ -648,7 +699,7 @@ class _Renewer:
 
 
 def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
-                log) -> None:
+                log, progress, tracker=None) -> None:
     """One Tune experiment over ``batch`` (trials this driver has claimed)."""
     import uuid
 
@@ -668,6 +719,8 @@ def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, 
             else:
                 resume = found
         items.append({"key": s.key, "label": f"{s.label} | {_col(s.column)} | seed {s.seed}",
+                      "name": _readable("-".join([s.label, *([_col(s.column)] if s.column else []), f"seed{s.seed}"]))
+                      + f"-{s.key[:8]}",
                       "trial": s.config.to_dict(), "resume": resume})
 
     def resources(config):
@@ -676,7 +729,17 @@ def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, 
 
     fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
     summary.launched += len(batch)
-    cb = _store_callback(store, summary, summary.launched, log)
+    cb = _store_callback(store, summary, progress)
+    name = f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # Tune's own console output (its status box, a TensorBoard hint into Ray's session folder) and
+    # its default CSV and TensorBoard files per trial are off: raygap prints its progress and keeps
+    # results in its store; --tracker adds the logger asked for. (Tune's result grid reads result.json.)
+    from ray.tune.logger import JsonLoggerCallback
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    trackers = [JsonLoggerCallback()] + tracker_callbacks(tracker, grid, Path(storage_path) / name if "://" not in storage_path
+                                 else f"{storage_path.rstrip('/')}/{name}", log)
     tuner = tune.Tuner(
         fn,
         param_space={"t": tune.grid_search(items)},
@@ -684,10 +747,10 @@ def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, 
                                     trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             # unique per driver and batch: two drivers never share a Tune folder
-            name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", storage_path=storage_path,
+            name=name, storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[cb], verbose=0),
+            callbacks=[cb, *trackers], verbose=0),
     )
     resuming = sum(1 for it in items if it["resume"])
     others = f"; {len(held)} left to another raygap run" if held else ""
@@ -756,7 +819,59 @@ def _teardown(store, todo, mine: set, owner: str, summary: RunSummary, *, ours: 
 
 
 def _trial_name(trial) -> str:
-    return f"trial-{trial.config['t']['key']}"
+    """The trial's folder and run name: readable (label, column, seed) and unique (key prefix)."""
+    return trial.config["t"].get("name") or f"trial-{trial.config['t']['key']}"
+
+
+def _readable(text: str, limit: int = 80) -> str:
+    """``Ours w/o L_f (α=0)-avdigits-seed0`` -> ``Ours_w_o_L_f_α_0-avdigits-seed0``: a safe folder name."""
+    out = "".join(c if (c.isalnum() or c in "-.") else "_" for c in text)
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out.strip("_")[:limit]
+
+
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
+TRACKER_EXTRA = {"tensorboard": ("tensorboardX", "tensorboardX"), "mlflow": ("mlflow", "raygap[mlflow]"),
+                 "wandb": ("wandb", "raygap[wandb]")}
+
+
+def tracker_problem(tracker: str) -> str | None:
+    """Why ``--tracker`` cannot work here (its package is missing), or None."""
+    import importlib.util
+
+    if tracker in (None, "none"):
+        return None
+    module, extra = TRACKER_EXTRA[tracker]
+    if importlib.util.find_spec(module) is None:
+        return f"--tracker {tracker} needs the {module} package: uv pip install '{extra}' (or pip install)"
+    return None
+
+
+def tracker_callbacks(tracker: str | None, grid, experiment, log) -> list:
+    """Ray Tune's own logger callback for ``tracker``: TensorBoard event files in each trial's
+    folder, an MLflow run or a W&B run per trial (named like the trial folder), every epoch's
+    scalars logged."""
+    if tracker in (None, "none"):
+        return []
+    if tracker == "tensorboard":
+        from ray.tune.logger import TBXLoggerCallback
+
+        log(f"TensorBoard: tensorboard --logdir {experiment}")
+        return [TBXLoggerCallback()]
+    tags = {"raygap_grid": grid.name, "raygap_profile": grid.profile or "", "raygap_variant": grid.variant}
+    if tracker == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(str(experiment)).parent.parent / "mlruns").resolve().as_uri()
+        log(f"MLflow: experiment {grid.name!r} at {uri} (mlflow ui --backend-store-uri {uri})")
+        return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=grid.name, tags=tags, save_artifact=False)]
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    log(f"W&B: project raygap-{grid.name}, group {grid.variant}")
+    return [WandbLoggerCallback(project=f"raygap-{grid.name}", group=grid.variant, log_config=False,
+                                excludes=["record_json", "final_json", "failed_json", "resumed_json"],
+                                upload_checkpoints=False, tags=list(tags.values()))]
 
 
 def _col(column: dict) -> str:

@@ -383,6 +383,17 @@ class Store:
                 out[rec["key"]] = rec
         return out
 
+    def finished_times(self, keys: Iterable[str]) -> dict[str, float]:
+        """key -> when each done trial among ``keys`` finished (no history read)."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, float] = {}
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            for key, fin in self._query(f"SELECT key, finished FROM trials WHERE status='done' AND key IN "
+                                        f"({','.join('?' * len(chunk))})", chunk):
+                out[key] = fin
+        return out
+
     def done_infos(self, keys: Iterable[str]) -> dict[str, dict]:
         """key -> the ``info`` of each done trial among ``keys`` (no history read)."""
         keys = list(dict.fromkeys(keys))

@@ -49,8 +49,23 @@ def run(path, results: Path, **kw):
 def test_grid_runs_exports_reuses_and_runs_only_new_cells(local_ray, tmp_path):
     rows = {"Concat": {"method": {"name": "concat"}}, "Control": {"method": {"name": "warmup_objective"}}}
     g = write_grid(tmp_path / "tiny.yaml", "tiny", rows)
-    grid, store, s = run(g, tmp_path)
+    grid, store, s = run(g, tmp_path, tracker="tensorboard")
     assert (s.total, s.reused, s.done, len(s.failed)) == (4, 0, 4, 0) and s.exit_code == 0
+    # --tracker tensorboard: Tune's TensorBoard logger, one event file per trial, in folders named
+    # like the trial (label, column, seed, key prefix); Tune's own CSV logger is off
+    events = sorted((tmp_path / "ray").glob("tiny-*/*/events.out.tfevents.*"))
+    names = sorted(p.parent.name for p in events)
+    assert len(events) == 4 and names[0].startswith("Concat-seed0-") and not list((tmp_path / "ray").rglob("progress.csv"))
+    from tensorboardX.proto import event_pb2   # the event file holds the epochs' scalars
+    tags = set()
+    import struct
+    data = events[0].read_bytes()
+    while data:
+        n = struct.unpack("<Q", data[:8])[0]
+        ev = event_pb2.Event.FromString(data[12:12 + n])
+        tags |= {v.tag for v in ev.summary.value}
+        data = data[12 + n + 4:]
+    assert any(t.endswith("val_acc") for t in tags), sorted(tags)[:20]
     paths = export_grid(grid, store, tmp_path / "tiny")
     table = Path(paths["table.md"] if "table.md" in paths else tmp_path / "tiny" / "table.md").read_text()
     assert "Concat" in table and "Control" in table and "n=2" in table.replace(" ", "")

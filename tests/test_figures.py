@@ -1,0 +1,53 @@
+"""Figures of a grid: the table figure (mean ± std per row and column, seeds as dots), and
+figures whose trials did not change are kept, not drawn again."""
+from pathlib import Path
+
+import yaml
+
+from raygap.grid import load_grid
+from raygap.report import grid_figures
+from raygap.store import Store
+
+
+def _grid(tmp_path: Path):
+    doc = {"name": "figs", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+                                    "train": {"epochs": 2, "device": "cpu"}},
+           "rows": {"A": {"method": {"name": "concat"}}, "B": {"method": {"name": "warmup_objective"}}},
+           "seeds": [0, 1], "metrics": ["acc"], "resources": {"cpu": 1, "gpu": 0}}
+    (tmp_path / "figs.yaml").write_text(yaml.safe_dump(doc))
+    return load_grid(tmp_path / "figs.yaml")
+
+
+def _finish(store: Store, key: str, acc: float) -> None:
+    hist = [{"epoch": e, "val_acc": acc - 0.1 * (1 - e), "val_acc_audio": 0.5, "val_acc_visual": 0.4}
+            for e in range(2)]
+    store.mark_running(key, {})
+    store.save_done(key, {"acc": acc}, hist, 1.0, {})
+
+
+def test_unchanged_figures_are_kept_and_the_table_figure_follows_new_results(tmp_path):
+    grid = _grid(tmp_path)
+    keys = {(t.label, t.seed): t.key for t in grid.trials}
+    out = tmp_path / "figures"
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(grid)
+        _finish(store, keys[("A", 0)], 0.8)
+        _finish(store, keys[("B", 0)], 0.6)
+        first = grid_figures(grid, store, out)
+        names = sorted(p.name for p in first)
+        assert names == ["A_seed0_accuracy.png", "B_seed0_accuracy.png", "table_acc.png"] and first.drawn == 3
+        stamps = {p.name: p.stat().st_mtime_ns for p in first}
+
+        again = grid_figures(grid, store, out)                # nothing changed: nothing drawn
+        assert again.drawn == 0 and sorted(p.name for p in again) == names
+        assert {p.name: p.stat().st_mtime_ns for p in again} == stamps
+
+        _finish(store, keys[("A", 1)], 0.9)                   # a second seed of A: only the table changes
+        third = grid_figures(grid, store, out)
+        assert third.drawn == 1
+        changed = {p.name for p in third if p.stat().st_mtime_ns != stamps[p.name]}
+        assert changed == {"table_acc.png"}
+
+        (out / "B_seed0_accuracy.png").unlink()               # a deleted figure is drawn again
+        fourth = grid_figures(grid, store, out)
+        assert fourth.drawn == 1 and (out / "B_seed0_accuracy.png").stat().st_size > 1000
