@@ -203,8 +203,9 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--amp", default="bf16")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                    help="DataLoader workers of (c), cache-building processes of (b)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader workers of (c), cache-building processes of (b) (default min(4, CPUs); "
+                         "--smoke: 0, decoding in the trial's process)")
     ap.add_argument("--layout", default=None, help="generated CREMA-D layout (default results/bench/cremad-layout)")
     ap.add_argument("--clips-per-class", type=int, default=200)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -212,6 +213,8 @@ def main() -> None:
     args.device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     args.batch = args.batch or (SMOKE["batch"] if args.smoke else 64)
     args.steps = args.steps or (2 if args.smoke else 30)
+    if args.workers is None:
+        args.workers = 0 if args.smoke else min(4, os.cpu_count() or 1)
     if args.worker:
         return worker(args)
     device = torch.device(args.device)

@@ -349,6 +349,14 @@ def version_line() -> str:
     return f"raygap {__version__} ({', '.join(parts)}; Python {sys.version.split()[0]})"
 
 
+class _Version(argparse.Action):
+    """``--version``, read only when asked (package metadata lookups cost a little)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit(0)
+
+
 def _summary(text: str, limit: int = 110, sentence: bool = True) -> str:
     """The first paragraph of a docstring (its first sentence when ``sentence``), at most
     ``limit`` characters."""
@@ -435,7 +443,7 @@ def cmd_cache(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="raygap", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=version_line())
+    p.add_argument("--version", action=_Version, nargs=0, help="print raygap's, torch's and Ray's versions and exit")
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="run one trial in this process (no Ray)")

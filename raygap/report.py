@@ -156,7 +156,9 @@ def _load_index(out_dir: Path) -> dict:
 
 def _fresh(index: dict, name: str, sig: str, out_dir: Path) -> bool:
     entry = index.get(name) or {}
-    return entry.get("sig") == sig and all((out_dir / f).is_file() for f in entry.get("files") or ["?"])
+    # a figure replaced by anything but the PNG written here (a link, a folder) is drawn again
+    return entry.get("sig") == sig and all((out_dir / f).is_file() and not (out_dir / f).is_symlink()
+                                           for f in entry.get("files") or ["?"])
 
 
 class Figures(list):

@@ -53,6 +53,7 @@ CACHE_DIRNAME = "raygap-cache"
 MANIFEST = "manifest.json"
 ARRAYS = ("audio", "visual", "frame_hw", "labels", "sources")
 PRELOAD_CHOICES = ("auto", "on", "off")
+INLINE_BELOW = 256               # clips: fewer are decoded in this process (a pool takes seconds to start)
 PRELOAD_AUTO_FRACTION = 0.3      # auto: upload a split when it takes at most this share of free device memory
 
 
@@ -129,7 +130,7 @@ def build(dataset: str, root: Path, clips: Sequence[Clip], front_end: AudioFront
     chunk = max(1, min(256, -(-n // max(1, workers * 4))))
     jobs = [(tmp, front_end, clips[s:s + chunk], s, T, int(side)) for s in range(0, n, chunk)]
     done = 0
-    if workers <= 1 or len(jobs) == 1:
+    if workers <= 1 or n < INLINE_BELOW:      # small layouts: starting decoding processes costs more
         for j in jobs:
             done += _decode_rows(j)
     else:
