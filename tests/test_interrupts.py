@@ -21,9 +21,6 @@ import yaml
 
 from _proc import Raygap, leftovers, listening
 
-# Ray tests run one after another on one pytest-xdist worker (never two Ray instances at once)
-pytestmark = pytest.mark.xdist_group("ray")
-
 SIGS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
 BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
         "model": {"backbone": "small", "width": 4},

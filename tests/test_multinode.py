@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import yaml
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -17,9 +16,6 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 from raygap.grid import load_grid  # noqa: E402
 from raygap.runner import run_grid  # noqa: E402
 from raygap.store import Store  # noqa: E402
-
-# Ray tests run one after another on one pytest-xdist worker (never two Ray instances at once)
-pytestmark = pytest.mark.xdist_group("ray")
 
 BASE = {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4}, "optim": {"lr": 0.1},
         "train": {"epochs": 1, "batch_size": 256, "device": "cpu", "threads": 1}}

@@ -19,9 +19,6 @@ from raygap.config import resolve
 from raygap.store import Store
 from raygap.trial import run_trial
 
-# Ray tests run one after another on one pytest-xdist worker (never two Ray instances at once)
-pytestmark = pytest.mark.xdist_group("ray")
-
 BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},
@@ -39,10 +36,7 @@ def write_grid(path: Path, name: str, seeds, epochs: int = 7) -> Path:
 def row(db: Path, key: str) -> dict:
     with sqlite3.connect(db) as c:
         c.row_factory = sqlite3.Row
-        try:
-            r = c.execute("SELECT * FROM trials WHERE key=?", (key,)).fetchone()
-        except sqlite3.OperationalError:      # the run is creating the store's tables right now
-            return {}
+        r = c.execute("SELECT * FROM trials WHERE key=?", (key,)).fetchone()
     return dict(r) if r else {}
 
 

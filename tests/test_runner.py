@@ -20,9 +20,6 @@ from raygap.grid import load_grid  # noqa: E402
 from raygap.runner import check_resources, run_grid  # noqa: E402
 from raygap.store import Store  # noqa: E402
 
-# Ray tests run one after another on one pytest-xdist worker (never two Ray instances at once)
-pytestmark = pytest.mark.xdist_group("ray")
-
 BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},

@@ -25,9 +25,6 @@ from _proc import ROOT, Raygap
 from raygap.cli import main as cli_main
 from raygap.store import Store
 
-# Ray tests run one after another on one pytest-xdist worker (never two Ray instances at once)
-pytestmark = pytest.mark.xdist_group("ray")
-
 # rows win over the profile: the demo profile's avdigits column, seeds [0, 1, 2] and CPU
 # resources, with one tiny epoch per trial
 ROW = {"method": {"name": "concat"}, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 256}}
