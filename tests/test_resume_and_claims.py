@@ -36,7 +36,10 @@ def write_grid(path: Path, name: str, seeds, epochs: int = 7) -> Path:
 def row(db: Path, key: str) -> dict:
     with sqlite3.connect(db) as c:
         c.row_factory = sqlite3.Row
-        r = c.execute("SELECT * FROM trials WHERE key=?", (key,)).fetchone()
+        try:
+            r = c.execute("SELECT * FROM trials WHERE key=?", (key,)).fetchone()
+        except sqlite3.OperationalError:      # the run is creating the store's tables right now
+            return {}
     return dict(r) if r else {}
 
 
