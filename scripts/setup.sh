@@ -4,7 +4,7 @@
 # Nothing is installed outside .venv, so this works with a PEP 668 "externally managed"
 # system python (Debian 12, Ubuntu 24.04), with pyenv and with conda: the venv is made
 # first, and the installer (uv) is installed inside it. Python 3.11 or 3.12: the first of
-# $RAYGAP_PYTHON, python3.11, python3.12, python3 that is one of them.
+# $RAYGAP_PYTHON, python3 (the one you have selected), python3.11, python3.12 that is one of them.
 # uv downloads torch/torchvision from PyPI (a CUDA build, ~5.5 GB in the venv; ~35 s cold,
 # ~2 s warm); constraints.txt pins every transitive dependency. RAYGAP_TORCH=cpu installs
 # PyTorch's CPU build instead (docs/install.md).
@@ -17,7 +17,7 @@ say() { echo "setup: $*" >&2; }
 
 pick_python() {
   local c
-  for c in ${RAYGAP_PYTHON:+"$RAYGAP_PYTHON"} python3.11 python3.12 python3; do
+  for c in ${RAYGAP_PYTHON:+"$RAYGAP_PYTHON"} python3 python3.11 python3.12; do
     if command -v "$c" >/dev/null 2>&1 && "$c" -c "$ok_version" >/dev/null 2>&1; then
       command -v "$c"
       return 0
