@@ -373,37 +373,28 @@ class Store:
         recs = self._records("SELECT * FROM trials WHERE key=?", (key,))
         return recs[0] if recs else None
 
-    def records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """key -> record for the stored ones among ``keys`` (one query per 500 keys)."""
+    def _by_key(self, keys: Iterable[str], columns: str = "*", where: str = "") -> dict[str, dict[str, Any]]:
+        """key -> ``columns`` of the stored trials among ``keys`` (one query per 500 keys)."""
         keys = list(dict.fromkeys(keys))
         out: dict[str, dict] = {}
         for i in range(0, len(keys), _CHUNK):
             chunk = keys[i:i + _CHUNK]
-            for rec in self._records(f"SELECT * FROM trials WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+            for rec in self._records(f"SELECT {columns} FROM trials WHERE {where}key IN "
+                                     f"({','.join('?' * len(chunk))})", chunk):
                 out[rec["key"]] = rec
         return out
 
+    def records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """key -> record for the stored ones among ``keys``."""
+        return self._by_key(keys)
+
     def finished_times(self, keys: Iterable[str]) -> dict[str, float]:
         """key -> when each done trial among ``keys`` finished (no history read)."""
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, float] = {}
-        for i in range(0, len(keys), _CHUNK):
-            chunk = keys[i:i + _CHUNK]
-            for key, fin in self._query(f"SELECT key, finished FROM trials WHERE status='done' AND key IN "
-                                        f"({','.join('?' * len(chunk))})", chunk):
-                out[key] = fin
-        return out
+        return {k: r["finished"] for k, r in self._by_key(keys, "key, finished", "status='done' AND ").items()}
 
     def done_infos(self, keys: Iterable[str]) -> dict[str, dict]:
         """key -> the ``info`` of each done trial among ``keys`` (no history read)."""
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, dict] = {}
-        for i in range(0, len(keys), _CHUNK):
-            chunk = keys[i:i + _CHUNK]
-            for rec in self._records(f"SELECT key, info FROM trials WHERE status='done' AND key IN "
-                                     f"({','.join('?' * len(chunk))})", chunk):
-                out[rec["key"]] = rec.get("info") or {}
-        return out
+        return {k: r.get("info") or {} for k, r in self._by_key(keys, "key, info", "status='done' AND ").items()}
 
     def status_of(self, keys: Iterable[str]) -> dict[str, str]:
         """key -> status for the stored ones among ``keys`` (absent keys are new). A
