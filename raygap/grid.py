@@ -13,7 +13,11 @@ Grid file (``grids/*.yaml``)
                   ``overlay_by``, one layer lower: a profile's overlay wins over it). Table IV
                   uses it for Adam's learning rate, which the paper does not give.
 ``rows``          label -> overrides (nested or dotted keys). A row may carry ``note: text``,
-                  a footnote for that row in the exported tables (it is not a config key).
+                  a footnote for that row in the exported tables (it is not a config key),
+                  and ``by: {dotted key: {value: overrides}}``: overrides of this row for the
+                  trials where the key has that value, e.g. a baseline's hyperparameter per
+                  dataset: ``OGM-GE: {method: {name: ogm_ge}, by: {data.name: {ks: {method:
+                  {alpha: 0.5}}}}}`` (applied over the row, under the column values)
 ``sweep``         dotted key -> list of values, expanded as a cartesian product into more
                   rows, after the ``rows``. A sweep row is labelled ``leaf=value`` with the
                   last part of the key (``rho=0.95``, ``purify_tau=0.5``), joined with
@@ -38,7 +42,7 @@ grid's) and ``resources`` (merged over the grid's).
 Merge order per trial::
 
     grid resources -> base -> matching base_by -> profile resources -> profile.overlay
-      -> matching profile.overlay_by -> row -> column values -> --set
+      -> matching profile.overlay_by -> row -> matching row by -> column values -> --set
 
 so rows and columns win over profiles, profiles over the base, ``--set`` over everything.
 ``--set seed=N`` replaces the seeds list with ``[N]``. A profile or ``--set`` never hides a
@@ -92,6 +96,7 @@ GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns
              "column_labels", "notes"]
 PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
 ROW_NOTE = "note"
+ROW_BY = "by"
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "grids" / "profiles"
 
 # A grid's and a profile's names become folder names (results/<grid>/<profile>/): plain
@@ -387,11 +392,14 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     # rows: explicit ones, then the sweep
     notes = {str(k): str(v) for k, v in _mapping(doc.get("notes"), "notes", file).items()}
     rows: dict[str, dict] = {}
+    row_by: dict[str, dict[str, dict[str, dict]]] = {}
     for label, over in _mapping(doc.get("rows"), "rows", file).items():
         over = dict(_mapping(over, f"rows.{label}", file))
         label = str(label)
         if ROW_NOTE in over:
             notes[label] = str(over.pop(ROW_NOTE))
+        if ROW_BY in over:
+            row_by[label] = _by_value(over.pop(ROW_BY), f"rows.{label}.by", file)
         rows[label] = over
     sweep = _mapping(doc.get("sweep"), "sweep", file)
     n_sweep = math.prod(len(_list(v, f"sweep.{k}", file)) for k, v in sweep.items()) if sweep else 0
@@ -457,7 +465,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
                 if prof:
                     layers += [("resources", pfile, {"resources": prof_resources}), ("overlay", pfile, overlay)]
                     layers += _matching(overlay_by, "overlay_by", pfile, layers, top)
-                layers += top
+                layers += [top[0], *_matching(row_by.get(label, {}), f"rows.{label}.by", file, layers, top), *top[1:]]
                 raw = _merge(layers)
             except ConfigError as e:        # e.g. a dotted key through a non-section value
                 raise _blame(e, layers, label, column, file) from None
