@@ -14,6 +14,11 @@ others' features zeroed):
     coefficient  k_m = exp(alpha * min(r*_m - r_m, clip))
     L            = CE(fused); the gradient reaching modality m's features is multiplied by k_m
                    (a backward hook on phi_m's encoder output)
+    clipping     after the backward pass, when any weight gradient of the fusion head leaves
+                 [-c, c], the whole model's gradient is clipped to norm c (``grad_clip``; the AGM
+                 training code does this with c = 1, BalanceBenchmark with c = 5): k_m reaches
+                 e^{alpha * clip} (e^10.5 ~ 36,000 at the defaults), and without the bound the
+                 encoders diverge once the modalities' losses drift apart
 
 A modality doing better than its running level (r_m > r*_m) is slowed, one falling behind is sped
 up. Outside [modulation_starts, modulation_ends) the coefficients are 1 (the running means still
@@ -29,15 +34,17 @@ import torch
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, check_epoch_window, scalar
+from .base import Method, WindowParams, scalar
 
 
 @dataclass
-class AGMParams:
+class AGMParams(WindowParams):
     alpha: float = F(1.5, range=(0.0, 100.0), help="alpha of k = exp(alpha * (target - ratio)) (1.5 on CREMA-D)")
     clip: float = F(7.0, range=(0.0, 100.0), help="upper clip of target - ratio before the exponential (official: 7)")
-    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of modulation (inclusive)")
-    modulation_ends: int = F(100000, range=(0, 100000), help="end of the modulation window (exclusive)")
+    modulation_ends: int = F(100000, range=(0, 100000), help="end of the modulation window (exclusive): every epoch")
+    grad_clip: float = F(1.0, range=(0.0, 1e6),
+                         help="when a fusion-head weight gradient leaves [-c, c], clip the model's gradient norm to c "
+                              "(AGM training code: 1; BalanceBenchmark: 5); 0: never clip")
 
 
 def shapley_responses(head, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,20 +94,34 @@ def agm_coefficients(ratio: dict, target: dict, alpha: float, clip: float) -> di
     return {m: torch.exp(alpha * (scalar(target[m]) - scalar(ratio[m])).clamp(max=clip)) for m in ratio}
 
 
+def clip_when_head_leaves(model, bound: float) -> torch.Tensor:
+    """The AGM training code's guard: when any weight gradient of the fusion head (parameters
+    with >= 2 dims) leaves [-bound, bound], clip every gradient of the model to total norm
+    ``bound`` (torch's clip_grad_norm_ rule). Returns whether it fired (a 0-dim bool tensor: no
+    host sync; not firing passes a total norm of 0, which scales by 1)."""
+    head = [p.grad for p in model.fusion.parameters() if p.grad is not None and p.dim() >= 2]
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not head or not grads:
+        return torch.zeros((), dtype=torch.bool)
+    fired = torch.stack([g.detach().abs().amax().float() for g in head]).amax() > bound
+    total = torch.nn.utils.get_total_norm(grads)
+    torch.nn.utils.clip_grads_with_norm_([p for p in model.parameters() if p.grad is not None], bound,
+                                         torch.where(fired, total, torch.zeros_like(total)))
+    return fired
+
+
 # version 2: per-batch scores and coefficients as device tensors (float32 ratios): results differ in rounding
-@METHODS.register("agm", params=AGMParams, version=2, min_modalities=2)
+# version 3: the gradient clip of the AGM training code (grad_clip, on by default)
+@METHODS.register("agm", params=AGMParams, version=3, min_modalities=2)
 class AGM(Method):
     """CE(fused) with each modality's feature gradient scaled by its Shapley-response coefficient."""
 
     @classmethod
     def check_config(cls, p, c, modalities):
-        check_epoch_window("modulation_starts", p.modulation_starts, c["train"]["epochs"],
-                           "modulation_ends", p.modulation_ends, "AGM's modulation")
+        p.check_window(c["train"]["epochs"], "AGM's modulation")
 
     def __init__(self, params: AGMParams, ctx):
         super().__init__(params, ctx)
-        if len(ctx.modalities) < 2:
-            raise ValueError("agm needs at least two modalities")
         self.mean_score: dict = {m: 0.0 for m in ctx.modalities}   # running means over all batches so far (float64)
         self.steps = 0
         self.coeff = {m: 1.0 for m in ctx.modalities}
@@ -123,7 +144,7 @@ class AGM(Method):
         scores = response_scores({m: out.extras[f"response_{m}"] for m in self.ctx.modalities}, y)
         ratio = score_ratios(scores)
         target = score_ratios(self.mean_score) if self.steps else {m: 1.0 for m in scores}
-        active = self.p.modulation_starts <= st.epoch < self.p.modulation_ends
+        active = self.p.in_window(st.epoch)
         k = agm_coefficients(ratio, target, self.p.alpha, self.p.clip)
         self.coeff = k if active else {m: 1.0 for m in k}
         self.steps += 1
@@ -137,6 +158,11 @@ class AGM(Method):
             e[f"agm_score_{m}"] = e.get(f"agm_score_{m}", 0.0) + scores[m].double()
         loss = self.task_loss(out.fused, y)
         return loss, {"loss_f": loss.detach()}
+
+    def after_backward(self, model, out, batch, st):
+        if self.p.grad_clip > 0:
+            fired = clip_when_head_leaves(model, self.p.grad_clip)
+            self._epoch["agm_clip_frac"] = self._epoch.get("agm_clip_frac", 0.0) + fired.double()
 
     def on_epoch_start(self, st):
         self._epoch = {}

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as Fn
 
 from ..models.net import ModelOutput
+from ..params import F
 
 
 def scalar(x) -> torch.Tensor:
@@ -112,7 +113,10 @@ class Method:
         return model(batch)
 
     def loss(self, out: ModelOutput, batch: dict, st: TrainState) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The plain objective: the task loss of the fused output (cross-entropy for classes),
+        logged as ``loss_f``. Methods that only change gradients, features or the model keep it."""
+        loss = self.task_loss(out.fused, batch["label"])
+        return loss, {"loss_f": loss.detach()}
 
     def after_backward(self, model, out: ModelOutput, batch: dict, st: TrainState) -> None:
         pass
@@ -142,6 +146,21 @@ def check_epoch_window(start_key: str, start: int, epochs: int, end_key: str | N
     if end is not None and end <= start:
         raise ConfigError(f"the window [{start}, {end}) is empty: {what} would never act", key=f"method.{end_key}",
                           hint=f"set method.{end_key} above {start}")
+
+
+@dataclass
+class WindowParams:
+    """The epochs ``[modulation_starts, modulation_ends)`` in which a gradient-modulating method
+    acts (OGM-GE, OPM&OGM, AGM): declared once, checked once (``check_window``)."""
+    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of modulation (inclusive)")
+    modulation_ends: int = F(50, range=(0, 100000), help="end of the modulation window (exclusive)")
+
+    def in_window(self, epoch: int) -> bool:
+        return self.modulation_starts <= epoch < self.modulation_ends
+
+    def check_window(self, epochs: int, what: str) -> None:
+        check_epoch_window("modulation_starts", self.modulation_starts, epochs, "modulation_ends",
+                           self.modulation_ends, what)
 
 
 def unimodal_ce(out: ModelOutput, labels: torch.Tensor, reduction: str = "mean") -> dict[str, torch.Tensor]:

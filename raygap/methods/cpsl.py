@@ -22,7 +22,7 @@ import torch.nn.functional as Fn
 
 from ..errors import ConfigError
 from ..params import F
-from ..registry import METHODS
+from ..registry import FUSIONS, METHODS
 from .base import Method, TrainState, scalar
 
 
@@ -104,10 +104,12 @@ class CPSL(Method):
         self.c = {"steps": 0, "conflict": 0, "projected": 0,
                   **{f"rho_{m}": 0.0 for m in self.ctx.modalities}, **{f"k_{m}": 0.0 for m in self.ctx.modalities}}
 
-    def setup(self, model):
-        if self.p.cp and self.p.project and not hasattr(model.fusion, "head_weight"):
-            raise ConfigError("cpsl's projection acts on a fusion head that splits by modality: "
-                              "use model.fusion: gated (or method.project: false)", key="model.fusion")
+    @classmethod
+    def check_config(cls, p, c, modalities):
+        fusion = c["model"]["fusion"]
+        if p.cp and p.project and not hasattr(FUSIONS.get(fusion).obj, "head_weight"):
+            raise ConfigError(f"cpsl's projection acts on a fusion head that splits by modality; {fusion} does not",
+                              key="model.fusion", hint="use model.fusion: gated (or method.project: false)")
 
     def _fix_stats(self, st: TrainState):
         y = st.data.train.labels

@@ -136,10 +136,6 @@ class DnR(Method):
                + ", ".join(f"{m} w={d['w']:.3f} (purity {d['purity_train']:.3f}/{d['purity_val']:.3f})"
                            for m, d in diag.items()))
 
-    def loss(self, out, batch, st):
-        loss = Fn.cross_entropy(out.fused, batch["label"])
-        return loss, {"loss_f": loss.detach()}
-
     def on_epoch_end(self, st: TrainState) -> dict:
         rec = {"dnr_reinits": self.n_reinits}
         rec.update(self._log)

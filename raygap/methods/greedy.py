@@ -52,7 +52,9 @@ from .base import Method, TrainState, check_epoch_window
 class GreedyParams:
     epsilon: float = F(0.01, range=(0.0, 100.0), help="curation threshold on |d| (log10 units)")
     window: int = F(5, range=(1, 100000), help="training steps of one curation (re-balancing) window")
-    start_epoch: int = F(2, range=(0, 100000), help="first epoch in which curation windows may start")
+    start_epoch: int = F(1, range=(0, 100000),
+                         help="first epoch (counted from 0) in which curation windows may start; the official "
+                              "code counts from 1 and starts at its epoch 2, i.e. the second epoch: 1 here")
     mmtm_after: list[int] = F([-3, -2, -1],
                               help="indices of the trunk children an MMTM block follows (negative: from the end; "
                                    "resnet18 children: conv1,bn1,relu,maxpool,layer1..layer4; small: 4 blocks)")
@@ -211,7 +213,8 @@ def curation_target(d: float, epsilon: float) -> int | None:
     return 0 if d > 0 else 1
 
 
-@METHODS.register("greedy", params=GreedyParams, version=1, min_modalities=2, max_modalities=2)
+# version 2: curation from the second epoch (start_epoch 1, counted from 0), as the official code
+@METHODS.register("greedy", params=GreedyParams, version=2, min_modalities=2, max_modalities=2)
 class Greedy(Method):
     """MMTM-coupled encoders, re-balanced by curation windows on the conditional learning speed gap."""
 
@@ -221,9 +224,6 @@ class Greedy(Method):
 
     def __init__(self, params: GreedyParams, ctx):
         super().__init__(params, ctx)
-        if len(ctx.modalities) != 2:
-            raise ConfigError(f"greedy is defined for two modalities; the data has {len(ctx.modalities)} "
-                              f"({', '.join(ctx.modalities)})", key="method.name")
         if len(set(params.mmtm_after)) != len(params.mmtm_after) or not params.mmtm_after:
             raise ConfigError("mmtm_after must list distinct trunk child indices", key="method.mmtm_after")
         self.mods = list(ctx.modalities)
@@ -280,10 +280,6 @@ class Greedy(Method):
 
     def predict(self, model, batch):
         return self._run(model, batch, None, update=False)
-
-    def loss(self, out, batch, st):
-        loss = self.task_loss(out.fused, batch["label"])
-        return loss, {"loss_f": loss.detach()}
 
     # -- speeds and curation -------------------------------------------------------------
     def branch_params(self, model) -> tuple[list[list], list[list]]:

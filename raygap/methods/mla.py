@@ -35,7 +35,9 @@ from .base import Method
 @dataclass
 class MLAParams:
     gamma: float = F(1e-3, range=(1e-12, 1e6), help="gamma of the projector update (OWM's alpha)")
-    project: bool = F(True, help="orthogonal projection of the shared head's weight gradient")
+    project: bool = F(False, help="orthogonal projection of the shared head's weight gradient (the paper's; "
+                                  "the official code's projection never fires, so its published numbers are "
+                                  "plain alternation: off by default)")
     fusion_test: str = F("entropy", choices=["entropy", "mean"],
                          help="test-time fusion: entropy-weighted logits (paper) or their plain mean")
 
@@ -59,7 +61,8 @@ def entropy_weights(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {m: w[:, i] for i, m in enumerate(ms)}
 
 
-@METHODS.register("mla", params=MLAParams, version=1, fusion="shared")
+# version 2: no projection by default (project: false), as the official code runs
+@METHODS.register("mla", params=MLAParams, version=2, fusion="shared")
 class MLA(Method):
     """Alternating unimodal steps through a shared head with orthogonal head-gradient projection."""
 
@@ -82,14 +85,16 @@ class MLA(Method):
 
     def loss(self, out, batch, st):
         (m,) = out.logits
-        loss = self.task_loss(out.fused, batch["label"])
-        return loss, {f"loss_{m}": loss.detach()}
+        loss, logs = super().loss(out, batch, st)
+        return loss, {f"loss_{m}": logs["loss_f"]}
 
     def after_backward(self, model, out, batch, st):
         (m,) = out.features
         w = model.fusion.fc.weight
         if self.p.project and w.grad is not None:
             w.grad.copy_((w.grad.float() @ self.P[m]).to(w.grad.dtype))
+        if not self.p.project:
+            return
         x = out.features[m].detach().float().mean(0)
         for j in self.P:
             if j != m:
@@ -97,6 +102,8 @@ class MLA(Method):
 
     def on_epoch_end(self, st):
         """trace(P_m) / D: the share of feature directions the head may still move on for m."""
+        if not self.p.project:
+            return {}
         return {f"mla_free_{m}": float(torch.trace(P)) / len(P) for m, P in self.P.items()}
 
     def predict(self, model, batch) -> ModelOutput:

@@ -44,9 +44,5 @@ class MMCosine(Method):
         fused = torch.stack([logits[m] for m in model.modalities]).sum(0)
         return ModelOutput(feats, logits, fused)
 
-    def loss(self, out, batch, st):
-        loss = self.task_loss(out.fused, batch["label"])
-        return loss, {"loss_f": loss.detach()}
-
     def predict(self, model, batch) -> ModelOutput:
         return self.forward(model, batch)

@@ -23,22 +23,21 @@ import torch
 
 from ..params import F
 from ..registry import METHODS
-from .base import Method, check_epoch_window, scalar
+from .base import Method, WindowParams, scalar
 
 
 @dataclass
-class OGMGEParams:
+class OGMGEParams(WindowParams):
     alpha: float = F(0.8, range=(0.0, 100.0), help="alpha of k = 1 - tanh(alpha * rho) (0.8 on CREMA-D)")
     coeff: str = F("ratio", choices=["ratio", "excess"],
                    help="ratio: k = 1 - tanh(alpha*rho) (paper Eq. 10 and official code); "
                         "excess: k = 1 - tanh(alpha*relu(rho - 1))")
-    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of modulation (inclusive)")
-    modulation_ends: int = F(50, range=(0, 100000), help="end of the modulation window (exclusive)")
     modulate: str = F("conv", choices=["conv", "all"],
                       help="conv: only encoder weights with >= 4 dims (official); all: every encoder parameter")
-    ge_noise_to: str = F("modulated", choices=["modulated", "both", "none"],
-                         help="GE noise N(0, std(g)) on the modulated (dominant) modality only (paper), on "
-                              "every modality (official code), or none (plain OGM)")
+    ge_noise_to: str = F("both", choices=["modulated", "both", "none"],
+                         help="GE noise N(0, std(g)) on every modality's encoder (official code and "
+                              "BalanceBenchmark), on the modulated (dominant) one only (a reading of the paper), "
+                              "or none (plain OGM)")
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -57,9 +56,7 @@ def modality_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> di
 
 def score_ratios(scores: dict) -> dict[str, torch.Tensor]:
     """rho_m = s_m / mean of the other modalities' scores (for two: s_0/s_1 and its inverse)."""
-    ms = list(scores)
-    if len(ms) < 2:
-        raise ValueError("OGM needs at least two modalities")
+    ms = list(scores)                          # >= 2: the registration's min_modalities, checked at load
     sc = {m: scalar(v) for m, v in scores.items()}
     out = {}
     for m in ms:
@@ -149,36 +146,27 @@ class OGMStats:
 # ----------------------------------------------------------------------------- the method
 # version 2: GE noise drawn on the device for every modality, times 0 where not modulated (another
 # random stream than version 1), ratios in float32
-@METHODS.register("ogm_ge", params=OGMGEParams, version=2, min_modalities=2)
+# version 3: GE noise on both encoders by default (ge_noise_to: both), as the official code
+@METHODS.register("ogm_ge", params=OGMGEParams, version=3, min_modalities=2)
 class OGMGE(Method):
     """L = CE(fused); the dominant modality's encoder gradient scaled by k, plus GE noise."""
 
     @classmethod
     def check_config(cls, p, c, modalities):
-        check_epoch_window("modulation_starts", p.modulation_starts, c["train"]["epochs"],
-                           "modulation_ends", p.modulation_ends, "OGM's gradient modulation")
+        p.check_window(c["train"]["epochs"], "OGM's gradient modulation")
 
     def __init__(self, params: OGMGEParams, ctx):
         super().__init__(params, ctx)
-        if len(ctx.modalities) < 2:
-            raise ValueError("ogm_ge needs at least two modalities")
         self.stats = OGMStats()
-
-    def in_window(self, epoch: int) -> bool:
-        return self.p.modulation_starts <= epoch < self.p.modulation_ends
 
     def coefficients(self, out, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         scores = modality_scores({m: out.logits[m] for m in self.ctx.modalities}, batch["label"])
         rho = score_ratios(scores)
         return ogm_coefficients(rho, self.p.alpha, self.p.coeff), rho
 
-    def loss(self, out, batch, st):
-        loss = self.task_loss(out.fused, batch["label"])
-        return loss, {"loss_f": loss.detach()}
-
     def after_backward(self, model, out, batch, st):
         k, rho = self.coefficients(out, batch)
-        active = self.in_window(st.epoch)
+        active = self.p.in_window(st.epoch)
         if active:
             modulate_gradients(model, k, modulate=self.p.modulate, noise_to=self.p.ge_noise_to)
         self.stats.add(k, rho, active)

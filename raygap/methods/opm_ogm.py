@@ -25,11 +25,12 @@ import torch
 from ..params import F
 from ..registry import METHODS
 from .base import Method, check_epoch_window, scalar
-from .ogm_ge import OGMStats, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
+from .ogm_ge import OGMGEParams, OGMStats, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
 
 
 @dataclass
-class OPMOGMParams:
+class OPMOGMParams(OGMGEParams):
+    """OGM-GE's keys (alpha, coeff, the window, modulate, ge_noise_to) plus OPM's."""
     q_base: float = F(0.5, range=(0.0, 1.0), help="base drop probability of the dominant modality")
     lam: float = F(0.5, range=(0.0, 100.0), help="lambda of q = q_base * (1 + lam * tanh(relu(rho - 1)))")
     p_exe: float = F(0.7, range=(0.0, 1.0), help="probability that a batch is modulated by OPM")
@@ -38,13 +39,6 @@ class OPMOGMParams:
     warmup_epochs: int = F(6, range=(0, 100000),
                            help="epochs [0, W) without OPM or OGM (official: epoch <= 5)")
     ogm: bool = F(True, help="apply OGM gradient modulation (false: OPM alone)")
-    alpha: float = F(0.8, range=(0.0, 100.0), help="OGM alpha")
-    coeff: str = F("ratio", choices=["ratio", "excess"], help="OGM coefficient form (see ogm_ge)")
-    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of OGM (inclusive)")
-    modulation_ends: int = F(50, range=(0, 100000), help="end of the OGM window (exclusive)")
-    modulate: str = F("conv", choices=["conv", "all"], help="OGM: conv weights only (official) or all")
-    ge_noise_to: str = F("both", choices=["modulated", "both", "none"],
-                         help="OGM-GE noise: both modalities (BML's OGM_GE mode), the modulated one, or none")
 
 
 def drop_probabilities(ratios: dict, q_base: float, lam: float) -> dict[str, torch.Tensor]:
@@ -67,13 +61,10 @@ class OPMOGM(Method):
     def check_config(cls, p, c, modalities):
         check_epoch_window("warmup_epochs", p.warmup_epochs, c["train"]["epochs"], what="OPM and OGM")
         if p.ogm:
-            check_epoch_window("modulation_starts", p.modulation_starts, c["train"]["epochs"],
-                               "modulation_ends", p.modulation_ends, "OGM's gradient modulation")
+            p.check_window(c["train"]["epochs"], "OGM's gradient modulation")
 
     def __init__(self, params: OPMOGMParams, ctx):
         super().__init__(params, ctx)
-        if len(ctx.modalities) < 2:
-            raise ValueError("opm_ogm needs at least two modalities")
         seed = int(ctx.config.seed) * 7919 + 17
         self.gen = torch.Generator(device=ctx.device)    # the drop masks, drawn on the device
         self.gen.manual_seed(seed)
@@ -125,17 +116,12 @@ class OPMOGM(Method):
         out.extras = {**out.extras, **extras}
         return out
 
-    def loss(self, out, batch, st):
-        loss = self.task_loss(out.fused, batch["label"])
-        return loss, {"loss_f": loss.detach()}
-
     def after_backward(self, model, out, batch, st):
         rho = self._batch.get("rho")
         if rho is None:
             return
         k = ogm_coefficients(rho, self.p.alpha, self.p.coeff)
-        on = (self.p.ogm and self.active(st.epoch)
-              and self.p.modulation_starts <= st.epoch < self.p.modulation_ends)
+        on = self.p.ogm and self.active(st.epoch) and self.p.in_window(st.epoch)
         if on:
             modulate_gradients(model, k, modulate=self.p.modulate, noise_to=self.p.ge_noise_to)
         self.stats.add(k, rho, on)

@@ -95,8 +95,6 @@ class PMR(Method):
 
     def __init__(self, params: PMRParams, ctx):
         super().__init__(params, ctx)
-        if len(ctx.modalities) < 2:
-            raise ValueError("pmr needs at least two modalities")
         self.protos: dict[str, torch.Tensor] = {}
         self.valid: dict[str, torch.Tensor] = {}
         self.n_computed = 0
