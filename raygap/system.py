@@ -41,3 +41,22 @@ def usable_cpus(root: Path = CGROUP_ROOT) -> int:
     if quota is not None:
         n = min(n, max(1, math.ceil(quota)))
     return max(1, n)
+
+
+def ffmpeg_exe() -> str | None:
+    """The ffmpeg to run: the one on PATH (the system's, which the user chose), else the static
+    build the ``imageio-ffmpeg`` wheel ships (a raygap dependency, so ``raygap prepare`` and its
+    tests work on a machine without a system ffmpeg or root), else None."""
+    import shutil
+
+    path = shutil.which("ffmpeg")
+    if path:
+        return path
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:                  # the wheel without a binary for this platform
+        return None

@@ -33,8 +33,6 @@ def test_channels_last_and_compile_on_the_gpu():
 def test_cache_batches_on_the_gpu_never_make_the_host_wait(tmp_path):
     """A generated CREMA-D layout, cached; batches built on the GPU (resident and streamed)
     under torch's sync debug mode set to error: any host synchronisation raises."""
-    import shutil
-
     import torch
 
     import raygap.data  # noqa: F401
@@ -42,8 +40,9 @@ def test_cache_batches_on_the_gpu_never_make_the_host_wait(tmp_path):
     from raygap.data.base import DataCommon
     from raygap.data.synth import make_cremad_layout
     from raygap.registry import DATASETS
+    from raygap.system import ffmpeg_exe
 
-    make_cremad_layout(tmp_path, 4, frame_size=(64, 48), allow_without_ffmpeg=shutil.which("ffmpeg") is None)
+    make_cremad_layout(tmp_path, 4, frame_size=(64, 48), allow_without_ffmpeg=ffmpeg_exe() is None)
     entry = DATASETS.get("cremad")
     params = entry.params(image_size=32)
     tc.build_dataset("cremad", params, str(tmp_path), workers=1, log=lambda s: None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from raygap.data import prepare as prep
 from raygap.data.base import DataCommon
 from raygap.errors import DataError
 from raygap.registry import DATASETS
+from raygap.system import ffmpeg_exe
 
 EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 FRAME_NAMES = ["1.jpg", "2.jpg", "10.jpg"]     # lexicographic order (1, 10, 2) differs from numeric
@@ -366,10 +368,12 @@ def test_prepare_cremad_without_ffmpeg_when_frames_exist(tmp_path, capsys):
 def test_prepare_reports_missing_ffmpeg_and_bad_options(tmp_path, monkeypatch, capsys):
     raw, out = tmp_path / "raw", tmp_path / "out"
     _cremad_raw(raw)
-    monkeypatch.setattr(prep.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)          # no system ffmpeg ...
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)         # ... and no bundled one
     assert prep.main_prepare("cremad", str(raw), str(out), {}) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "ffmpeg" in err and "apt-get install ffmpeg" in err
+    assert "\n" not in err and "ffmpeg not found" in err and "pip install imageio-ffmpeg" in err
+    assert "apt-get install ffmpeg" in err
     assert not (out / "train.csv").exists()                      # failed before writing anything
     assert prep.main_prepare("cremad", str(raw), str(out), {"sed": "1"}) == 2
     assert "nearest: 'seed'" in capsys.readouterr().err
@@ -378,12 +382,22 @@ def test_prepare_reports_missing_ffmpeg_and_bad_options(tmp_path, monkeypatch, c
 
 
 # ----------------------------------------------------------------------------- prepare, end to end
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+FFMPEG = ffmpeg_exe()
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg: none on PATH and imageio-ffmpeg not installed")
+
+
+def test_without_a_system_ffmpeg_the_bundled_one_is_used(monkeypatch):
+    pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    exe = ffmpeg_exe()
+    assert exe and "imageio_ffmpeg" in exe
+    out = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("ffmpeg version")
 
 
 def make_video(path: Path, seconds: int, freq: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y",
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-y",
                     "-f", "lavfi", "-i", f"testsrc=size=64x48:rate=5:duration={seconds}",
                     "-f", "lavfi", "-i", f"sine=frequency={freq}:sample_rate=44100:duration={seconds}",
                     "-shortest", "-pix_fmt", "yuv420p", str(path)], check=True)

@@ -48,8 +48,9 @@ AUDIO_RATE = 16000                       # AVE and KS audio written as 16 kHz mo
 CREMAD_TEST_FRACTION = 744 / 7442        # the paper's CREMA-D proportions (6698 train / 744 test)
 FAILURES_FILE = "prepare_failures.txt"
 REPORT_FILE = "prepare_report.json"
-FFMPEG_MISSING = ("ffmpeg not found on PATH: `raygap prepare` extracts frames and audio with the "
-                  "system's ffmpeg; install it (e.g. `apt-get install ffmpeg`) and run again")
+FFMPEG_MISSING = ("ffmpeg not found (neither on PATH nor from the imageio-ffmpeg package): `raygap prepare` "
+                  "extracts frames and audio with it; install one (`pip install imageio-ffmpeg`, or the "
+                  "system's: `apt-get install ffmpeg`) and run again")
 
 
 # ----------------------------------------------------------------------------- options
@@ -121,7 +122,9 @@ def parse_options(dataset: str, options: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- ffmpeg and files
 def find_ffmpeg() -> str:
-    path = shutil.which("ffmpeg")
+    from ..system import ffmpeg_exe
+
+    path = ffmpeg_exe()
     if path is None:
         raise DataError(FFMPEG_MISSING)
     return path

@@ -10,7 +10,6 @@ as the real dataset, without downloading it.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..system import ffmpeg_exe
 from .cremad import AUDIO_DIR, CLASS_NAMES, FRAMES_DIR, TEST_LIST, TRAIN_LIST, write_split_csv
 
 
@@ -27,7 +27,7 @@ def make_cremad_layout(root: str | Path, clips_per_class: int, *, frame_size: tu
     """Write the layout under ``root`` (kept if it is already complete); returns the clip ids.
     ``allow_without_ffmpeg``: where ffmpeg is missing (the GPU bench machine), draw the same
     kind of media with numpy, PIL and soundfile instead of failing."""
-    ffmpeg = shutil.which("ffmpeg")
+    ffmpeg = ffmpeg_exe()
     root = Path(root)
     rng = np.random.default_rng(seed)
     rows, jobs = [], []
