@@ -273,21 +273,35 @@ def cmd_run(args) -> int:
         print(f"raygap: {len(summary.failed)} trial(s) failed:", file=sys.stderr)
         for key, err in summary.failed.items():
             print(f"  {key}: {err}", file=sys.stderr)
+    if isinstance(figures, FiguresFailed):
+        return summary.exit_code or 1
     return summary.exit_code
 
 
+class FiguresFailed(list):
+    """No figures: drawing them raised (the tables are written already). Falsy, like no figures;
+    the command exits 1 and says where the traceback is."""
+
+
 def _figures(grid, store, out_dir: Path) -> list:
-    """The grid's figures; a figure that cannot be drawn costs one warning line, never the run."""
+    """The grid's figures. Drawing them must not cost the tables (written before), and must not
+    fail silently either: an error is one line naming the file with its full traceback, and the
+    command's exit code becomes 1 (``FiguresFailed``)."""
+    import traceback
+
     from .report import grid_figures
 
     try:
         return grid_figures(grid, store, out_dir)
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # noqa: BLE001 -- the tables are written already; figures are extras
-        print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
-        return []
+    except Exception as e:  # noqa: BLE001 -- reported below and in the exit code, not swallowed
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tb = out_dir / "error.txt"
+        tb.write_text(traceback.format_exc(), encoding="utf-8")
+        print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(traceback: {tb})", file=sys.stderr)
+        return FiguresFailed()
 
 
 def cmd_status(args) -> int:
@@ -314,12 +328,12 @@ def cmd_export(args) -> int:
         except ExportRefused as e:
             raise ConfigError(str(e), file=args.grid) from None
         paths["figures"] = table_dir / "figures"
-        _figures(grid, store, paths["figures"])
+        figures = _figures(grid, store, paths["figures"])
     for kind, path in paths.items():
         if args.format and kind == f"table.{args.format}":
             print(Path(path).read_text(encoding="utf-8"))
     print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr if args.format else sys.stdout)
-    return 0
+    return 1 if isinstance(figures, FiguresFailed) else 0
 
 
 def cmd_prepare(args) -> int:

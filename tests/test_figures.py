@@ -51,3 +51,26 @@ def test_unchanged_figures_are_kept_and_the_table_figure_follows_new_results(tmp
         (out / "B_seed0_accuracy.png").unlink()               # a deleted figure is drawn again
         fourth = grid_figures(grid, store, out)
         assert fourth.drawn == 1 and (out / "B_seed0_accuracy.png").stat().st_size > 1000
+
+
+def test_figures_that_cannot_be_drawn_make_export_exit_1_with_the_traceback_path(tmp_path, monkeypatch, capsys):
+    import raygap.report
+    from raygap.cli import main as cli_main
+
+    grid = _grid(tmp_path)
+    keys = {(t.label, t.seed): t.key for t in grid.trials}
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(grid)
+        _finish(store, keys[("A", 0)], 0.8)
+
+    def broken(*a, **k):
+        raise ValueError("no axes today")
+
+    monkeypatch.setattr(raygap.report, "grid_figures", broken)
+    code = cli_main(["export", str(tmp_path / "figs.yaml"), "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    tb = tmp_path / "figs" / "noprofile" / "figures" / "error.txt"
+    assert code == 1
+    assert f"figures not drawn: ValueError: no axes today (traceback: {tb})" in err
+    assert "no axes today" in tb.read_text() and "Traceback" in tb.read_text()
+    assert "| A " in (tmp_path / "figs" / "noprofile" / "table.md").read_text()     # the tables are written
