@@ -66,7 +66,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
 
     from .config import resolve
     from .errors import CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
-    from .trial import CHECKPOINT, TrialDiverged, configure_threads, fit, load_data, pick_device
+    from .trial import CHECKPOINT, TrialDiverged, fit, load_data, pick_device, prepare_process
 
     DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch)
 
@@ -96,9 +96,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         notes.append("started over")
     resumed_from = resumed["epoch"] if resumed else None
     resume_note = "; ".join(notes) or None
-    configure_threads(cfg, cfg.resources.cpu)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    prepare_process(cfg, cfg.resources.cpu)
     node = ray.get_runtime_context().get_node_id()
     data_key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
     bundle = (shared or {}).get(data_key)

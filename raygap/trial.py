@@ -419,14 +419,22 @@ def configure_threads(cfg: TrialConfig, allotted_cpus: float | None = None) -> i
     return n
 
 
+def prepare_process(cfg: TrialConfig, allotted_cpus: float | None = None) -> int:
+    """What a process does before it trains ``cfg`` (``run_trial`` here, the Tune trainable in
+    a Ray worker): torch's threads from the allotted CPUs, deterministic kernels. Returns the
+    number of threads."""
+    n = configure_threads(cfg, allotted_cpus)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return n
+
+
 def run_trial(cfg: TrialConfig, *, checkpoint_dir: str | Path | None = None,
               report: Callable[[dict, Path | None], None] | None = None,
               log: Callable[[str], None] = lambda s: None,
               allotted_cpus: float | None = None, final_checkpoint: bool = True) -> TrialResult:
     """Build everything from the config and train. Deterministic for a seed on CPU."""
-    configure_threads(cfg, allotted_cpus)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    prepare_process(cfg, allotted_cpus)
     device = pick_device(cfg.train.device)
     bundle = load_data(cfg)
     return fit(cfg, bundle, device=device, checkpoint_dir=checkpoint_dir, report=report, log=log,
