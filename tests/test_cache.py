@@ -27,9 +27,10 @@ from raygap.data.base import DataCommon
 from raygap.data.media import frame_transform
 from raygap.errors import DataError
 from raygap.registry import DATASETS
-from raygap.trial import run_trial
+from raygap.system import ffmpeg_exe
+from raygap.trial import load_data, run_trial
 
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+needs_ffmpeg = pytest.mark.skipif(ffmpeg_exe() is None, reason="no ffmpeg: none on PATH and imageio-ffmpeg not installed")
 SIZE = 32
 
 
@@ -115,7 +116,7 @@ def test_batched_augmentation_has_the_per_item_distribution():
 # ----------------------------------------------------------------------------- the cache on a generated layout
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
-    if shutil.which("ffmpeg") is None:
+    if ffmpeg_exe() is None:
         pytest.skip("ffmpeg is not installed")
     from raygap.data.synth import make_cremad_layout
 
@@ -261,3 +262,25 @@ def test_trial_on_the_cache_trains_and_resumes_exactly(layout, tmp_path):
     resumed = run_trial(cfg, checkpoint_dir=tmp_path / "b")
     strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)          # crops and order drawn per (seed, epoch)
+
+
+@needs_ffmpeg
+def test_a_resnet18_trial_on_files_through_the_dataloader_with_purification(layout):
+    """The file pipeline as the paper profile's files path runs it: a DataLoader with a worker
+    process decoding WAVs and JPEGs, ResNet-18 encoders, and Table VII's purification, which
+    trains the adaptive stage on a Subset of the training split."""
+    cfg = resolve({"data": {"name": "cremad", "root": str(layout), "pipeline": "files", "image_size": SIZE},
+                   "model": {"backbone": "resnet18"}, "optim": {"lr": 0.01},
+                   "method": {"name": "gap_adaptive", "warmup_epochs": 1, "purify_tau": 0.5},
+                   "train": {"epochs": 3, "batch_size": 16, "device": "cpu", "threads": 2, "num_workers": 1,
+                             "checkpoint": False}})
+    r = run_trial(cfg)
+    h = r.history
+    n_train = h[0]["train_n"]
+    assert n_train == len(load_data(cfg).train) > 0
+    assert [x["stage"] for x in h] == ["warmup", "purify", "purify"]
+    kept = h[1]["purify_kept"]
+    assert 0 < kept <= n_train
+    assert [x["train_n"] for x in h[1:]] == [kept, kept]          # the adaptive stage saw the Subset only
+    assert all(math.isfinite(x["train_loss"]) for x in h)
+    assert r.info["batches"] == {}                                 # no split built its own batches: the DataLoader did

@@ -189,8 +189,9 @@ def test_forward_applies_the_bypass_to_the_cared_modality_only():
 
 
 def test_two_modalities_only_and_bad_positions():
-    with pytest.raises(ConfigError, match="two modalities"):
-        make(modalities=("audio", "visual", "text"))
+    # declared once (registration meta max_modalities=2), checked when the config is loaded
+    with pytest.raises(ConfigError, match="needs exactly 2 modalities; this trial has 3"):
+        resolve({"method": {"name": "greedy"}, "data": {"name": "avdigits", "text": True}})
     with pytest.raises(ConfigError, match="does not exist"):
         model_and_method(mmtm_after=[4])
     with pytest.raises(ConfigError, match="twice"):

@@ -289,4 +289,11 @@ def test_trains_one_epoch(tmp_path):
                    "method": {"name": "concat"}, "optim": {"name": "adam", "lr": 1e-3},
                    "train": {"epochs": 1, "batch_size": 4, "device": "cpu", "threads": 1, "checkpoint": False}})
     r = run_trial(cfg)
-    assert np.isfinite(r.metrics["mae"]) and "acc7" in r.metrics
+    from raygap.trial import load_data
+
+    n = len(load_data(cfg).test)
+    h = r.history[0]
+    assert r.metrics["mae"] == h["test_mae"] and 0 < r.metrics["mae"] < 6      # labels in [-3, 3]
+    assert r.metrics["acc7"] == h["test_acc7"]
+    assert r.metrics["acc7"] * n == pytest.approx(round(r.metrics["acc7"] * n))  # a count of test samples
+    assert {f"mae_{m}" for m in ("text", "audio", "vision")} <= set(r.metrics)

@@ -71,11 +71,15 @@ def test_grid_runs_exports_reuses_and_runs_only_new_cells(local_ray, tmp_path):
     assert "Concat" in table and "Control" in table and "n=2" in table.replace(" ", "")
     for k in {t.key for t in grid.trials}:
         rec = store.get(k)
-        assert rec["status"] == "done" and len(rec["history"]) == 2 and 0 <= rec["metrics"]["acc"] <= 1
-    # a second run launches nothing (and does not even need Ray)
-    t0 = time.perf_counter()
+        hist = rec["history"]
+        assert rec["status"] == "done" and [h["epoch"] for h in hist] == [0, 1]
+        # the stored result is the test accuracy of the epoch validation picked (the first of ties)
+        best = max(range(2), key=lambda e: (hist[e]["val_acc"], -e))
+        assert rec["metrics"]["acc"] == hist[best]["test_acc"] and rec["metrics"]["best_epoch"] == best
+        assert rec["metrics"]["acc"] > 0.2                     # 10 classes: it learned in two epochs
+    # a second run launches nothing
     _, _, s2 = run(g, tmp_path)
-    assert (s2.launched, s2.reused) == (0, 4) and time.perf_counter() - t0 < 10
+    assert (s2.launched, s2.reused) == (0, 4)
     # an edited grid (one more seed) runs only the new cells
     write_grid(g, "tiny", rows, seeds=(0, 1, 2))
     _, _, s3 = run(g, tmp_path)

@@ -266,8 +266,9 @@ def test_default_out_dir_is_results_grid_name_variant(filled, monkeypatch):
     monkeypatch.chdir(tmp)
     paths = export_grid(grid, store, formats=("md",))
     assert paths["table.md"] == Path("results") / "ex" / "noprofile" / "table.md" and paths["table.md"].exists()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown table format\(s\) \['pdf'\]: choose from csv, md, tex"):
         export_grid(grid, store, tmp / "o", formats=("pdf",))
+    assert not (tmp / "o").exists()                                 # refused before writing anything
 
 
 def test_status_text(filled):

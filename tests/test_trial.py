@@ -45,9 +45,14 @@ def test_same_seed_same_numbers_and_every_metric_present(tmp_path):
     a = run_trial(cfg)
     b = run_trial(cfg)
     assert _strip(a.history) == _strip(b.history)
-    for k in ("acc", "macro_f1", "acc_audio", "acc_visual", "macro_f1_audio", "macro_f1_visual",
-              "loss", "val_acc", "last_acc", "best_epoch"):
-        assert k in a.metrics and math.isfinite(a.metrics[k])
+    # every metric is the test value of the epoch validation picked (the first of ties), the
+    # last_ ones the last epoch's, the val_ ones validation's at the picked epoch
+    best = max(range(2), key=lambda e: (a.history[e]["val_acc"], -e))
+    assert a.metrics["best_epoch"] == best
+    for k in ("acc", "macro_f1", "acc_audio", "acc_visual", "macro_f1_audio", "macro_f1_visual", "loss"):
+        assert a.metrics[k] == a.history[best][f"test_{k}"] and math.isfinite(a.metrics[k])
+        assert a.metrics[f"last_{k}"] == a.history[-1][f"test_{k}"]
+        assert a.metrics[f"val_{k}"] == a.history[best][f"val_{k}"]
     assert a.metrics["acc"] > 0.2       # 10 classes: clearly above chance after two epochs
 
 
