@@ -82,6 +82,9 @@ class TrainSection:
     threads: int = F(0, range=(0, 1024), help="torch intra-op threads; 0 = the CPUs allotted to the trial")
     select: str = F("auto", choices=["auto", "acc", "macro_f1", "loss", "mae", "corr", "acc2", "f1_2", "acc7"],
                     help="validation metric that picks the reported epoch; auto: acc (classification), mae (regression)")
+    select_from: str = F("all", choices=["all", "adaptive"],
+                         help="epochs the reported one is picked from: all, or only those after a method's warm-up "
+                              "stage (records whose stage is not 'warmup'; docs/method.md)")
     regression_loss: str = F("l1", choices=["l1", "mse"], help="task loss for a regression target (MOSI: L1)")
     checkpoint: bool = F(True, help="write checkpoints (needed for resume)")
     checkpoint_every: int = F(5, range=(1, 100000),
@@ -118,7 +121,7 @@ NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile"}, "d
 # keys added after results were stored, hashed only when set away from the value that reproduces
 # those results (so a stored trial keeps its identity): {section: {key: (that value, keys that only
 # matter when it is changed)}}
-HASHED_UNLESS = {"data": {"pipeline": ("files", ("cache_side",))}}
+HASHED_UNLESS = {"data": {"pipeline": ("files", ("cache_side",))}, "train": {"select_from": ("all", ())}}
 
 
 # ----------------------------------------------------------------------------- helpers

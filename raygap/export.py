@@ -27,6 +27,12 @@ never share files):
   Row notes (a row's ``note``) are footnotes: ``*``, ``**``... after the label, the texts
   below the table (CSV: a ``Note`` column). Rows skipped because their method is not
   implemented are listed below the table (Markdown, LaTeX comment).
+* with a grid ``reference`` row: ``significance.csv`` and a section under the Markdown and
+  LaTeX tables -- each other row minus the reference, seed by seed (the same seed is the same
+  split, initialisation and data order: the comparison is paired), per column and metric: the
+  mean difference, its 95 % interval and a paired t-test's p-value (scipy's ``ttest_rel``),
+  the p-values adjusted over the table's comparisons by Benjamini-Hochberg (scipy's
+  ``false_discovery_control``). See :func:`paired_comparisons` for why these.
 * ``table.json`` -- the same cells as numbers (values per seed, mean, std, n) and how many
   cell memberships were done when it was written. An export never replaces these files
   with a table holding fewer done cells (:class:`ExportRefused`) unless forced.
@@ -57,6 +63,10 @@ METRIC_LABELS = {"acc": "Acc", "macro_f1": "Macro-F1", "data_pct": "Data %", "be
                  "mae": "MAE", "corr": "Corr", "acc2": "Acc-2", "f1_2": "F1", "acc2_nz": "Acc-2 (non-0)",
                  "f1_2_nz": "F1 (non-0)", "acc7": "Acc-7"}
 DASH = "–"
+WARMUP_MARK = "†"          # "† k": in k seeds the epoch picked on validation lies in the warm-up stage
+WARMUP_NOTE = (f"{WARMUP_MARK} k: in k of the seeds the epoch picked on validation lies in the method's warm-up stage "
+               "(the reported number is then the warm-up objective's, not the adaptive stage's); "
+               "train.select_from: adaptive picks from the adaptive stage only.")
 
 
 def _split_modality(metric: str) -> tuple[str, str | None]:
@@ -179,8 +189,9 @@ def results_dir(root: str | Path, *parts: str, create: bool = True) -> Path:
 class Cell:
     """The values of one (row, column, metric) cell over the seeds that are done."""
 
-    def __init__(self, values: list[float], done: int, total: int, digits: int = 2):
+    def __init__(self, values: list[float], done: int, total: int, digits: int = 2, in_warmup: int = 0):
         self.values, self.done, self.total, self.digits = values, done, total, digits
+        self.in_warmup = in_warmup          # seeds whose epoch, picked on validation, lies in a warm-up stage
 
     @property
     def mean(self) -> float | None:
@@ -192,7 +203,7 @@ class Cell:
 
     def text(self, with_n: bool = True, complete_n: bool = True) -> str:
         return fmt(self.values, self.total, with_n=with_n, done=self.done, complete_n=complete_n,
-                   digits=self.digits)
+                   digits=self.digits) + (f" {WARMUP_MARK}{self.in_warmup}" if self.in_warmup else "")
 
 
 def fmt(vals: list[float], n_total: int, with_n: bool = True, done: int | None = None,
@@ -222,14 +233,117 @@ def table_cells(grid, store) -> tuple[list[dict], dict[tuple[str, int, str], Cel
         for ci, col in enumerate(combos):
             specs = grid.cell(label, col)
             done = [recs[t.key] for t in specs if t.key in recs and recs[t.key]["status"] == "done"]
+            warm = sum(1 for rec in done if (rec["metrics"] or {}).get("best_in_warmup") == 1)
             for m in grid.metrics:
                 vals = []
                 for rec in done:
                     v = (rec["metrics"] or {}).get(m)
                     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                         vals.append(float(v) * (100.0 if is_percent(m) else 1.0))
-                out[(label, ci, m)] = Cell(vals, len(done), len(specs), digits=metric_digits(m))
+                out[(label, ci, m)] = Cell(vals, len(done), len(specs), digits=metric_digits(m), in_warmup=warm)
     return combos, out
+
+
+def _seed_values(grid, recs: dict, label: str, col: dict, metric: str) -> dict[int, float]:
+    """seed -> value (in the table's unit) of one cell's done trials."""
+    out = {}
+    for t in grid.cell(label, col):
+        rec = recs.get(t.key)
+        if rec and rec["status"] == "done":
+            v = (rec["metrics"] or {}).get(metric)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[t.seed] = float(v) * (100.0 if is_percent(metric) else 1.0)
+    return out
+
+
+def paired_comparisons(grid, store) -> list[dict]:
+    """Every row other than ``grid.reference`` against it, per column and metric, over the
+    seeds both have done: n, the mean of the per-seed differences (row - reference), its 95 %
+    interval and the p-value of a paired t-test, and p adjusted over all of the table's
+    comparisons (Benjamini-Hochberg).
+
+    Why these: a seed fixes the split, the initialisation and the data order of both rows, so
+    the differences are paired, and pairing removes the seed-to-seed spread that dominates the
+    tables' std. With the grids' 3 seeds a rank test cannot reject at all (the smallest
+    two-sided p of Wilcoxon's signed-rank test at n = 3 is 0.25); the t-test can, assuming the
+    differences are roughly normal, which 3 values cannot check. BH controls the share of false
+    discoveries among a table's many comparisons (Holm's family-wise control would be
+    stricter still). ``note`` says when nothing can be concluded: fewer than 2 pairs, or the
+    same difference in every seed (no spread: the t statistic is undefined)."""
+    if not grid.reference or grid.reference not in grid.row_labels:
+        return []
+    from scipy import stats
+
+    combos = grid.column_combos()
+    recs = store.records(t.key for t in grid.trials)
+    out = []
+    for label in grid.row_labels:
+        if label == grid.reference:
+            continue
+        for col in combos:
+            for m in grid.metrics:
+                a = _seed_values(grid, recs, label, col, m)
+                r = _seed_values(grid, recs, grid.reference, col, m)
+                seeds = sorted(set(a) & set(r))
+                d = [a[s] - r[s] for s in seeds]
+                row = {"row": label, "column": grid.column_header(col), "metric": m, "n": len(d),
+                       "mean_diff": statistics.fmean(d) if d else None, "ci_low": None, "ci_high": None,
+                       "p": None, "p_adj": None, "note": ""}
+                if len(d) < 2:
+                    row["note"] = f"n={len(d)}: too few paired seeds"
+                elif max(d) - min(d) == 0:
+                    row["note"] = "the same difference in every seed" if d[0] else "identical in every seed"
+                else:
+                    res = stats.ttest_rel([a[s] for s in seeds], [r[s] for s in seeds])
+                    ci = res.confidence_interval(0.95)
+                    row.update(p=float(res.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
+                out.append(row)
+    tested = [row for row in out if row["p"] is not None]
+    if tested:
+        for row, q in zip(tested, stats.false_discovery_control([row["p"] for row in tested])):
+            row["p_adj"] = float(q)
+    return out
+
+
+def comparison_text(c: dict, digits: int = 2) -> str:
+    """``+1.23 [-0.50, 2.96] p=0.21 (adj 0.40)``; ``+1.00 (every seed)``; ``n=1: too few``."""
+    if c["mean_diff"] is None:
+        return DASH
+    d = f"{c['mean_diff']:+.{digits}f}"
+    if c["p"] is None:
+        return f"{d} ({c['note']})" if c["n"] >= 2 else f"{d} (n={c['n']})"
+    return (f"{d} [{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}] p={c['p']:.2g}"
+            f" (adj {c['p_adj']:.2g}){' *' if c['p_adj'] < 0.05 else ''}")
+
+
+def comparison_table(grid, comps: list[dict]) -> tuple[list[str], list[list[str]]]:
+    combos = grid.column_combos()
+    header = ["Method"] + [f"{grid.column_header(c)} {metric_label(m)}" for c in combos for m in grid.metrics]
+    by = {(c["row"], c["column"], c["metric"]): c for c in comps}
+    body = [[label] + [comparison_text(by[(label, grid.column_header(col), m)], metric_digits(m))
+                       for col in combos for m in grid.metrics]
+            for label in grid.row_labels if label != grid.reference]
+    return header, body
+
+
+def comparison_note(grid, comps: list[dict]) -> str:
+    n_tested = sum(c["p"] is not None for c in comps)
+    ns = sorted({c["n"] for c in comps})
+    few = (f" With n = {max(ns)} seeds the test has {max(ns) - 1} degree(s) of freedom: only a large, consistent "
+           "difference reaches p < 0.05, and a difference that does not is not shown to be absent."
+           if ns and max(ns) <= 5 else "")
+    return (f"Each row minus {grid.reference}, seed by seed (same seed: same split, initialisation and data order), "
+            f"mean difference [95 % interval], paired t-test p (scipy ttest_rel), adjusted over the table's "
+            f"{n_tested} tested comparisons by Benjamini-Hochberg; * adjusted p < 0.05.{few}")
+
+
+def comparisons_csv(comps: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["row", "column", "metric", "n", "mean_diff", "ci_low", "ci_high", "p",
+                                        "p_adj", "note"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(comps)
+    return buf.getvalue()
 
 
 def _marks(grid) -> dict[str, str]:
@@ -266,7 +380,7 @@ def _md(s: str) -> str:
     return str(s).replace("|", "\\|")
 
 
-def to_markdown(grid, header: list[str], body: list[list[str]]) -> str:
+def to_markdown(grid, header: list[str], body: list[list[str]], comps: list[dict] | None = None) -> str:
     lines = [f"# {grid.name}" + (f": {grid.description}" if grid.description else ""), "",
              "| " + " | ".join(_md(h) for h in header) + " |",
              "|" + "---|" + "---:|" * (len(header) - 1)]
@@ -276,6 +390,8 @@ def to_markdown(grid, header: list[str], body: list[list[str]]) -> str:
                  "(n=k) seeds done, (n=k/N) when only k of N are; – none done. The reported epoch is chosen on "
                  "validation." + (f" Profile: {grid.profile}." if grid.profile else "")
                  + (f" --set {' '.join(grid.sets)}." if grid.sets else ""))
+    if any(WARMUP_MARK in c for r in body for c in r[1:]):
+        lines += ["", _md(WARMUP_NOTE)]
     marks = _marks(grid)
     if marks:
         lines.append("")
@@ -284,13 +400,19 @@ def to_markdown(grid, header: list[str], body: list[list[str]]) -> str:
     if grid.skipped:
         lines.append("")
         lines += [f"Not run: {_md(label)} ({_md(reason)})  " for label, reason in grid.skipped]
+    if comps:
+        h, b = comparison_table(grid, comps)
+        lines += ["", f"## Paired differences vs {_md(grid.reference)}", "",
+                  "| " + " | ".join(_md(x) for x in h) + " |", "|" + "---|" + "---:|" * (len(h) - 1)]
+        lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in b]
+        lines += ["", _md(comparison_note(grid, comps))]
     return "\n".join(lines).rstrip() + "\n"
 
 
 _TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
               "<": r"\textless{}", ">": r"\textgreater{}", "|": r"$|$",
-              "±": r"$\pm$", "–": "--", "—": "---", "²": r"$^2$", "≥": r"$\geq$", "≤": r"$\leq$",
+              "±": r"$\pm$", "†": r"$^\dagger$", "–": "--", "—": "---", "²": r"$^2$", "≥": r"$\geq$", "≤": r"$\leq$",
               "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "ρ": r"$\rho$", "τ": r"$\tau$",
               "λ": r"$\lambda$", "σ": r"$\sigma$", "μ": r"$\mu$"}
 
@@ -300,7 +422,7 @@ def tex_escape(s: Any) -> str:
     return "".join(_TEX_CHARS.get(ch, ch) for ch in str(s)).replace("$$", "")
 
 
-def to_latex(grid, store) -> str:
+def to_latex(grid, store, comps: list[dict] | None = None) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), one multicolumn header per
     column value (dataset), one sub-column per metric."""
     combos, cells = table_cells(grid, store)
@@ -319,12 +441,20 @@ def to_latex(grid, store) -> str:
                 for ci in range(len(combos)) for m in grid.metrics]
         out.append(name + " & " + " & ".join(vals) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
+    if any(c.in_warmup for c in cells.values()):
+        out.append(r"\par\smallskip{\footnotesize " + tex_escape(WARMUP_NOTE) + "}")
     if marks:       # after the tabular, so long notes wrap to the float's width
         out.append(r"\par\smallskip{\footnotesize")
         out += [rf"$^{{{marks[label]}}}$ {tex_escape(label)}: {tex_escape(grid.notes[label])}\par"
                 for label in marks]
         out.append("}")
     out += [f"% not run: {label} ({reason})" for label, reason in grid.skipped]
+    if comps:
+        h, b = comparison_table(grid, comps)
+        out += ["", f"% paired differences vs {grid.reference}", r"\begin{tabular}{l" + "c" * (len(h) - 1) + "}",
+                r"\toprule", " & ".join(tex_escape(x) for x in h) + r" \\", r"\midrule"]
+        out += [" & ".join(tex_escape(c) for c in r) + r" \\" for r in b]
+        out += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip{\footnotesize " + tex_escape(comparison_note(grid, comps)) + "}"]
     return "\n".join(out) + "\n"
 
 
@@ -395,12 +525,15 @@ def export_grid(grid, store, out_dir: str | Path | None = None,
         _check_not_emptier(out_dir, manifest)
     paths = {"trials.csv": atomic_write(out_dir / "trials.csv", trials_csv(grid, store))}
     header, body = table_rows(grid, store)
+    comps = paired_comparisons(grid, store)
     if "csv" in formats:
         paths["table.csv"] = atomic_write(out_dir / "table.csv", to_csv(grid, header, body))
+        if comps:
+            paths["significance.csv"] = atomic_write(out_dir / "significance.csv", comparisons_csv(comps))
     if "md" in formats:
-        paths["table.md"] = atomic_write(out_dir / "table.md", to_markdown(grid, header, body))
+        paths["table.md"] = atomic_write(out_dir / "table.md", to_markdown(grid, header, body, comps))
     if "tex" in formats:
-        paths["table.tex"] = atomic_write(out_dir / "table.tex", to_latex(grid, store))
+        paths["table.tex"] = atomic_write(out_dir / "table.tex", to_latex(grid, store, comps))
     paths[MANIFEST] = atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
     return paths
 

@@ -31,6 +31,8 @@ Grid file (``grids/*.yaml``)
 ``resources``     per trial, e.g. ``{cpu: 4, gpu: 0.5}``
 ``column_labels`` optional: column value -> header (``cremad: CREMA-D``)
 ``notes``         optional: row label -> footnote (the same as a row's ``note``)
+``reference``     optional: the row every other row is compared with, seed by seed (paired
+                  differences, 95 % intervals, adjusted p-values under the exported table)
 
 Profiles (``grids/profiles/NAME.yaml``) overlay any grid:
 ``description``; ``overlay`` (merged onto every trial); ``overlay_by``
@@ -92,7 +94,7 @@ from .errors import ConfigError
 from .metrics import metric_names
 from .registry import METHODS
 
-GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources",
+GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference",
              "column_labels", "notes"]
 PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
 ROW_NOTE = "note"
@@ -150,6 +152,7 @@ class Grid:
     profile: str | None = None
     resources: dict = field(default_factory=dict)
     sets: list[str] = field(default_factory=list)       # the --set items, as given
+    reference: str | None = None                        # the row the others are compared with
 
     @property
     def variant(self) -> str:
@@ -417,6 +420,10 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
             raise ConfigError(f"note for {label!r}, which is not a row", file=file, key="notes",
                               hint=f"nearest row: {nearest(label, rows)!r}")
 
+    reference = doc.get("reference")
+    if reference is not None and str(reference) not in rows:
+        raise ConfigError(f"{reference!r} is not a row", file=file, key="reference",
+                          hint=f"nearest row: {nearest(str(reference), rows)!r}")
     columns = _check_columns(_mapping(doc.get("columns"), "columns", file), file)
     seeds = _check_seeds(doc["seeds"], file) if "seeds" in doc else [0]
     metrics = _list(doc.get("metrics", ["acc"]), "metrics", file)
@@ -450,7 +457,8 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
 
     grid = Grid(name=name, description=description, path=Path(path), metrics=[str(m) for m in metrics],
                 row_labels=list(rows), columns=columns, column_labels=column_labels, seeds=seeds, notes=notes,
-                profile=profile, resources={**grid_resources, **prof_resources}, sets=list(sets or []))
+                profile=profile, resources={**grid_resources, **prof_resources}, sets=list(sets or []),
+                reference=None if reference is None else str(reference))
     missing: dict[str, str] = {}
     for label, over in rows.items():
         for column in grid.column_combos():
@@ -497,6 +505,8 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
                               file=file, key="rows", hint="pass --skip-missing to run the other rows")
         grid.skipped = [(lab, f"method {m!r} is not implemented") for lab, m in missing.items()]
         grid.row_labels = [r for r in grid.row_labels if r not in missing]
+        if grid.reference in missing:
+            grid.reference = None
     _check_metrics(grid, file)
     return grid
 

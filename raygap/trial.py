@@ -223,26 +223,33 @@ def select_metric(select: str, task: str) -> str:
     return select
 
 
-def select_epoch(history: list[dict], select: str) -> int:
-    """Index of the epoch with the best validation metric (earliest on ties)."""
+def select_epoch(history: list[dict], select: str, select_from: str = "all") -> int:
+    """Index of the epoch with the best validation metric (earliest on ties). ``select_from:
+    adaptive``: only among the epochs after a warm-up stage (records whose ``stage`` is not
+    ``warmup``), where the method has any."""
     key = f"val_{select}"
-    vals = [h[key] for h in history]
+    allowed = [i for i, h in enumerate(history) if select_from == "all" or h.get("stage") != "warmup"] \
+        or list(range(len(history)))
+    vals = [history[i][key] for i in allowed]
     if select in LOWER_IS_BETTER:
         vals = [-v if math.isfinite(v) else -math.inf for v in vals]
     else:
         vals = [v if math.isfinite(v) else -math.inf for v in vals]
-    return int(np.argmax(vals))
+    return allowed[int(np.argmax(vals))]
 
 
-def final_metrics(history: list[dict], select: str) -> dict[str, float]:
-    """Test metrics at the epoch chosen on validation, plus the last epoch's."""
-    b = select_epoch(history, select)
+def final_metrics(history: list[dict], select: str, select_from: str = "all") -> dict[str, float]:
+    """Test metrics at the epoch chosen on validation, plus the last epoch's. For a method with
+    a warm-up stage, ``best_in_warmup`` (1 or 0) says whether the chosen epoch lies in it."""
+    b = select_epoch(history, select, select_from)
     best, last = history[b], history[-1]
     out = {k[len("test_"):]: v for k, v in best.items() if k.startswith("test_")}
     out.update({f"val_{k[len('val_'):]}": v for k, v in best.items() if k.startswith("val_")})
     out.update({f"last_{k[len('test_'):]}": v for k, v in last.items() if k.startswith("test_")})
     out["best_epoch"] = best["epoch"]
     out["last_epoch"] = last["epoch"]
+    if any("stage" in h for h in history):
+        out["best_in_warmup"] = 1.0 if best.get("stage") == "warmup" else 0.0
     for k, v in best.items():   # method-reported figures that belong in tables (e.g. data_pct)
         if k.startswith("report_"):
             out[k[len("report_"):]] = v
@@ -393,7 +400,7 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
             report(record, ckpt_path.parent if ckpt_now else None)
         log(format_record(record, bundle.modality_names, select))
 
-    return TrialResult(cfg.key(), final_metrics(st.history, select), st.history,
+    return TrialResult(cfg.key(), final_metrics(st.history, select, T.select_from), st.history,
                        info={"device": shown_device, "data": bundle.info, "batches": placed,
                              "method_source": METHODS.source(cfg.method.name),
                              "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)})

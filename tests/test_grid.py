@@ -481,3 +481,11 @@ def test_describe_lists_every_cell_with_status_and_totals(tmp_path):
     assert sum(1 for ln in lines if a0.key in ln and ln.rstrip().endswith("done")) == 2    # A and B share it
     assert any(c1.key in ln and ln.rstrip().endswith("failed") for ln in lines)
     assert lines[-1] == "6 cells, 4 distinct trials: 1 already done (reused), 3 to run"
+
+
+def test_docs_grids_md_reproduces_the_grid_module_docstring():
+    import raygap.grid
+
+    text = (ROOT / "docs" / "grids.md").read_text()
+    block = text.split("```\n", 1)[1].split("```", 1)[0]
+    assert block.strip("\n") == raygap.grid.__doc__.strip("\n")

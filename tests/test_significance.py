@@ -1,0 +1,116 @@
+"""Paired comparisons against a grid's reference row: numbers by hand (t with 2 degrees of
+freedom has a closed-form CDF, F(t) = 1/2 + t / (2 sqrt(2 + t^2)), and t_0.975 = 4.302653),
+Benjamini-Hochberg by hand, and the tables that carry them."""
+import math
+
+import pytest
+import yaml
+
+from raygap.errors import ConfigError
+from raygap.export import export_grid, paired_comparisons
+from raygap.grid import load_grid
+from raygap.store import Store
+
+ACC = {"Ref": [0.80, 0.70, 0.90], "B": [0.82, 0.75, 0.91], "C": [0.80, 0.70, 0.90], "D": [0.81, 0.71, 0.91],
+       "E": [0.90, 0.82, 1.01]}
+
+
+def _grid(tmp_path, reference="Ref"):
+    rows = {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}}, "C": {"optim": {"lr": 0.3}},
+            "D": {"optim": {"lr": 0.4}}, "E": {"optim": {"lr": 0.5}}}
+    doc = {"name": "sig", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+                                   "train": {"epochs": 2, "device": "cpu"}},
+           "rows": rows, "seeds": [0, 1, 2], "metrics": ["acc"], "resources": {"cpu": 1, "gpu": 0},
+           "reference": reference}
+    (tmp_path / "sig.yaml").write_text(yaml.safe_dump(doc))
+    return load_grid(tmp_path / "sig.yaml")
+
+
+def _fill(tmp_path, grid) -> Store:
+    store = Store(tmp_path / "store.sqlite")
+    store.register(grid)
+    for t in grid.trials:
+        store.mark_running(t.key, {})
+        store.save_done(t.key, {"acc": ACC[t.label][t.seed]}, [{"epoch": 0}], 1.0, {})
+    return store
+
+
+def t2_p(t: float) -> float:
+    return 2 * (1 - (0.5 + abs(t) / (2 * math.sqrt(2 + t * t))))
+
+
+def test_paired_differences_intervals_and_adjusted_p_by_hand(tmp_path):
+    grid = _grid(tmp_path)
+    with _fill(tmp_path, grid) as store:
+        comps = {c["row"]: c for c in paired_comparisons(grid, store)}
+    assert set(comps) == {"B", "C", "D", "E"}
+    # B - Ref in percent: 2, 5, 1 -> mean 8/3, sd sqrt(13/3), t = mean / (sd / sqrt 3)
+    b = comps["B"]
+    sd = math.sqrt(13 / 3)
+    t = (8 / 3) / (sd / math.sqrt(3))
+    assert b["n"] == 3 and b["mean_diff"] == pytest.approx(8 / 3)
+    assert b["p"] == pytest.approx(t2_p(t), rel=1e-6)
+    half = 4.302653 * sd / math.sqrt(3)
+    assert (b["ci_low"], b["ci_high"]) == (pytest.approx(8 / 3 - half, rel=1e-5), pytest.approx(8 / 3 + half, rel=1e-5))
+    # E - Ref: 10, 12, 11 -> mean 11, sd 1
+    e = comps["E"]
+    assert e["p"] == pytest.approx(t2_p(11 / (1 / math.sqrt(3))), rel=1e-6)
+    # Benjamini-Hochberg over the two tested comparisons: the smaller p times 2, the larger as is
+    assert e["p_adj"] == pytest.approx(2 * e["p"]) and b["p_adj"] == pytest.approx(b["p"])
+    # nothing to test: the same values, or the same difference in every seed
+    assert comps["C"]["p"] is None and comps["C"]["note"] == "identical in every seed"
+    assert comps["D"]["p"] is None and comps["D"]["note"] == "the same difference in every seed"
+    assert comps["D"]["mean_diff"] == pytest.approx(1.0)
+
+
+def test_the_tables_carry_the_comparison_and_say_how_it_was_made(tmp_path):
+    grid = _grid(tmp_path)
+    with _fill(tmp_path, grid) as store:
+        paths = export_grid(grid, store, tmp_path / "out")
+    md = paths["table.md"].read_text()
+    assert "## Paired differences vs Ref" in md and "Benjamini-Hochberg" in md and "2 degree(s) of freedom" in md
+    section = md.split("## Paired differences vs Ref")[1]
+    assert "| E | 91.00 ± 9.54 (n=3) |" in md.split("## Paired")[0]        # the table itself is unchanged
+    row_e = next(line for line in section.splitlines() if line.startswith("| E |"))
+    assert "+11.00 [" in row_e and row_e.rstrip(" |").endswith("*")            # adjusted p < 0.05
+    assert "| C | +0.00 (identical in every seed) |" in section
+    csv_lines = paths["significance.csv"].read_text().splitlines()
+    assert csv_lines[0] == "row,column,metric,n,mean_diff,ci_low,ci_high,p,p_adj,note" and len(csv_lines) == 5
+    assert "paired differences vs Ref" in paths["table.tex"].read_text()
+
+
+def test_a_reference_that_is_not_a_row_is_one_line(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _grid(tmp_path, reference="Reff")
+    assert "reference" in str(e.value) and "nearest row: 'Ref'" in str(e.value)
+
+
+def test_select_from_adaptive_and_the_warmup_mark(tmp_path):
+    from raygap.config import resolve
+    from raygap.trial import final_metrics, select_epoch
+
+    hist = [{"epoch": 0, "stage": "warmup", "val_acc": 0.9, "test_acc": 0.5},
+            {"epoch": 1, "stage": "warmup", "val_acc": 0.7, "test_acc": 0.6},
+            {"epoch": 2, "stage": "adaptive", "val_acc": 0.8, "test_acc": 0.7},
+            {"epoch": 3, "stage": "adaptive", "val_acc": 0.8, "test_acc": 0.75}]
+    assert select_epoch(hist, "acc") == 0 and select_epoch(hist, "acc", "adaptive") == 2   # earliest of ties
+    assert final_metrics(hist, "acc")["best_in_warmup"] == 1.0
+    m = final_metrics(hist, "acc", "adaptive")
+    assert m["acc"] == 0.7 and m["best_epoch"] == 2 and m["best_in_warmup"] == 0.0
+    assert "best_in_warmup" not in final_metrics([{k: v for k, v in h.items() if k != "stage"} for h in hist], "acc")
+    # select_from changes the reported numbers, so it is in the trial's key -- but only when not
+    # the default, so every stored trial keeps its key
+    assert resolve({}).key() == resolve({"train": {"select_from": "all"}}).key()
+    assert resolve({"train": {"select_from": "adaptive"}}).key() != resolve({}).key()
+    # the table marks a cell with how many seeds picked a warm-up epoch
+    grid = _grid(tmp_path)
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(grid)
+        for t in grid.trials:
+            store.mark_running(t.key, {})
+            store.save_done(t.key, {"acc": ACC[t.label][t.seed], "best_in_warmup": float(t.label == "B" and t.seed < 2)},
+                            [{"epoch": 0}], 1.0, {})
+        paths = export_grid(grid, store, tmp_path / "out")
+    md = paths["table.md"].read_text()
+    assert "| B | 82.67 ± 8.02 (n=3) †2 |" in md and "in k of the seeds the epoch picked on validation" in md
+    assert r"$^\dagger$2" in paths["table.tex"].read_text()
