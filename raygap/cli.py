@@ -336,6 +336,18 @@ def cmd_export(args) -> int:
     return 1 if isinstance(figures, FiguresFailed) else 0
 
 
+def cmd_report(args) -> int:
+    from .export import reproduction_report
+
+    grid, store = _grid_for_reading(args)
+    table_dir = _table_dir(args, grid)
+    with interrupts.protected("export"):
+        figures = _figures(grid, store, table_dir / "figures")
+        path = reproduction_report(grid, store, table_dir, figures)
+    print(f"written: {path}")
+    return 1 if isinstance(figures, FiguresFailed) else 0
+
+
 def cmd_prepare(args) -> int:
     from .data.prepare import main_prepare
 
@@ -507,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid_args(ex)
     ex.add_argument("--format", choices=["csv", "md", "tex"], help="print this format (default: write all)")
     ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, settings")
+    grid_args(rp)
+    rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("prepare", help="build a dataset's layout from the public downloads")
     pr.add_argument("dataset")

@@ -597,3 +597,84 @@ def status_text(grid, store) -> str:
     for label, reason in grid.skipped:
         lines.append(f"  skipped row {label!r}: {reason}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- reproduction report
+def reproduction_report(grid, store, out_dir: Path, figures: list | None = None) -> Path:
+    """``report.md`` in ``out_dir``: for each cell the paper's number (the grid's
+    ``paper_results``) beside ours (mean ± std over seeds), the difference, the paired
+    comparison with the reference row, the figures, and the settings in force. Cells of a
+    profile whose columns are not the paper's (the demo's avdigits) are not set beside the
+    paper's: both tables are shown, marked as not comparable."""
+    combos, cells = table_cells(grid, store)
+    comps = paired_comparisons(grid, store)
+    paper = grid.paper
+    col_values = [str(next(iter(c.values()))) if len(c) == 1 else None for c in combos]
+    matched = bool(paper) and grid.profile != "demo" and all(
+        v is not None and any(v in per for per in paper.values()) for v in col_values)
+    lines = [f"# Reproduction report: {grid.name}" + (f" ({grid.profile} profile)" if grid.profile else ""), "",
+             grid.description, ""]
+    n_done = done_cells(grid, store)
+    lines.append(f"{n_done} of {len(grid.trials)} cells done; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.")
+    if not matched:
+        lines += ["", "**Not comparable with the paper**: this profile's data, model or schedule are not the paper's"
+                  + (f" (columns: {', '.join(grid.column_header(c) for c in combos)})" if combos else "")
+                  + ". The paper's numbers are listed for reference only."]
+    lines += ["", "## Ours" + (" beside the paper" if matched else ""), ""]
+    header = ["Method"]
+    for c in combos:
+        for m in grid.metrics:
+            name = f"{grid.column_header(c)} {metric_label(m)}"
+            header += [f"{name} paper", f"{name} ours", f"{name} ours − paper"] if matched else [f"{name} ours"]
+    rows = []
+    for label in grid.row_labels:
+        r = [label]
+        for ci, c in enumerate(combos):
+            for m in grid.metrics:
+                cell = cells[(label, ci, m)]
+                if matched:
+                    p = paper.get(label, {}).get(col_values[ci], {}).get(m)
+                    diff = f"{cell.mean - p:+.2f}" if p is not None and cell.mean is not None else DASH
+                    r += [f"{p:.2f}" if p is not None else DASH, cell.text(), diff]
+                else:
+                    r.append(cell.text())
+        rows.append(r)
+    lines += ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(_md(x) for x in r) + " |" for r in rows]
+    if paper and not matched:
+        pcols = sorted({c for per in paper.values() for c in per}, key=lambda v: list(grid.column_labels).index(v)
+                       if v in grid.column_labels else 99)
+        lines += ["", "## The paper's numbers (for reference)", "",
+                  "| Method | " + " | ".join(_md(f"{grid.column_labels.get(c, c)} {metric_label(m)}")
+                                          for c in pcols for m in grid.metrics) + " |",
+                  "|---|" + "---:|" * (len(pcols) * len(grid.metrics))]
+        for label, per in paper.items():
+            lines.append(f"| {_md(label)} | " + " | ".join(
+                f"{per[c][m]:.2f}" if m in per.get(c, {}) else DASH for c in pcols for m in grid.metrics) + " |")
+    if comps:
+        h, b = comparison_table(grid, comps)
+        lines += ["", f"## Which differences are real: paired differences vs {_md(grid.reference)}", "",
+                  "| " + " | ".join(_md(x) for x in h) + " |", "|" + "---|" + "---:|" * (len(h) - 1)]
+        lines += ["| " + " | ".join(_md(x) for x in r) + " |" for r in b]
+        lines += ["", _md(comparison_note(grid, comps))]
+    if any(c.in_warmup for c in cells.values()):
+        lines += ["", _md(WARMUP_NOTE)]
+    figs = sorted(Path(f) for f in (figures or []))
+    if figs:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{f.stem}](figures/{f.name})" for f in figs if f.name.startswith("table_")]
+        per_cell = [f for f in figs if f.stem.endswith(("_fit", "_gap_evolution", "_accuracy"))]
+        if per_cell:
+            lines += ["", "Per cell (first finished seed): mixture fit, gap evolution, accuracy per modality:", ""]
+            lines += [f"- [{f.stem}](figures/{f.name})" for f in per_cell]
+    lines += ["", "## Settings in force", ""]
+    ref = next((t for t in grid.trials if t.label == (grid.reference or grid.row_labels[0])), None)
+    if ref is not None:
+        flat = flatten(ref.config.to_dict())
+        lines.append(f"The reference row's first trial ({ref.label}, {grid.column_header(ref.column)}, seed {ref.seed}, "
+                     f"key {ref.key[:12]}):")
+        lines += ["", "```"] + [f"{k}: {v}" for k, v in sorted(flat.items())] + ["```"]
+    lines.append("")
+    lines.append("The other rows differ from it by their row's keys (grids/" + grid.path.name + "). The readings of the "
+                 "paper in force are docs/method.md's (gap_adaptive's params above are its defaults where not set).")
+    return atomic_write(Path(out_dir) / "report.md", "\n".join(lines).rstrip() + "\n")

@@ -33,6 +33,9 @@ Grid file (``grids/*.yaml``)
 ``notes``         optional: row label -> footnote (the same as a row's ``note``)
 ``reference``     optional: the row every other row is compared with, seed by seed (paired
                   differences, 95 % intervals, adjusted p-values under the exported table)
+``paper_results`` optional: the published numbers, ``{row label: {column value: {metric:
+                  value}}}`` in the table's units (percent as printed); ``raygap report``
+                  sets ours beside them. Labels, column values and metrics must be the grid's
 
 Profiles (``grids/profiles/NAME.yaml``) overlay any grid:
 ``description``; ``overlay`` (merged onto every trial); ``overlay_by``
@@ -94,7 +97,7 @@ from .errors import ConfigError
 from .metrics import metric_names
 from .registry import METHODS
 
-GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference",
+GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
              "column_labels", "notes"]
 PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
 ROW_NOTE = "note"
@@ -153,6 +156,7 @@ class Grid:
     resources: dict = field(default_factory=dict)
     sets: list[str] = field(default_factory=list)       # the --set items, as given
     reference: str | None = None                        # the row the others are compared with
+    paper: dict = field(default_factory=dict)           # paper_results: label -> column value -> metric -> number
 
     @property
     def variant(self) -> str:
@@ -308,6 +312,26 @@ def _by_value(doc, what: str, file: str) -> dict[str, dict[str, dict]]:
     return out
 
 
+def _paper_results(doc, rows: dict, columns: dict, metrics: list, file: str) -> dict:
+    """``paper_results`` checked against the grid's rows, column values and metrics."""
+    out: dict = {}
+    values = {str(v) for vs in columns.values() for v in vs}
+    for label, per_col in _mapping(doc, "paper_results", file).items():
+        if str(label) not in rows:
+            raise ConfigError(f"{label!r} is not a row", file=file, key="paper_results",
+                              hint=f"nearest row: {nearest(str(label), rows)!r}")
+        for col, per_metric in _mapping(per_col, f"paper_results.{label}", file).items():
+            if str(col) not in values:
+                raise ConfigError(f"{col!r} is not a column value", file=file, key=f"paper_results.{label}",
+                                  hint=f"nearest: {nearest(str(col), values)!r}")
+            for m, v in _mapping(per_metric, f"paper_results.{label}.{col}", file).items():
+                if m not in metrics or not isinstance(v, (int, float)) or isinstance(v, bool):
+                    raise ConfigError(f"{m}: {v!r} is not a number for one of the grid's metrics ({', '.join(metrics)})",
+                                      file=file, key=f"paper_results.{label}.{col}")
+                out.setdefault(str(label), {}).setdefault(str(col), {})[str(m)] = float(v)
+    return out
+
+
 def _sweep_rows(sweep: dict, file: str) -> dict[str, dict]:
     keys = [str(k) for k in sweep]
     if not keys:
@@ -425,6 +449,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
         raise ConfigError(f"{reference!r} is not a row", file=file, key="reference",
                           hint=f"nearest row: {nearest(str(reference), rows)!r}")
     columns = _check_columns(_mapping(doc.get("columns"), "columns", file), file)
+    file_columns = columns                   # (paper_results name the grid file's columns, not a profile's)
     seeds = _check_seeds(doc["seeds"], file) if "seeds" in doc else [0]
     metrics = _list(doc.get("metrics", ["acc"]), "metrics", file)
     if not all(isinstance(m, str) and m for m in metrics):
@@ -458,7 +483,8 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     grid = Grid(name=name, description=description, path=Path(path), metrics=[str(m) for m in metrics],
                 row_labels=list(rows), columns=columns, column_labels=column_labels, seeds=seeds, notes=notes,
                 profile=profile, resources={**grid_resources, **prof_resources}, sets=list(sets or []),
-                reference=None if reference is None else str(reference))
+                reference=None if reference is None else str(reference),
+                paper=_paper_results(doc.get("paper_results"), rows, file_columns, metrics, file))
     missing: dict[str, str] = {}
     for label, over in rows.items():
         for column in grid.column_combos():

@@ -114,3 +114,44 @@ def test_select_from_adaptive_and_the_warmup_mark(tmp_path):
     md = paths["table.md"].read_text()
     assert "| B | 82.67 ± 8.02 (n=3) †2 |" in md and "in k of the seeds the epoch picked on validation" in md
     assert r"$^\dagger$2" in paths["table.tex"].read_text()
+
+
+def _paper_grid(tmp_path):
+    doc = {"name": "rep", "base": {"model": {"backbone": "small", "width": 4}, "train": {"epochs": 2, "device": "cpu"}},
+           "rows": {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}}},
+           "columns": {"data.name": ["cremad"]}, "seeds": [0, 1, 2], "metrics": ["acc"], "reference": "Ref",
+           "resources": {"cpu": 1, "gpu": 0},
+           "paper_results": {"Ref": {"cremad": {"acc": 79.0}}, "B": {"cremad": {"acc": 85.5}}}}
+    (tmp_path / "rep.yaml").write_text(yaml.safe_dump(doc))
+    prof = tmp_path / "profiles"
+    prof.mkdir()
+    (prof / "demo.yaml").write_text(yaml.safe_dump({"columns": {"data.name": ["avdigits"]}}))
+    return tmp_path / "rep.yaml", prof
+
+
+def _report(tmp_path, grid) -> str:
+    from raygap.export import reproduction_report
+
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(grid)
+        for t in grid.trials:
+            store.mark_running(t.key, {})
+            store.save_done(t.key, {"acc": ACC[t.label][t.seed]}, [{"epoch": 0}], 1.0, {})
+        return reproduction_report(grid, store, tmp_path / "out").read_text()
+
+
+def test_report_sets_ours_beside_the_papers_numbers(tmp_path):
+    path, _ = _paper_grid(tmp_path)
+    md = _report(tmp_path, load_grid(path))
+    # Ref: ours 80.00 ± 10.00 vs the paper's 79.00 -> +1.00; B: 82.67 vs 85.50 -> -2.83
+    assert "| Ref | 79.00 | 80.00 ± 10.00 (n=3) | +1.00 |" in md
+    assert "| B | 85.50 | 82.67 ± 8.02 (n=3) | -2.83 |" in md
+    assert "Not comparable" not in md and "## Which differences are real: paired differences vs Ref" in md
+    assert "optim.lr: 0.002" in md                             # the reference row's settings
+
+
+def test_report_of_a_demo_run_says_it_is_not_comparable(tmp_path):
+    path, prof = _paper_grid(tmp_path)
+    md = _report(tmp_path, load_grid(path, profile="demo", profiles_dir=prof))
+    assert "**Not comparable with the paper**" in md and "## The paper's numbers (for reference)" in md
+    assert "| B | 85.50 |" in md and "| B | 82.67 ± 8.02 (n=3) |" in md
