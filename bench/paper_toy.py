@@ -131,6 +131,8 @@ def main() -> int:
     ap.add_argument("--grids", default=",".join(GRIDS))
     ap.add_argument("--per-class", type=int, default=4, help="training clips per class")
     ap.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray (default: all usable)")
+    ap.add_argument("--columns", default=None,
+                    help="comma-separated datasets to run (default: each grid's own columns; cpsl keeps mosi)")
     args = ap.parse_args()
     root = Path(args.root)
     data = root / "data"
@@ -155,9 +157,13 @@ def main() -> int:
             "overlay": _merge(paper.get("overlay") or {}, TOY["overlay"]),
             "overlay_by": _merge(paper.get("overlay_by") or {}, TOY["overlay_by"]),
             "seeds": TOY["seeds"], "resources": TOY["resources"]}
+    if args.columns:
+        prof["columns"] = {"data.name": args.columns.split(",")}
     pdir = root / "profiles"
     pdir.mkdir(parents=True, exist_ok=True)
     (pdir / "paper.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    (pdir / "paper-mosi.yaml").write_text(yaml.safe_dump({k: v for k, v in prof.items() if k != "columns"},
+                                                         sort_keys=False))
 
     import ray
 
@@ -172,7 +178,8 @@ def main() -> int:
     try:
         for name in args.grids.split(","):
             t = time.perf_counter()
-            grid = load_grid(ROOT / "grids" / f"{name}.yaml", profile="paper", profiles_dir=pdir)
+            grid = load_grid(ROOT / "grids" / f"{name}.yaml", profile="paper" if name != "cpsl" or not args.columns
+                             else "paper-mosi", profiles_dir=pdir)
             s = run_grid(grid, store, log=lambda line: None)
             export_grid(grid, store, root / "results" / name)
             failed_total += len(s.failed)
