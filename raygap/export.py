@@ -601,7 +601,7 @@ def status_text(grid, store) -> str:
 
 # ----------------------------------------------------------------------------- reproduction report
 def reproduction_report(grid, store, out_dir: Path, figures: list | None = None) -> Path:
-    """``report.md`` in ``out_dir``: for each cell the paper's number (the grid's
+    """``report.md`` (and ``report.html``) in ``out_dir``: for each cell the paper's number (the grid's
     ``paper_results``) beside ours (mean ± std over seeds), the difference, the paired
     comparison with the reference row, the figures, and the settings in force. Cells of a
     profile whose columns are not the paper's (the demo's avdigits) are not set beside the
@@ -677,4 +677,19 @@ def reproduction_report(grid, store, out_dir: Path, figures: list | None = None)
     lines.append("")
     lines.append("The other rows differ from it by their row's keys (grids/" + grid.path.name + "). The readings of the "
                  "paper in force are docs/method.md's (gap_adaptive's params above are its defaults where not set).")
-    return atomic_write(Path(out_dir) / "report.md", "\n".join(lines).rstrip() + "\n")
+    text = "\n".join(lines).rstrip() + "\n"
+    atomic_write(Path(out_dir) / "report.html", report_html(text))
+    return atomic_write(Path(out_dir) / "report.md", text)
+
+
+def report_html(markdown: str, width: int = 240) -> str:
+    """The report as one self-contained HTML page: rich (a dependency already) renders the
+    Markdown and exports it with inline styles; no Markdown library is added for one page."""
+    import io
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
+    console.print(Markdown(markdown))
+    return console.export_html(inline_styles=True)

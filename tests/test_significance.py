@@ -148,6 +148,8 @@ def test_report_sets_ours_beside_the_papers_numbers(tmp_path):
     assert "| B | 85.50 | 82.67 ± 8.02 (n=3) | -2.83 |" in md
     assert "Not comparable" not in md and "## Which differences are real: paired differences vs Ref" in md
     assert "optim.lr: 0.002" in md                             # the reference row's settings
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Reproduction report: rep" in html and "85.50" in html
 
 
 def test_report_of_a_demo_run_says_it_is_not_comparable(tmp_path):
