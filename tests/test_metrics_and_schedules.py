@@ -33,6 +33,13 @@ def test_cross_entropy_and_the_per_modality_metrics_by_hand():
     assert m["acc"] == pytest.approx(4 / 6) and m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert m["loss"] == pytest.approx(want)
     assert m["acc_audio"] == 1.0 and m["macro_f1_audio"] == 1.0 and m["loss_audio"] == pytest.approx(z - 2)
+    # against scikit-learn's own log_loss (an independent implementation: it takes probabilities)
+    from sklearn.metrics import log_loss
+    rng = np.random.default_rng(0)
+    lg = rng.normal(0, 2, (50, 4))
+    y = rng.integers(0, 4, 50)
+    p = np.exp(lg - lg.max(1, keepdims=True))
+    assert cross_entropy(lg, y) == pytest.approx(log_loss(y, p / p.sum(1, keepdims=True), labels=range(4)), rel=1e-9)
     # confident logits: the log-softmax keeps the precision a clipped probability loses
     assert cross_entropy(np.array([[0.0, -50.0]]), np.array([1])) == pytest.approx(50.0, abs=1e-9)
 
