@@ -63,6 +63,7 @@ METRIC_LABELS = {"acc": "Acc", "macro_f1": "Macro-F1", "data_pct": "Data %", "be
                  "mae": "MAE", "corr": "Corr", "acc2": "Acc-2", "f1_2": "F1", "acc2_nz": "Acc-2 (non-0)",
                  "f1_2_nz": "F1 (non-0)", "acc7": "Acc-7"}
 DASH = "–"
+SIGNIFICANT = "‡"          # adjusted p < 0.05 (not "*": the row footnotes use it)
 WARMUP_MARK = "†"          # "† k": in k seeds the epoch picked on validation lies in the warm-up stage
 WARMUP_NOTE = (f"{WARMUP_MARK} k: in k of the seeds the epoch picked on validation lies in the method's warm-up stage "
                "(the reported number is then the warm-up objective's, not the adaptive stage's); "
@@ -313,7 +314,7 @@ def comparison_text(c: dict, digits: int = 2) -> str:
     if c["p"] is None:
         return f"{d} ({c['note']})" if c["n"] >= 2 else f"{d} (n={c['n']})"
     return (f"{d} [{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}] p={c['p']:.2g}"
-            f" (adj {c['p_adj']:.2g}){' *' if c['p_adj'] < 0.05 else ''}")
+            f" (adj {c['p_adj']:.2g}){' ' + SIGNIFICANT if c['p_adj'] < 0.05 else ''}")
 
 
 def comparison_table(grid, comps: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -334,7 +335,7 @@ def comparison_note(grid, comps: list[dict]) -> str:
            if ns and max(ns) <= 5 else "")
     return (f"Each row minus {grid.reference}, seed by seed (same seed: same split, initialisation and data order), "
             f"mean difference [95 % interval], paired t-test p (scipy ttest_rel), adjusted over the table's "
-            f"{n_tested} tested comparisons by Benjamini-Hochberg; * adjusted p < 0.05.{few}")
+            f"{n_tested} tested comparisons by Benjamini-Hochberg; {SIGNIFICANT} adjusted p < 0.05.{few}")
 
 
 def comparisons_csv(comps: list[dict]) -> str:
@@ -412,7 +413,7 @@ def to_markdown(grid, header: list[str], body: list[list[str]], comps: list[dict
 _TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
               "<": r"\textless{}", ">": r"\textgreater{}", "|": r"$|$",
-              "±": r"$\pm$", "†": r"$^\dagger$", "–": "--", "—": "---", "²": r"$^2$", "≥": r"$\geq$", "≤": r"$\leq$",
+              "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "–": "--", "—": "---", "²": r"$^2$", "≥": r"$\geq$", "≤": r"$\leq$",
               "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "ρ": r"$\rho$", "τ": r"$\tau$",
               "λ": r"$\lambda$", "σ": r"$\sigma$", "μ": r"$\mu$"}
 
