@@ -381,11 +381,20 @@ def _md(s: str) -> str:
     return str(s).replace("|", "\\|")
 
 
+def md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the first column left-aligned, the rest right-aligned."""
+    return (["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+            + ["| " + " | ".join(_md(c) for c in r) + " |" for r in body])
+
+
+def comparison_md(grid, comps: list[dict], title: str) -> list[str]:
+    """The paired-comparison section (table.md and report.md)."""
+    h, b = comparison_table(grid, comps)
+    return ["", f"## {title} {_md(grid.reference)}", "", *md_table(h, b), "", _md(comparison_note(grid, comps))]
+
+
 def to_markdown(grid, header: list[str], body: list[list[str]], comps: list[dict] | None = None) -> str:
-    lines = [f"# {grid.name}" + (f": {grid.description}" if grid.description else ""), "",
-             "| " + " | ".join(_md(h) for h in header) + " |",
-             "|" + "---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in body]
+    lines = [f"# {grid.name}" + (f": {grid.description}" if grid.description else ""), "", *md_table(header, body)]
     lines.append("")
     lines.append("Mean ± sample std over the seeds that are done, accuracies and F1 scores in percent; "
                  "(n=k) seeds done, (n=k/N) when only k of N are; – none done. The reported epoch is chosen on "
@@ -402,11 +411,7 @@ def to_markdown(grid, header: list[str], body: list[list[str]], comps: list[dict
         lines.append("")
         lines += [f"Not run: {_md(label)} ({_md(reason)})  " for label, reason in grid.skipped]
     if comps:
-        h, b = comparison_table(grid, comps)
-        lines += ["", f"## Paired differences vs {_md(grid.reference)}", "",
-                  "| " + " | ".join(_md(x) for x in h) + " |", "|" + "---|" + "---:|" * (len(h) - 1)]
-        lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in b]
-        lines += ["", _md(comparison_note(grid, comps))]
+        lines += comparison_md(grid, comps, "Paired differences vs")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -640,24 +645,16 @@ def reproduction_report(grid, store, out_dir: Path, figures: list | None = None)
                 else:
                     r.append(cell.text())
         rows.append(r)
-    lines += ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(_md(x) for x in r) + " |" for r in rows]
+    lines += md_table(header, rows)
     if paper and not matched:
         pcols = sorted({c for per in paper.values() for c in per}, key=lambda v: list(grid.column_labels).index(v)
                        if v in grid.column_labels else 99)
-        lines += ["", "## The paper's numbers (for reference)", "",
-                  "| Method | " + " | ".join(_md(f"{grid.column_labels.get(c, c)} {metric_label(m)}")
-                                          for c in pcols for m in grid.metrics) + " |",
-                  "|---|" + "---:|" * (len(pcols) * len(grid.metrics))]
-        for label, per in paper.items():
-            lines.append(f"| {_md(label)} | " + " | ".join(
-                f"{per[c][m]:.2f}" if m in per.get(c, {}) else DASH for c in pcols for m in grid.metrics) + " |")
+        ph = ["Method"] + [f"{grid.column_labels.get(c, c)} {metric_label(m)}" for c in pcols for m in grid.metrics]
+        pb = [[label] + [f"{per[c][m]:.2f}" if m in per.get(c, {}) else DASH for c in pcols for m in grid.metrics]
+              for label, per in paper.items()]
+        lines += ["", "## The paper's numbers (for reference)", "", *md_table(ph, pb)]
     if comps:
-        h, b = comparison_table(grid, comps)
-        lines += ["", f"## Which differences are real: paired differences vs {_md(grid.reference)}", "",
-                  "| " + " | ".join(_md(x) for x in h) + " |", "|" + "---|" + "---:|" * (len(h) - 1)]
-        lines += ["| " + " | ".join(_md(x) for x in r) + " |" for r in b]
-        lines += ["", _md(comparison_note(grid, comps))]
+        lines += comparison_md(grid, comps, "Which differences are real: paired differences vs")
     if any(c.in_warmup for c in cells.values()):
         lines += ["", _md(WARMUP_NOTE)]
     figs = sorted(Path(f) for f in (figures or []))
