@@ -15,7 +15,6 @@ from raygap.methods.mla import MLA, entropy_weights, update_projector
 from raygap.methods.mmcosine import MMCosine, cosine_logits
 from raygap.models.fusion import ConcatFusion, SharedHead
 from raygap.models.net import ModelOutput
-from raygap.trial import run_trial
 
 LN3 = math.log(3.0)
 MS = ["audio", "visual"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as Fn
 
 from ..params import F
 from ..registry import METHODS
