@@ -245,7 +245,8 @@ def cmd_run(args) -> int:
     progress = Progress(verbosity=1 + args.verbose - args.quiet, every=args.progress_every)
     summary = run_grid(grid, store, address=args.address, storage=args.storage,
                        max_failures=args.max_failures, num_cpus=args.num_cpus,
-                       log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker)
+                       log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
+                       share_warmups=not args.no_shared_warmups)
     with interrupts.protected("export"):
         try:
             paths = export_grid(grid, store, table_dir, force=args.force)
@@ -501,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "whose method's code changed since they ran; repeat the option "
                         "or separate with commas); their old rows are kept in the store's `forgotten` table")
     r.add_argument("--max-failures", type=int, default=1, help="Tune retries of a trial whose worker died")
+    r.add_argument("--no-shared-warmups", action="store_true",
+                   help="every trial trains its own warm-up (default: trials with the same warm-up share one; "
+                        "the results are the same either way)")
     r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray instance (default: all)")
     r.add_argument("--tracker", choices=["none", "tensorboard", "mlflow", "wandb"], default="none",
                    help="also log every epoch through Ray Tune's logger callback (TensorBoard event files in each "

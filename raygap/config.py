@@ -297,6 +297,23 @@ class TrialConfig:
                               "method_version": method_version}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    def warmup(self) -> tuple[str, int] | None:
+        """``(warm-up key, W)`` when the method declares a warm-up stage other trials may share
+        (``Method.shared_warmup``): the key hashes everything the first W epochs depend on --
+        the whole config outside ``method:`` (resources too: a CPU trial's threads follow
+        them), the method's name, version and the keys it names. None: nothing to share."""
+        name = self._d["method"]["name"]
+        entry = METHODS.get(name)
+        share = entry.obj.shared_warmup(self.params("method"))
+        if share is None:
+            return None
+        W, keys = share
+        rest = {k: v for k, v in self._d.items() if k != "method"}
+        payload = json.dumps({"warmup_of": {"name": name, **keys}, "config": rest,
+                              "results_version": RESULTS_VERSION, "method_version": entry.meta.get("version", 1)},
+                             sort_keys=True, default=str)
+        return "w" + hashlib.sha256(payload.encode()).hexdigest()[:15], int(W)
+
     def params(self, section: str):
         """The dataset's / method's own params dataclass instance."""
         name = self._d[section]["name"]

@@ -32,6 +32,7 @@ from . import interrupts
 from .errors import ConfigError
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+CHECKPOINT_FILE = "checkpoint.pt"     # (raygap.trial.CHECKPOINT; the driver side does not import torch)
 
 
 @dataclass
@@ -60,7 +61,10 @@ def _scalars(record: dict) -> dict:
 
 
 def trainable(config: dict, shared: dict | None = None) -> None:
-    """Tune function trainable: one raygap trial. ``config["t"] = {"key", "label", "trial"}``."""
+    """Tune function trainable: one raygap trial. ``config["t"] = {"key", "label", "trial"}``,
+    and optionally ``resume`` (an earlier run's checkpoints, newest first), ``fork`` (a shared
+    warm-up's checkpoint to start from) and ``warmup_out`` (where to keep this trial's
+    warm-up end for others: see :meth:`raygap.config.TrialConfig.warmup`)."""
     import ray
     from ray import tune
 
@@ -79,6 +83,9 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     notes = []
     ckpt = tune.get_checkpoint()                       # Tune restarted this trial (a worker died)
     candidates = [ckpt] if ckpt is not None else list(config["t"].get("resume") or [])   # newest first
+    fork = config["t"].get("fork")
+    if ckpt is None and fork:                          # a shared warm-up: after the trial's own checkpoints
+        candidates.append(fork)
     for c in candidates:                               # an earlier run's checkpoints: the first usable one
         try:
             c = c if not isinstance(c, str) else checkpoint_at(c)
@@ -87,6 +94,8 @@ def trainable(config: dict, shared: dict | None = None) -> None:
                 state = torch.load(src, map_location="cpu", weights_only=False)   # a partial upload fails here
                 shutil.copy2(src, work / CHECKPOINT)
             resumed = {"epoch": state["epoch"], "uri": checkpoint_uri(c), "history": state.get("history") or []}
+            if state.get("key") != key:              # (fit checks it is the warm-up this trial may share)
+                resumed["warmup_from"] = state.get("key")
             del state
             break
         except Exception as e:  # noqa: BLE001 -- gone, partial or unreadable: the next older one, and say so
@@ -114,8 +123,17 @@ def trainable(config: dict, shared: dict | None = None) -> None:
 
     warnings.showwarning = catch             # (this worker process runs this trial only)
 
+    shared = cfg.warmup()
+    warmup_out = config["t"].get("warmup_out") if shared else None
+
     def report(record: dict, ckpt_dir):
         metrics = _scalars(record)
+        if warmup_out and ckpt_dir is not None and record["epoch"] == shared[1] - 1:
+            try:                                       # the end of the warm-up, kept for the trials that share it
+                metrics["warmup_json"] = json.dumps({"wkey": shared[0], "epoch": record["epoch"],
+                                                     "uri": keep_checkpoint(Path(ckpt_dir) / CHECKPOINT, warmup_out)})
+            except Exception as e:  # noqa: BLE001 -- the others then train their own warm-up; said
+                caught.append(f"could not keep the shared warm-up at {warmup_out}: {type(e).__name__}: {e}"[:300])
         metrics["record_json"] = json.dumps(record, default=str)
         if caught:
             metrics["warnings_json"] = json.dumps(caught)
@@ -133,7 +151,8 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     try:
         try:
             device = pick_device(cfg.train.device, gpu_share=cfg.resources.gpu)
-            result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report, final_checkpoint=False)
+            result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report, final_checkpoint=False,
+                         keep_warmup=bool(warmup_out))
         except DETERMINISTIC_FAILURES as e:
             # the same config fails the same way again: report it as final instead of raising,
             # so Tune does not spend its retries (meant for dead workers) on it
@@ -156,6 +175,20 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         tune.report(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def keep_checkpoint(src: Path, uri: str) -> str:
+    """Copy a checkpoint file into the folder ``uri`` (a path on the run's storage, or
+    ``s3://...``), written under a temporary name and renamed, so a reader never finds half
+    a file. Returns ``uri``."""
+    import pyarrow.fs
+
+    fs, path, _ = _fs_path(uri)
+    fs.create_dir(path, recursive=True)
+    tmp = f"{path}/{CHECKPOINT_FILE}.part"
+    pyarrow.fs.copy_files(str(src), tmp, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+    fs.move(tmp, f"{path}/{CHECKPOINT_FILE}")
+    return uri
 
 
 def checkpoint_uri(checkpoint) -> str:
@@ -289,9 +322,16 @@ def _store_callback(store, summary: RunSummary, progress):
                 if "epoch" in r:
                     hist[:] = r["history"]
                     progress.resumed(key, int(r["epoch"]) + 1)
-                    log(f"  {self._label(trial)}: resumed after epoch {r['epoch']} from {r['uri']}")
+                    if r.get("warmup_from"):
+                        log(f"  {self._label(trial)}: started after epoch {r['epoch']} from the shared warm-up "
+                            f"of trial {r['warmup_from']}")
+                    else:
+                        log(f"  {self._label(trial)}: resumed after epoch {r['epoch']} from {r['uri']}")
                 if r.get("note"):
                     log(f"  {self._label(trial)}: {r['note']}")
+            if "warmup_json" in result:
+                w = json.loads(result["warmup_json"])
+                delete_checkpoint(store.record_warmup(w["wkey"], w["uri"], int(w["epoch"]), key))
             for text in json.loads(result.get("warnings_json") or "[]"):
                 if text not in self.warned:          # each distinct warning once per run
                     self.warned.add(text)
@@ -518,13 +558,19 @@ WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials l
 
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
              max_failures: int = 1, num_cpus: int | None = None, log=print, progress=None,
-             tracker: str | None = None) -> RunSummary:
+             tracker: str | None = None, share_warmups: bool = True) -> RunSummary:
     """Run every trial of ``grid`` that the store does not hold as done.
 
     One trial, one run: each trial is claimed in the store before it is launched (a lease
     renewed while this driver lives); trials another live driver holds are left to it and
     waited for, then counted as reused. A trial an earlier, stopped run had started resumes
     from the checkpoint the store recorded for it.
+
+    Shared warm-ups (``share_warmups``; :meth:`TrialConfig.warmup`): of the trials left that
+    would train the same warm-up, one (the leader) keeps its checkpoint at the warm-up's end on
+    the run's storage; the others wait for it (the next Tune batch) and start from it, so the
+    warm-up is trained once. A leader that ends without keeping one (failed, or resumed past
+    it) lets the others train their own.
 
     A stop signal (see :mod:`raygap.interrupts`) does not raise out of here: the summary
     says ``interrupted`` and counts what is unfinished, the trials this driver had started
@@ -559,6 +605,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     renewer = _Renewer(store, owner)
     results_folder = Path(store.path).parent
     builder = None
+    lone: set[str] = set()              # warm-ups whose leader ran here without keeping one
     try:
         import ray
 
@@ -567,10 +614,15 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
             left = [s for k, s in distinct.items() if status.get(k) != "done" and k not in attempted]
             if not left:
                 break
-            claimed, held = store.claim([s.key for s in left], owner, LEASE_S)
+            deferred, forks, keeps = (plan_warmups(left, store.records(s.key for s in left),
+                                                   store.warmups({w[0] for s in left if (w := s.config.warmup())}),
+                                                   lone) if share_warmups else (set(), {}, {}))
+            claimed, held = store.claim([s.key for s in left if s.key not in deferred], owner, LEASE_S)
             mine |= set(claimed)
             renewer.keys = set(mine)
             batch = [s for s in left if s.key in set(claimed)]
+            if not batch and not held and deferred:      # (their leader settled meanwhile) plan again
+                continue
             if batch:
                 if builder is None:
                     starting = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
@@ -607,8 +659,13 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 if problem:
                     raise ConfigError(problem, file=str(grid.path), key="resources")
                 attempted |= {s.key for s in batch}
+                keeps = {k: w for k, w in keeps.items() if k in {s.key for s in batch}}
+                say_warmups(batch, deferred, forks, keeps, log)
                 _tune_batch(grid, store, batch, builder.result(batch), summary, held, storage_path=storage_path,
-                            max_failures=max_failures, log=log, progress=progress, tracker=tracker)
+                            max_failures=max_failures, log=log, progress=progress, tracker=tracker,
+                            forks=forks, keeps={k: f"{storage_path.rstrip('/')}/warmups/{w}" for k, w in keeps.items()})
+                kept = store.warmups(keeps.values())
+                lone |= {w for w in keeps.values() if w not in kept}   # no warm-up kept: the others train theirs
             elif held:
                 _wait_for_others(store, held, distinct, summary, attempted, log)
     except KeyboardInterrupt:
@@ -622,6 +679,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
             progress.close()
     if interrupts.interrupted() and not summary.interrupted:
         summary.interrupted = interrupts.last_signal()      # Tune's own SIGINT handler ended fit() gracefully
+    if share_warmups:
+        drop_finished_warmups(store, distinct.values())
     st = store.status_of([s.key for s in todo])
     # reused: done at the end, but not run by this driver (done before, or by another driver meanwhile)
     summary.reused = (summary.total - len(todo)) + sum(1 for s in todo if st.get(s.key) == "done") - summary.done
@@ -697,7 +756,7 @@ class _Renewer:
 
 
 def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
-                log, progress, tracker=None) -> None:
+                log, progress, tracker=None, forks: dict | None = None, keeps: dict | None = None) -> None:
     """One Tune experiment over ``batch`` (trials this driver has claimed)."""
     import uuid
 
@@ -719,7 +778,8 @@ def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, 
         items.append({"key": s.key, "label": f"{s.label} | {_col(s.column)} | seed {s.seed}",
                       "name": _readable("-".join([s.label, *([_col(s.column)] if s.column else []), f"seed{s.seed}"]))
                       + f"-{s.key[:8]}",
-                      "trial": s.config.to_dict(), "resume": resume})
+                      "trial": s.config.to_dict(), "resume": resume,
+                      "fork": (forks or {}).get(s.key), "warmup_out": (keeps or {}).get(s.key)})
 
     def resources(config):
         r = config["t"]["trial"]["resources"]
@@ -766,6 +826,72 @@ def _tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, 
             err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
             store.save_failed(key, err)
             summary.failed[key] = err
+
+
+def plan_warmups(left, records: dict, recorded: dict, lone: set) -> tuple[set, dict, dict]:
+    """Shared warm-ups among the trials ``left``: ``(deferred, forks, keeps)``.
+
+    Trials with the same :meth:`TrialConfig.warmup` key form a group. With the warm-up
+    ``recorded`` in the store, every member may start from it (``forks``: key -> uri; a trial
+    with a checkpoint of its own resumes from that first). Otherwise, if two or more members
+    would train the warm-up's end (no checkpoint of their own past it), the one furthest
+    along is the leader (``keeps``: key -> warm-up key) and the members without a checkpoint
+    wait for it (``deferred``); members with one resume on their own. ``lone``: warm-up keys
+    not to wait for again (their leader ran and kept none)."""
+    groups: dict[tuple[str, int], list] = {}
+    for s in left:
+        w = s.config.warmup()
+        if w is not None:
+            groups.setdefault(w, []).append(s)
+    deferred: set[str] = set()
+    forks: dict[str, str] = {}
+    keeps: dict[str, str] = {}
+    for (wkey, W), members in groups.items():
+        if wkey in recorded:
+            forks.update({s.key: recorded[wkey]["uri"] for s in members})
+            continue
+        if wkey in lone:
+            continue
+
+        def own(s):        # the epoch of the trial's own checkpoint, -1 without one (a failure starts over)
+            r = records.get(s.key) or {}
+            e = r.get("checkpoint_epoch")
+            return -1 if (not r.get("checkpoint") or e is None or r.get("status") == "failed") else int(e)
+
+        before = [s for s in members if own(s) < W - 1]        # would train the warm-up's end
+        if len(before) < 2:
+            continue
+        leader = max(before, key=own)                          # (the first of the furthest along)
+        keeps[leader.key] = wkey
+        deferred |= {s.key for s in before if s is not leader and own(s) < 0}
+    return deferred, forks, keeps
+
+
+def say_warmups(batch, deferred: set, forks: dict, keeps: dict, log) -> None:
+    """One line on the shared warm-ups of a batch about to launch."""
+    started = [s for s in batch if s.key in forks]
+    if started:
+        saved = sum(s.config.warmup()[1] for s in started)
+        log(f"shared warm-ups: {len(started)} trial(s) start from a warm-up already trained ({saved} epochs not "
+            "trained again)")
+    if keeps:
+        log(f"shared warm-ups: {len(keeps)} trial(s) train a warm-up for {len(deferred)} other(s), which start "
+            "from it once this batch ends")
+
+
+def drop_finished_warmups(store, specs) -> None:
+    """Forget (and delete) the shared warm-ups every member of which, among ``specs``, is done."""
+    groups: dict[str, list[str]] = {}
+    for s in specs:
+        if (w := s.config.warmup()) is not None:
+            groups.setdefault(w[0], []).append(s.key)
+    recorded = store.warmups(groups)
+    if not recorded:
+        return
+    status = store.status_of([k for w in recorded for k in groups[w]])
+    for w in recorded:
+        if all(status.get(k) == "done" for k in groups[w]):
+            delete_checkpoint(store.drop_warmup(w))
 
 
 def _wait_for_others(store, held: dict, distinct: dict, summary: RunSummary, attempted: set, log) -> None:

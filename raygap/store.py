@@ -19,7 +19,7 @@ Faults -- a corrupt or truncated file, a read-only or full disk -- raise
 opened with ``readonly=True`` (``status``, ``export``, ``run --dry-run``) never writes, so a
 read-only results folder can still be inspected.
 
-Schema (``PRAGMA user_version`` 3)::
+Schema (``PRAGMA user_version`` 4)::
 
     trials(key TEXT PRIMARY KEY,
            status TEXT  -- pending | running | done | failed | interrupted
@@ -36,6 +36,8 @@ Schema (``PRAGMA user_version`` 3)::
     runs(grid, variant, profile, sets JSON, path, started REAL, PRIMARY KEY(grid, variant))
         -- the last run of each grid expansion: `status`/`export` default to the latest
     forgotten(key, forgotten REAL, record JSON)   -- rows --rerun replaced
+    warmups(wkey TEXT PRIMARY KEY, uri, epoch INT, leader, created REAL)
+        -- shared warm-up checkpoints (TrialConfig.warmup): trials with the key start from uri
 
 Life of a trial: ``register(grid)`` records the grid's cells and adds a ``pending`` row
 (with its config) for every key not yet stored -> ``mark_running`` (attempts + 1, owner)
@@ -66,7 +68,7 @@ from typing import Any
 from .errors import StoreError
 
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TRIALS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     key TEXT PRIMARY KEY,
@@ -111,6 +113,13 @@ CREATE TABLE IF NOT EXISTS forgotten (
     key TEXT NOT NULL,
     forgotten REAL NOT NULL,
     record TEXT
+);
+CREATE TABLE IF NOT EXISTS warmups (
+    wkey TEXT PRIMARY KEY,
+    uri TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    leader TEXT,
+    created REAL
 );
 """
 TRIAL_COLUMNS = ("key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
@@ -604,6 +613,38 @@ class Store:
             self._db.execute("UPDATE trials SET checkpoint=?, checkpoint_epoch=?, heartbeat=? WHERE key=?",
                              (uri, epoch, time.time(), key))
         return [row[1]] if row and row[1] and row[1] != uri else []
+
+    def record_warmup(self, wkey: str, uri: str, epoch: int, leader: str) -> str | None:
+        """Trial ``leader`` kept the end of warm-up ``wkey`` (epoch ``epoch``) at ``uri``.
+        Returns a checkpoint now of no use (one recorded before for the key), or None."""
+        with self._tx():
+            row = self._db.execute("SELECT uri FROM warmups WHERE wkey=?", (wkey,)).fetchone()
+            self._db.execute("INSERT OR REPLACE INTO warmups VALUES (?,?,?,?,?)",
+                             (wkey, uri, int(epoch), leader, time.time()))
+        return row[0] if row and row[0] != uri else None
+
+    def warmups(self, wkeys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The recorded shared warm-ups among ``wkeys``: wkey -> {uri, epoch, leader}."""
+        wkeys = list(dict.fromkeys(wkeys))
+        if not self._has_table("warmups"):           # a read-only store of an older schema
+            return {}
+        out = {}
+        for i in range(0, len(wkeys), _CHUNK):
+            chunk = wkeys[i:i + _CHUNK]
+            for r in self._records(f"SELECT wkey, uri, epoch, leader FROM warmups WHERE wkey IN "
+                                   f"({','.join('?' * len(chunk))})", chunk):
+                out[r["wkey"]] = r
+        return out
+
+    def drop_warmup(self, wkey: str) -> str | None:
+        """Forget a shared warm-up; returns its checkpoint (for the caller to delete)."""
+        with self._tx():
+            row = self._db.execute("SELECT uri FROM warmups WHERE wkey=?", (wkey,)).fetchone()
+            self._db.execute("DELETE FROM warmups WHERE wkey=?", (wkey,))
+        return row[0] if row else None
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)))
 
     def take_checkpoint(self, key: str) -> str | None:
         """Clear and return the trial's recorded checkpoint (to delete it: the trial is done,

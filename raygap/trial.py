@@ -293,8 +293,15 @@ def _atomic_save(obj, path: Path) -> None:
 def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         checkpoint_dir: str | Path | None = None,
         report: Callable[[dict, Path | None], None] | None = None,
-        log: Callable[[str], None] = lambda s: None, final_checkpoint: bool = True) -> TrialResult:
+        log: Callable[[str], None] = lambda s: None, final_checkpoint: bool = True,
+        keep_warmup: bool = False) -> TrialResult:
+    """Train ``cfg`` on ``bundle``; resume from ``<checkpoint_dir>/checkpoint.pt`` when it is
+    this trial's checkpoint, or the end of a shared warm-up this trial may start from
+    (:meth:`TrialConfig.warmup`: the same warm-up key, written after epoch W - 1).
+    ``keep_warmup``: write a checkpoint after epoch W - 1 whatever ``train.checkpoint_every``
+    says, for other trials to start from."""
     T = cfg.train
+    shared = cfg.warmup()                                      # (warm-up key, W) or None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
 
@@ -329,11 +336,14 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
                     log=log)
 
     start = 0
+    warmup_from = None                                         # the trial whose shared warm-up this one continues
     shown_device = device_name(device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if ckpt_path and ckpt_path.exists():                       # resume
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck.get("key") != cfg.key():
+        forked = (ck.get("key") != cfg.key() and shared is not None and ck.get("warmup_key") == shared[0]
+                  and ck["epoch"] == shared[1] - 1)
+        if ck.get("key") != cfg.key() and not forked:
             from .errors import CheckpointMismatch
             raise CheckpointMismatch(f"{ckpt_path} is trial {ck.get('key') or '(unknown)'}'s checkpoint, "
                                      f"not this config's ({cfg.key()})")
@@ -348,7 +358,9 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         st.history, st.train_indices = ck["history"], ck["train_indices"]
         torch.set_rng_state(ck["rng_torch"])
         start = ck["epoch"] + 1
-        log(f"resumed from {ckpt_path} at epoch {start}")
+        warmup_from = ck["key"] if forked else ck.get("warmup_from")
+        log(f"started from the shared warm-up of trial {ck['key']} ({ckpt_path}) at epoch {start}" if forked
+            else f"resumed from {ckpt_path} at epoch {start}")
 
     shuffle_gen = torch.Generator()
     for epoch in range(start, T.epochs):
@@ -388,14 +400,18 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         record["epoch_seconds"] = time.perf_counter() - t0
         st.history.append(record)
 
-        ckpt_now = bool(ckpt_path and T.checkpoint and checkpoint_due(epoch, T.checkpoint_every, T.epochs, final_checkpoint))
+        at_warmup_end = shared is not None and epoch == shared[1] - 1
+        ckpt_now = bool(ckpt_path and ((T.checkpoint and checkpoint_due(epoch, T.checkpoint_every, T.epochs,
+                                                                         final_checkpoint))
+                                       or (keep_warmup and at_warmup_end)))
         if ckpt_now:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler is not None else None,
                           "scaler": scaler.state_dict(), "method": method.state_dict(),
                           "history": st.history, "train_indices": st.train_indices,
-                          "rng_torch": torch.get_rng_state(), "key": cfg.key()}, ckpt_path)
+                          "rng_torch": torch.get_rng_state(), "key": cfg.key(),
+                          "warmup_key": shared[0] if at_warmup_end else None, "warmup_from": warmup_from}, ckpt_path)
         if report is not None:
             report(record, ckpt_path.parent if ckpt_now else None)
         log(format_record(record, bundle.modality_names, select))
@@ -403,7 +419,8 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     return TrialResult(cfg.key(), final_metrics(st.history, select, T.select_from), st.history,
                        info={"device": shown_device, "data": bundle.info, "batches": placed,
                              "method_source": METHODS.source(cfg.method.name),
-                             "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)})
+                             "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test),
+                             **({"warmup_from": warmup_from, "warmup_epochs_shared": shared[1]} if warmup_from else {})})
 
 
 def format_record(r: dict, modalities: list[str], select: str = "acc") -> str:
@@ -439,10 +456,11 @@ def prepare_process(cfg: TrialConfig, allotted_cpus: float | None = None) -> int
 def run_trial(cfg: TrialConfig, *, checkpoint_dir: str | Path | None = None,
               report: Callable[[dict, Path | None], None] | None = None,
               log: Callable[[str], None] = lambda s: None,
-              allotted_cpus: float | None = None, final_checkpoint: bool = True) -> TrialResult:
+              allotted_cpus: float | None = None, final_checkpoint: bool = True,
+              keep_warmup: bool = False) -> TrialResult:
     """Build everything from the config and train. Deterministic for a seed on CPU."""
     prepare_process(cfg, allotted_cpus)
     device = pick_device(cfg.train.device)
     bundle = load_data(cfg)
     return fit(cfg, bundle, device=device, checkpoint_dir=checkpoint_dir, report=report, log=log,
-               final_checkpoint=final_checkpoint)
+               final_checkpoint=final_checkpoint, keep_warmup=keep_warmup)

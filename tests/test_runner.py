@@ -125,6 +125,45 @@ def test_killed_worker_resumes_and_a_diverging_trial_fails_alone(local_ray, tmp_
     assert bad["error"].startswith("TrialDiverged") and "not finite" in bad["error"]
 
 
+def test_shared_warmups_train_once_and_change_no_number(local_ray, tmp_path):
+    """Three gap_adaptive variants with one warm-up: the first trains it and keeps its end, the
+    other two start from it; every stored number equals a run where each trains its own."""
+    base = {**BASE, "train": {**BASE["train"], "epochs": 3}, "method": {"name": "gap_adaptive"}}
+    w1 = {"warmup_epochs": 1}
+    rows = {"Full": {"method": w1}, "a0": {"method": {**w1, "alpha": 0.0}},
+            "Purify": {"method": {**w1, "purify_tau": 0.4}}}
+    g = write_grid(tmp_path / "wu.yaml", "wu", rows, seeds=(0,), base=base)
+    lines = []
+    grid = load_grid(g)
+    shared_store = Store(tmp_path / "shared" / "store.sqlite")
+    s = run_grid(grid, shared_store, log=lines.append)
+    assert (s.done, len(s.failed)) == (3, 0)
+    # the two that started from the shared warm-up, each trained alone (their keys are the grid's)
+    del rows["Full"]
+    alone_grid = load_grid(write_grid(tmp_path / "wu2.yaml", "wu2", rows, seeds=(0,), base=base))
+    alone_store = Store(tmp_path / "alone" / "store.sqlite")
+    assert run_grid(alone_grid, alone_store, log=lambda x: None, share_warmups=False).done == 2
+    keys = {sp.label: sp.key for sp in grid.trials}
+    assert {sp.key for sp in alone_grid.trials} == {keys["a0"], keys["Purify"]}
+    shared, alone = shared_store.records(keys.values()), alone_store.records(keys.values())
+    timing = ("train_seconds", "epoch_seconds", "worker_pid", "worker_node")
+    for label in ("a0", "Purify"):
+        k = keys[label]
+        assert shared[k]["metrics"] == alone[k]["metrics"], label
+        assert ([{f: v for f, v in h.items() if f not in timing} for h in shared[k]["history"]]
+                == [{f: v for f, v in h.items() if f not in timing} for h in alone[k]["history"]]), label
+        assert shared[k]["info"]["warmup_from"] == keys["Full"] and "warmup_from" not in alone[k]["info"]
+        assert shared[k]["info"]["resumed_from_epoch"] == 0               # trained epochs 1 and 2 only
+    assert shared[keys["a0"]]["metrics"] != shared[keys["Purify"]]["metrics"]
+    assert "warmup_from" not in shared[keys["Full"]]["info"]
+    said = "\n".join(lines)
+    assert "1 trial(s) train a warm-up for 2 other(s)" in said
+    assert "2 trial(s) start from a warm-up already trained (2 epochs not trained again)" in said
+    # every member done: the kept warm-up is forgotten and its checkpoint deleted
+    assert shared_store.warmups([grid.trials[0].config.warmup()[0]]) == {}
+    assert not [p for p in (tmp_path / "shared" / "ray" / "warmups").rglob("*") if p.is_file()]
+
+
 def test_resource_check_says_why_in_one_line(local_ray, tmp_path):
     nodes = ray.nodes()
     assert check_resources([{"cpu": 1, "gpu": 0}], nodes) is None

@@ -360,7 +360,13 @@ def test_a_store_of_the_previous_schema_is_migrated_with_its_rows(tmp_path):
     s.mark_running("r", {"seed": 0})
     assert s.mark_interrupted(["r"]) == 1 and s.get("r")["status"] == "interrupted"
     with sqlite3.connect(db) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 4
+    # version 4: the shared warm-ups' table
+    assert s.warmups(["w"]) == {}
+    assert s.record_warmup("w", "/store/warmups/w", 3, "k") is None
+    assert s.warmups(["w", "v"]) == {"w": {"wkey": "w", "uri": "/store/warmups/w", "epoch": 3, "leader": "k"}}
+    assert s.record_warmup("w", "/other/w", 3, "k2") == "/store/warmups/w"     # the one replaced, to delete
+    assert s.drop_warmup("w") == "/other/w" and s.warmups(["w"]) == {} and s.drop_warmup("w") is None
 
 
 def test_a_read_only_store_reads_and_refuses_writes(tmp_path):

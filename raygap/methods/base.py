@@ -99,6 +99,16 @@ class Method:
         lacks). ``p`` is the method's params, ``c`` the resolved config dict, ``modalities``
         the names the trial will train on."""
 
+    @classmethod
+    def shared_warmup(cls, p) -> tuple[int, dict] | None:
+        """A warm-up stage other trials may share: ``(W, keys)`` when the first W epochs depend
+        on nothing of the method but ``keys`` (its params that act in them), so every trial
+        with the same config outside ``method:`` and the same ``keys`` trains them identically
+        -- model, optimizer, method state, RNG and history records alike. The runner trains
+        such a warm-up once and starts the others from its checkpoint at epoch W - 1
+        (docs/method.md, "Shared warm-ups"). None (the default): nothing to share."""
+        return None
+
     def setup(self, model: torch.nn.Module) -> None:
         """Called once after the model is built, before the optimizer exists."""
 

@@ -109,6 +109,15 @@ class GapAdaptive(Method):
                               "objective only and never reach the adaptive stage", key="method.warmup_epochs",
                               hint=f"set method.warmup_epochs below {epochs} (or use method.name=warmup_objective)")
 
+    @classmethod
+    def shared_warmup(cls, p):
+        """Epochs [0, W) train L_wp (Eq. 10) whatever the adaptive stage's keys; the warm-up's
+        records and state depend on the gap it gathers (``gap``, ``pair``, ``gap_source``) too."""
+        if p.warmup_epochs <= 0:
+            return None
+        return p.warmup_epochs, {"warmup_epochs": p.warmup_epochs, "gap": p.gap, "pair": list(p.pair),
+                                 "gap_source": p.gap_source}
+
     def __init__(self, params: GapAdaptiveParams, ctx):
         super().__init__(params, ctx)
         p = params

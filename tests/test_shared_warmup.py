@@ -1,0 +1,101 @@
+"""Shared warm-up stages (issue 15): a gap_adaptive variant started from another variant's
+warm-up checkpoint ends with exactly the history and metrics of the same variant trained
+alone (CPU, deterministic); what the warm-up depends on gets a different warm-up key."""
+import pytest
+import torch
+
+import raygap.methods  # noqa: F401  (registers the methods)
+from raygap.config import resolve
+from raygap.errors import CheckpointMismatch
+from raygap.trial import CHECKPOINT, run_trial
+
+E, W = 4, 2
+BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+        "optim": {"lr": 0.05}, "train": {"epochs": E, "batch_size": 128, "device": "cpu", "threads": 2,
+                                         "checkpoint_every": 100},   # no regular checkpoint: only the warm-up's
+        "method": {"name": "gap_adaptive", "warmup_epochs": W}}
+TIMING = ("train_seconds", "epoch_seconds")
+
+
+def cfg(**method):
+    return resolve({**BASE, "method": {**BASE["method"], **method}})
+
+
+def strip(history):
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+def test_warmup_key_follows_what_the_warmup_depends_on():
+    full = cfg()
+    key, w = full.warmup()
+    assert w == W
+    # keys that act only after the switch: the same warm-up
+    for after in ({"alpha": 0.0}, {"gamma": 0.0}, {"rho": 0.5}, {"posterior_weights": False},
+                  {"unimodal_loss": False}, {"purify_tau": 0.5}, {"reset_optimizer": False},
+                  {"mixture": "smm"}, {"dominant": "config"}, {"refit_every": 0}):
+        c = cfg(**after)
+        assert c.key() != full.key()
+        assert c.warmup() == (key, W), after
+    # what the first W epochs depend on: another warm-up
+    others = [cfg(gap="kl"), cfg(pair=["visual", "audio"]), cfg(gap_source="eval"), cfg(warmup_epochs=1),
+              resolve({**BASE, "optim": {"lr": 0.01}}), resolve({**BASE, "seed": 1}),
+              resolve({**BASE, "train": {**BASE["train"], "epochs": 5}}),
+              resolve({**BASE, "resources": {"cpu": 2}})]
+    keys = {c.warmup()[0] for c in others}
+    assert len(keys) == len(others) and key not in keys
+    assert resolve({**BASE, "method": {"name": "warmup_objective"}}).warmup() is None
+    assert resolve({**BASE, "method": {"name": "concat"}}).warmup() is None
+    assert cfg(warmup_epochs=0).warmup() is None
+
+
+@pytest.fixture(scope="module")
+def leader(tmp_path_factory):
+    """The leader trains all E epochs with ``keep_warmup``; its checkpoints are kept per epoch."""
+    c = cfg()
+    d = tmp_path_factory.mktemp("leader")
+    kept, seen = {}, []
+
+    def keep(record, ckpt):
+        seen.append((record["epoch"], ckpt is not None))
+        if ckpt is not None:
+            kept[record["epoch"]] = torch.load(ckpt / CHECKPOINT, weights_only=False)
+
+    result = run_trial(c, checkpoint_dir=d / "run", keep_warmup=True, report=keep)
+    return c, result, kept, seen
+
+
+def test_a_variant_started_from_a_shared_warmup_ends_exactly_as_trained_alone(tmp_path, leader):
+    lead_cfg, lead, kept, seen = leader
+    assert seen == [(0, False), (1, True), (2, False), (3, True)]   # the warm-up's end kept, then the final one
+    ck = kept[W - 1]
+    assert ck["epoch"] == W - 1 and ck["key"] == lead_cfg.key() and ck["warmup_key"] == lead_cfg.warmup()[0]
+
+    for variant in ({"purify_tau": 0.4}, {"reset_optimizer": False, "rho": 0.5}):   # (alpha=0: test_runner)
+        c = cfg(**variant)
+        alone = run_trial(c, checkpoint_dir=tmp_path / f"alone-{c.key()}")
+        d = tmp_path / f"fork-{c.key()}"
+        d.mkdir()
+        torch.save(ck, d / CHECKPOINT)
+        ran = []
+        forked = run_trial(c, checkpoint_dir=d, report=lambda r, _c: ran.append(r["epoch"]))
+        assert ran == list(range(W, E))                     # only the adaptive stage trained
+        assert strip(forked.history) == strip(alone.history), variant
+        assert forked.metrics == alone.metrics
+        assert forked.info["warmup_from"] == lead_cfg.key()
+        assert "warmup_from" not in alone.info
+        assert forked.metrics != lead.metrics               # the variants differ after the switch
+    assert [h["stage"] for h in forked.history] == ["warmup", "warmup", "adaptive", "adaptive"]
+
+
+def test_a_checkpoint_of_another_warmup_or_epoch_is_refused(tmp_path, leader):
+    lead_cfg, _, kept, _ = leader
+    other = tmp_path / "kl"
+    other.mkdir()
+    torch.save(kept[W - 1], other / CHECKPOINT)
+    with pytest.raises(CheckpointMismatch):                 # a KL variant's warm-up gathers other gaps
+        run_trial(cfg(gap="kl"), checkpoint_dir=other)
+    late = tmp_path / "late"
+    late.mkdir()
+    torch.save({**kept[E - 1], "warmup_key": lead_cfg.warmup()[0]}, late / CHECKPOINT)
+    with pytest.raises(CheckpointMismatch):                 # past the warm-up: not a shared state
+        run_trial(cfg(alpha=0.0), checkpoint_dir=late)
