@@ -99,3 +99,26 @@ def test_a_checkpoint_of_another_warmup_or_epoch_is_refused(tmp_path, leader):
     torch.save({**kept[E - 1], "warmup_key": lead_cfg.warmup()[0]}, late / CHECKPOINT)
     with pytest.raises(CheckpointMismatch):                 # past the warm-up: not a shared state
         run_trial(cfg(alpha=0.0), checkpoint_dir=late)
+
+
+def test_dry_run_counts_the_warmups_shared_among_the_trials_to_run(tmp_path):
+    import yaml
+
+    from raygap.grid import describe, load_grid
+    from raygap.store import Store
+
+    m = BASE["method"]
+    rows = {"Full": {"method": m}, "a0": {"method": {**m, "alpha": 0.0}}, "KL": {"method": {**m, "gap": "kl"}},
+            "Control": {"method": {"name": "concat"}}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "base": {k: v for k, v in BASE.items() if k != "method"},
+                                    "rows": rows, "seeds": [0, 1]}))
+    grid = load_grid(path)
+    store = Store(tmp_path / "store.sqlite")
+    # per seed: Full and a0 share a warm-up (W = 2), KL trains its own, concat has none
+    assert describe(grid, store).splitlines()[-1] == (
+        "shared warm-ups: 2 warm-up(s) for 4 of the trials to run, 4 epochs not trained again "
+        "(--no-shared-warmups: each trains its own)")
+    a0 = next(t for t in grid.trials if t.label == "a0" and t.seed == 0)
+    store.save_done(a0.key, {"acc": 0.5}, [], 1.0, {})     # done: seed 0's Full has no one to share with
+    assert describe(grid, store).splitlines()[-1].startswith("shared warm-ups: 1 warm-up(s) for 2 of the trials")
