@@ -3,23 +3,51 @@
 A YAML name maps straight to an entry; adding a method, dataset or backbone means
 adding a file that calls ``REGISTRY.register(...)`` and importing it from the
 package's ``__init__`` -- no runner or trainer code changes.
+
+A name may also be *declared* (``REGISTRY.declare(name, module, **meta)``) by a package whose
+modules cannot be imported cheaply (the encoders and fusion heads are ``nn.Module`` classes:
+importing them imports torch): the name and its meta are known at once, so configs are
+validated without torch, and ``module`` is imported -- registering the name for real -- when
+the entry's ``obj`` is first used.
 """
 from __future__ import annotations
 
 import difflib
 import functools
 import hashlib
-from dataclasses import dataclass, field
+import importlib
 from typing import Any, Callable
 
 
-@dataclass
 class Entry:
-    name: str
-    obj: Any                      # class or builder function
-    params: type | None = None    # dataclass of the entry's own config keys (validated at load)
-    doc: str = ""
-    meta: dict = field(default_factory=dict)
+    """One registered name: ``obj`` (class or builder function), ``params`` (dataclass of the
+    entry's own config keys, validated at load), ``doc`` and registration ``meta``. A declared
+    entry imports its ``module`` on the first read of ``obj`` or ``doc``."""
+
+    def __init__(self, name: str, obj: Any = None, params: type | None = None, doc: str = "",
+                 meta: dict | None = None, module: str | None = None):
+        self.name, self._obj, self.params, self._doc = name, obj, params, doc
+        self.meta = dict(meta or {})
+        self.module = module          # declared, registered when this module is imported
+
+    def _load(self) -> None:
+        if self._obj is None and self.module is not None:
+            importlib.import_module(self.module)
+            if self._obj is None:
+                raise RuntimeError(f"{self.module} is declared to register {self.name!r} but does not")
+
+    @property
+    def obj(self) -> Any:
+        self._load()
+        return self._obj
+
+    @property
+    def doc(self) -> str:
+        self._load()
+        return self._doc
+
+    def __repr__(self) -> str:
+        return f"Entry({self.name!r}, {'declared in ' + self.module if self._obj is None else self._obj!r})"
 
 
 class Registry:
@@ -29,11 +57,26 @@ class Registry:
 
     def register(self, name: str, params: type | None = None, **meta) -> Callable:
         def deco(obj):
-            if name in self._entries:
+            doc = (obj.__doc__ or "").strip()
+            have = self._entries.get(name)
+            if have is not None and have.module is not None and have._obj is None:     # declared: fill it in
+                if obj.__module__ != have.module or meta != have.meta or params is not None:
+                    raise ValueError(f"{self.kind} {name!r} is declared in {have.module} with meta {have.meta}; "
+                                     f"{obj.__module__} registers it with {meta}" + (" and params" if params else ""))
+                have._obj, have._doc = obj, doc
+                return obj
+            if have is not None:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = Entry(name, obj, params, (obj.__doc__ or "").strip(), meta)
+            self._entries[name] = Entry(name, obj, params, doc, meta)
             return obj
         return deco
+
+    def declare(self, name: str, module: str, **meta) -> None:
+        """``name`` (with ``meta``) is registered by ``module``, imported when the entry's code is
+        first used (see the module doc)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = Entry(name, meta=meta, module=module)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -11,9 +11,9 @@ from raygap.config import resolve
 from raygap.data.base import ModalitySpec
 from raygap.errors import ConfigError
 from raygap.methods.base import MethodContext
-from raygap.methods.greedy import (MMTM, Greedy, curation_target, speed_gap, speed_ratio, staged_encode,
-                                   _channels_after)
+from raygap.methods.greedy import Greedy, curation_target, speed_gap, speed_ratio, staged_encode, _channels_after
 from raygap.models import build_model
+from raygap.models.mmtm import MMTM
 
 SPECS = [ModalitySpec("audio", "spectrogram", (1, 16, 12)), ModalitySpec("visual", "frames", (2, 3, 16, 16))]
 sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-import torchaudio.functional as AF
 
 from ..errors import ConfigError, DataError
+from ..lazy import lazy
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle, ModalitySpec, TensorSplit, carve_validation
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+AF = lazy("torchaudio.functional")
 
 BANK_PATH = Path(__file__).with_name("assets") / "avdigits_bank.npz"
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -12,8 +12,11 @@ state (posterior weights, for instance). Sample ids live in ``split.ids``.
 Two split kinds exist:
 * :class:`TensorSplit` -- everything pre-computed in memory (avdigits, fixtures);
   the trainer slices batches straight out of the tensors (no DataLoader overhead).
-* any ``torch.utils.data.Dataset`` subclass of :class:`FileSplit` -- decoded from
-  disk per item (CREMA-D, AVE, KS); the trainer wraps it in a DataLoader.
+* a subclass of :class:`FileSplit` (a map-style dataset: ``len`` and items by index) --
+  decoded from disk per item (CREMA-D, AVE, KS); the trainer wraps it in a DataLoader.
+
+Nothing here imports torch at import time (``raygap.lazy``): configs are validated against
+:class:`DataCommon` and the datasets' layouts without it.
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
+
+from ..lazy import lazy
+
+torch = lazy("torch")
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,11 @@ class TensorSplit:
                            {k: v[idx] for k, v in self.extras.items()})
 
 
-class FileSplit(Dataset):
-    """Base class for splits decoded from disk. Subclasses set ``self.ids``,
-    ``self.label_list`` (ints), ``self.skipped`` (ids dropped under on_bad_media=skip)
-    and ``self.extras``, and implement ``load(i) -> {modality: tensor}``."""
+class FileSplit:
+    """Base class for splits decoded from disk: a map-style dataset (``len``, items by index) for
+    ``torch.utils.data.DataLoader``. Subclasses set ``self.ids``, ``self.label_list`` (ints),
+    ``self.skipped`` (ids dropped under on_bad_media=skip) and ``self.extras``, and implement
+    ``load(i) -> {modality: tensor}``."""
 
     ids: list[str]
     label_list: list[int]

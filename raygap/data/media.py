@@ -41,11 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import torch
 
 from ..errors import ConfigError, DataError
+from ..lazy import lazy
 from .base import DataCommon, DatasetBundle, FileSplit, ModalitySpec
+
+sf = lazy("soundfile")
+torch = lazy("torch")
 
 # ----------------------------------------------------------------------------- constants
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import DataError
+from ..lazy import lazy
 from ..params import F
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle, ModalitySpec, TensorSplit
+
+torch = lazy("torch")
 
 NAME = "mosi"
 MODALITIES = ("text", "audio", "vision")

@@ -30,11 +30,12 @@ import itertools
 import math
 from dataclasses import dataclass
 
-import torch
-
+from ..lazy import lazy
 from ..params import F
 from ..registry import METHODS
 from .base import Method, WindowParams, scalar
+
+torch = lazy("torch")
 
 
 @dataclass

@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as Fn
 
-from ..models.net import ModelOutput
+from ..lazy import lazy
+from ..models.output import ModelOutput
 from ..params import F
+
+torch = lazy("torch")
+Fn = lazy("torch.nn.functional")
 
 
 def scalar(x) -> torch.Tensor:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as Fn
-
 from ..errors import ConfigError
+from ..lazy import lazy
 from ..params import F
 from ..registry import FUSIONS, METHODS
 from .base import Method, TrainState, scalar
+
+torch = lazy("torch")
+Fn = lazy("torch.nn.functional")
 
 
 @dataclass
@@ -107,7 +108,7 @@ class CPSL(Method):
     @classmethod
     def check_config(cls, p, c, modalities):
         fusion = c["model"]["fusion"]
-        if p.cp and p.project and not hasattr(FUSIONS.get(fusion).obj, "head_weight"):
+        if p.cp and p.project and not FUSIONS.get(fusion).meta.get("head_weight"):
             raise ConfigError(f"cpsl's projection acts on a fusion head that splits by modality; {fusion} does not",
                               key="model.fusion", hint="use model.fusion: gated (or method.project: false)")
 

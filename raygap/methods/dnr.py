@@ -20,11 +20,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ..lazy import lazy
 from ..params import F
 from ..registry import METHODS
 from .base import Method, TrainState
+
+torch = lazy("torch")
 
 
 @dataclass
@@ -68,13 +70,13 @@ def reinit_weight(gap: float, lam: float, mode: str = "abs") -> float:
     return float(min(1.0, max(0.0, math.tanh(lam * g))))
 
 
-@torch.no_grad()
 def soft_reinit(module: torch.nn.Module, init: dict[str, torch.Tensor], w: float) -> None:
     """theta <- w * theta_init + (1 - w) * theta for every parameter of ``module`` (in place)."""
     if w <= 0:
         return
-    for name, p in module.named_parameters():
-        p.mul_(1.0 - w).add_(init[name].to(p.device, p.dtype), alpha=w)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.mul_(1.0 - w).add_(init[name].to(p.device, p.dtype), alpha=w)
 
 
 @METHODS.register("dnr", params=DnRParams, version=1)

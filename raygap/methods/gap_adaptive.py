@@ -18,14 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as Fn
 
+from ..lazy import lazy
 from ..mixtures import fit_mixture
 from ..params import F
 from ..registry import METHODS, MIXTURES
 from .base import Method, TrainState
 from .gaps import GAPS, adaptive_loss, auroc, zscore_stats
+
+torch = lazy("torch")
+Fn = lazy("torch.nn.functional")
 
 
 @dataclass

@@ -8,8 +8,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as Fn
+
+from ..lazy import lazy
+
+torch = lazy("torch")
+Fn = lazy("torch.nn.functional")
 
 
 def prob_gap(logits_dom: torch.Tensor, logits_weak: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

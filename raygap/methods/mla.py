@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ..models.net import ModelOutput
+from ..lazy import lazy
+from ..models.output import ModelOutput
 from ..params import F
 from ..registry import METHODS
 from .base import Method
+
+torch = lazy("torch")
 
 
 @dataclass

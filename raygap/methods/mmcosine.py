@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as Fn
-
+from ..lazy import lazy
 from ..params import F
 from ..registry import METHODS
-from ..models.net import ModelOutput
+from ..models.output import ModelOutput
 from .base import Method
+
+torch = lazy("torch")
+Fn = lazy("torch.nn.functional")
 
 
 @dataclass

@@ -19,11 +19,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import torch
-
+from ..lazy import lazy
 from ..params import F
 from ..registry import METHODS
 from .base import Method, WindowParams, scalar
+
+torch = lazy("torch")
 
 
 @dataclass

@@ -20,12 +20,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import torch
-
+from ..lazy import lazy
 from ..params import F
 from ..registry import METHODS
 from .base import Method, check_epoch_window, scalar
 from .ogm_ge import OGMGEParams, OGMStats, modality_scores, modulate_gradients, ogm_coefficients, score_ratios
+
+torch = lazy("torch")
 
 
 @dataclass

@@ -20,12 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as Fn
 
+from ..lazy import lazy
 from ..params import F
 from ..registry import METHODS
 from .base import Method, TrainState, check_epoch_window, scalar
+
+torch = lazy("torch")
+Fn = lazy("torch.nn.functional")
 
 
 @dataclass

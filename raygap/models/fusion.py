@@ -42,7 +42,7 @@ class ConcatFusion(nn.Module):
         return fused, parts
 
 
-@FUSIONS.register("gated")
+@FUSIONS.register("gated", head_weight=True)    # (CPSL's projection needs a head weight)
 class GatedFusion(nn.Module):
     """Gated cross-modal fusion with unimodal auxiliary heads (the CPSL model's fusion).
 

@@ -1,24 +1,13 @@
 """The multimodal network: one encoder per named modality and a fusion head."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn as nn
 
 from ..data.base import ModalitySpec
 from ..registry import BACKBONES, FUSIONS
-
-
-@dataclass
-class ModelOutput:
-    features: dict[str, torch.Tensor]     # per modality, (B, D_m)
-    logits: dict[str, torch.Tensor]       # per modality, (B, K): the head's share, or an auxiliary head
-    fused: torch.Tensor                   # (B, K)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)   # what a fusion exposes (e.g. gates)
-
-
-SEQUENCE_KINDS = ("sequence", "vector")
+from . import SEQUENCE_KINDS
+from .output import ModelOutput
 
 
 def backbone_name(spec: ModalitySpec, model_cfg) -> str:

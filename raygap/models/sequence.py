@@ -17,8 +17,7 @@ import torch.nn as nn
 
 from ..data.base import ModalitySpec
 from ..registry import BACKBONES
-
-SEQUENCE_KINDS = ("sequence", "vector")
+from . import SEQUENCE_KINDS
 
 
 def _width(spec: ModalitySpec) -> int:
