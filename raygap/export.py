@@ -33,9 +33,11 @@ never share files):
   mean difference, its 95 % interval and a paired t-test's p-value (scipy's ``ttest_rel``),
   the p-values adjusted over the table's comparisons by Benjamini-Hochberg (scipy's
   ``false_discovery_control``). See :func:`paired_comparisons` for why these.
-* ``table.json`` -- the same cells as numbers (values per seed, mean, std, n) and how many
-  cell memberships were done when it was written. An export never replaces these files
-  with a table holding fewer done cells (:class:`ExportRefused`) unless forced.
+* ``table.json`` -- the same cells as numbers (values per seed, mean, std, n), how many
+  cell memberships were done when it was written, and the paired comparisons with a digest of
+  their inputs (an export whose inputs are the same reuses them: scipy.stats is not imported).
+  An export never replaces these files with a table holding fewer done cells
+  (:class:`ExportRefused`) unless forced.
 
 No write follows a symlink out of the results folder: a folder under it that is a link
 leading elsewhere is refused, and a file that is a link is replaced, never written through.
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -257,7 +260,15 @@ def _seed_values(grid, recs: dict, label: str, col: dict, metric: str) -> dict[i
     return out
 
 
-def paired_comparisons(grid, store) -> list[dict]:
+class Comparisons(list):
+    """The rows of :func:`paired_comparisons`; ``inputs``: the digest of what they were computed from."""
+    inputs = ""
+
+
+COMPARISON_TEST = "paired t (scipy ttest_rel), 95 % interval, Benjamini-Hochberg"   # part of the inputs' digest
+
+
+def paired_comparisons(grid, store, known: dict | None = None) -> Comparisons:
     """Every row other than ``grid.reference`` against it, per column and metric, over the
     seeds both have done: n, the mean of the per-seed differences (row - reference), its 95 %
     interval and the p-value of a paired t-test, and p adjusted over all of the table's
@@ -270,14 +281,18 @@ def paired_comparisons(grid, store) -> list[dict]:
     differences are roughly normal, which 3 values cannot check. BH controls the share of false
     discoveries among a table's many comparisons (Holm's family-wise control would be
     stricter still). ``note`` says when nothing can be concluded: fewer than 2 pairs, or the
-    same difference in every seed (no spread: the t statistic is undefined)."""
-    if not grid.reference or grid.reference not in grid.row_labels:
-        return []
-    from scipy import stats
+    same difference in every seed (no spread: the t statistic is undefined).
 
+    ``known``: the comparisons an earlier export stored in ``table.json`` (``{"inputs", "rows"}``).
+    When the inputs -- every pair of per-seed values, and how they are tested -- are the same,
+    its rows are the result and scipy.stats, which costs most of a cached re-run's second to
+    import, is not imported. The result's ``inputs`` is the digest to store with the rows."""
+    out = Comparisons()
+    if not grid.reference or grid.reference not in grid.row_labels:
+        return out
     combos = grid.column_combos()
     recs = store.records(t.key for t in grid.trials)
-    out = []
+    pairs = []                          # (row, column, metric, row values, reference values) per seed
     for label in grid.row_labels:
         if label == grid.reference:
             continue
@@ -286,24 +301,41 @@ def paired_comparisons(grid, store) -> list[dict]:
                 a = _seed_values(grid, recs, label, col, m)
                 r = _seed_values(grid, recs, grid.reference, col, m)
                 seeds = sorted(set(a) & set(r))
-                d = [a[s] - r[s] for s in seeds]
-                row = {"row": label, "column": grid.column_header(col), "metric": m, "n": len(d),
-                       "mean_diff": statistics.fmean(d) if d else None, "ci_low": None, "ci_high": None,
-                       "p": None, "p_adj": None, "note": ""}
-                if len(d) < 2:
-                    row["note"] = f"n={len(d)}: too few paired seeds"
-                elif max(d) - min(d) == 0:
-                    row["note"] = "the same difference in every seed" if d[0] else "identical in every seed"
-                else:
-                    res = stats.ttest_rel([a[s] for s in seeds], [r[s] for s in seeds])
-                    ci = res.confidence_interval(0.95)
-                    row.update(p=float(res.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
-                out.append(row)
+                pairs.append((label, grid.column_header(col), m, [a[s] for s in seeds], [r[s] for s in seeds]))
+    out.inputs = hashlib.sha256(json.dumps([COMPARISON_TEST, pairs]).encode()).hexdigest()[:16]
+    if known and known.get("inputs") == out.inputs and isinstance(known.get("rows"), list):
+        out += [dict(row) for row in known["rows"]]
+        return out
+    from scipy import stats
+
+    for label, column, m, a, r in pairs:
+        d = [x - y for x, y in zip(a, r)]
+        row = {"row": label, "column": column, "metric": m, "n": len(d),
+               "mean_diff": statistics.fmean(d) if d else None, "ci_low": None, "ci_high": None,
+               "p": None, "p_adj": None, "note": ""}
+        if len(d) < 2:
+            row["note"] = f"n={len(d)}: too few paired seeds"
+        elif max(d) - min(d) == 0:
+            row["note"] = "the same difference in every seed" if d[0] else "identical in every seed"
+        else:
+            res = stats.ttest_rel(a, r)
+            ci = res.confidence_interval(0.95)
+            row.update(p=float(res.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
+        out.append(row)
     tested = [row for row in out if row["p"] is not None]
     if tested:
         for row, q in zip(tested, stats.false_discovery_control([row["p"] for row in tested])):
             row["p_adj"] = float(q)
     return out
+
+
+def stored_comparisons(out_dir: str | Path) -> dict | None:
+    """The comparisons (and their inputs' digest) the ``table.json`` in ``out_dir`` holds, if any."""
+    try:
+        old = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
+        return old.get("comparisons") if isinstance(old, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 def comparison_text(c: dict, digits: int = 2) -> str:
@@ -531,7 +563,9 @@ def export_grid(grid, store, out_dir: str | Path | None = None,
         _check_not_emptier(out_dir, manifest)
     paths = {"trials.csv": atomic_write(out_dir / "trials.csv", trials_csv(grid, store))}
     header, body = table_rows(grid, store)
-    comps = paired_comparisons(grid, store)
+    comps = paired_comparisons(grid, store, known=stored_comparisons(out_dir))
+    if comps.inputs:                    # kept with the numbers: a later export with the same inputs reuses them
+        manifest["comparisons"] = {"inputs": comps.inputs, "rows": list(comps)}
     if "csv" in formats:
         paths["table.csv"] = atomic_write(out_dir / "table.csv", to_csv(grid, header, body))
         if comps:
@@ -613,7 +647,7 @@ def reproduction_report(grid, store, out_dir: Path, figures: list | None = None)
     profile whose columns are not the paper's (the demo's avdigits) are not set beside the
     paper's: both tables are shown, marked as not comparable."""
     combos, cells = table_cells(grid, store)
-    comps = paired_comparisons(grid, store)
+    comps = paired_comparisons(grid, store, known=stored_comparisons(out_dir))
     paper = grid.paper
     col_values = [str(next(iter(c.values()))) if len(c) == 1 else None for c in combos]
     matched = bool(paper) and grid.profile != "demo" and all(

@@ -158,3 +158,46 @@ def test_report_of_a_demo_run_says_it_is_not_comparable(tmp_path):
     md = _report(tmp_path, load_grid(path, profile="demo", profiles_dir=prof))
     assert "**Not comparable with the paper**" in md and "## The paper's numbers (for reference)" in md
     assert "| B | 85.50 |" in md and "| B | 82.67 ± 8.02 (n=3) |" in md
+
+
+def test_an_export_with_the_same_inputs_reuses_the_comparisons_without_scipy_stats(tmp_path):
+    """table.json keeps the comparisons with a digest of their inputs: a re-export of the same
+    results (a fully cached re-run) writes the same tables without importing scipy.stats, and a
+    changed value is tested again."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    grid = _grid(tmp_path)
+    out = tmp_path / "out"
+    with _fill(tmp_path, grid) as store:
+        first = {k: Path(p).read_text() for k, p in export_grid(grid, store, out).items() if k != "table.json"}
+    kept = json.loads((out / "table.json").read_text())["comparisons"]
+    assert len(kept["rows"]) == 4 and len(kept["inputs"]) == 16
+    again = f"""
+import json, sys
+from pathlib import Path
+from raygap.export import export_grid
+from raygap.grid import load_grid
+from raygap.store import Store
+with Store({str(tmp_path / 'store.sqlite')!r}) as store:
+    paths = export_grid(load_grid({str(tmp_path / 'sig.yaml')!r}), store, {str(out)!r})
+print(json.dumps({{"scipy.stats": "scipy.stats" in sys.modules,
+                  "files": {{k: Path(p).read_text() for k, p in paths.items() if k != "table.json"}}}}))
+"""
+    r = subprocess.run([sys.executable, "-c", again], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["scipy.stats"] is False and res["files"] == first
+    assert json.loads((out / "table.json").read_text())["comparisons"] == kept
+    # one value changes: B's comparison is tested again (B - Ref in percent: 2, 5, 3 -> mean 10/3, sd sqrt(7/3))
+    with Store(tmp_path / "store.sqlite") as store:
+        b2 = next(t for t in grid.trials if t.label == "B" and t.seed == 2)
+        store.save_done(b2.key, {"acc": 0.93}, [{"epoch": 0}], 1.0, {})
+        comps = {c["row"]: c for c in paired_comparisons(grid, store, known=kept)}
+        export_grid(grid, store, out)
+    assert comps["B"]["mean_diff"] == pytest.approx(10 / 3)
+    assert comps["B"]["p"] == pytest.approx(t2_p((10 / 3) / (math.sqrt(7 / 3) / math.sqrt(3))), rel=1e-6)
+    assert json.loads((out / "table.json").read_text())["comparisons"]["inputs"] != kept["inputs"]
