@@ -4,7 +4,9 @@ did before figures were kept) vs with unchanged figures kept, side by side on on
 Needs a grid whose trials are all done in --results (README command 1 leaves
 results/ so for grids/table3.yaml --profile demo); with --prepare it first runs a shortened
 variant (--set train.epochs=5) to have one. Each timing is a separate `raygap` process (its
-start-up, mostly `import torch`, included and printed on its own).
+start-up, imports and the registries, included and printed on its own: validating a grid
+imports no torch, tests/test_import_cost.py). The goal: a cached run under 3 s with unchanged
+figures kept (and the paired comparisons kept in table.json: no scipy.stats either).
 
     python bench/cached_rerun.py [--grid grids/table3.yaml] [--profile demo] [--results results]
                                  [--set train.epochs=5 --prepare] [--repeat 3]
@@ -66,7 +68,7 @@ def main() -> None:
         rows[what] = (statistics.median(redraw), statistics.median(keep))
     n = len(list(figures.glob("*.png")))
     print(f"{args.grid} --profile {args.profile} ({total.split(':', 1)[1].strip()}); {n} figures; "
-          f"median of {args.repeat}; process start-up + registries (import torch, plugins): {statistics.median(start):.2f} s")
+          f"median of {args.repeat}; process start-up + registries (plug-ins, no torch): {statistics.median(start):.2f} s")
     for what, (redraw, keep) in rows.items():
         print(f"  {what:10s}  every figure drawn {redraw:6.2f} s   unchanged figures kept {keep:6.2f} s")
     print("ratios: " + "; ".join(f"{w} kept vs drawn {k / r:.2f} ({r - k:.1f} s saved)" for w, (r, k) in rows.items())
