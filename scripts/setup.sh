@@ -7,7 +7,8 @@
 # $RAYGAP_PYTHON, python3 (the one you have selected), python3.11, python3.12 that is one of them.
 # uv downloads torch/torchvision from PyPI (a CUDA build, ~5.5 GB in the venv; ~35 s cold,
 # ~2 s warm); constraints.txt pins every transitive dependency. RAYGAP_TORCH=cpu installs
-# PyTorch's CPU build instead (docs/install.md).
+# PyTorch's CPU build instead (docs/install.md). RAYGAP_EXTRAS=mlflow,wandb adds optional extras
+# (the `raygap run --tracker` loggers; pinned in pyproject.toml and constraints.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV_VERSION=0.13.8
@@ -71,4 +72,13 @@ fi
 # import, but not where PYTHONDONTWRITEBYTECODE is set (CI images, containers): then every process
 # (each Ray worker, each trial) compiles torch, Ray, scipy and sklearn from source again -- measured
 # here: `import torch` 3.2 s -> 1.5 s, a 2-epoch CPU trial 11.4 s -> 6.4 s; the install takes ~30 s longer.
-.venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "${torch_index[@]}" -c constraints.txt -e ".[test]"
+extras=test
+asked=${RAYGAP_EXTRAS:-}
+for e in ${asked//,/ }; do
+  case "$e" in
+    mlflow|wandb|tensorboard) extras="$extras,$e" ;;
+    *) say "RAYGAP_EXTRAS: no extra '$e' (choose from mlflow, wandb, tensorboard)"; exit 2 ;;
+  esac
+done
+[ "$extras" = test ] || say "extras: ${extras#test,}"
+.venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "${torch_index[@]}" -c constraints.txt -e ".[$extras]"
