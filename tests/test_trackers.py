@@ -48,7 +48,7 @@ def raygap_run(tmp_path: Path, tracker: str, env: dict | None = None) -> subproc
                           cwd=ROOT, env={**clean, "WANDB_BASE_URL": "http://127.0.0.1:9", **(env or {})})
 
 
-def run_raygap(tmp_path: Path, tracker: str, env: dict | None = None) -> tuple[str, dict]:
+def run_done(tmp_path: Path, tracker: str, env: dict | None = None) -> tuple[str, dict]:
     """:func:`raygap_run`, which must succeed; (its output, the run name each trial must get -> its
     val_acc per epoch as the store holds it). Run names are the trial folders':
     ``<label>-<column>-seed<k>-<key[:8]>``."""
@@ -70,7 +70,7 @@ def test_mlflow_one_run_per_trial_with_every_epoch_and_where_to_look(tmp_path):
         pytest.importorskip(module, reason="--tracker mlflow needs raygap's mlflow extra (RAYGAP_EXTRAS=mlflow)")
     from mlflow.tracking import MlflowClient
 
-    out, val = run_raygap(tmp_path, "mlflow")
+    out, val = run_done(tmp_path, "mlflow")
     uri = f"sqlite:///{(tmp_path / 'results' / 'mlflow.db').resolve()}"
     line = next((ln for ln in out.splitlines() if ln.startswith("MLflow: ")), "")
     # the line names the experiment, the database and a command that opens MLflow's UI on it
@@ -120,7 +120,7 @@ def wandb_records(path: Path):
 def test_wandb_offline_one_run_per_trial_with_every_epoch_and_where_to_look(tmp_path):
     pytest.importorskip("wandb", reason="--tracker wandb needs raygap's wandb extra (RAYGAP_EXTRAS=wandb)")
     wdir = tmp_path / "wandb-home"
-    out, val = run_raygap(tmp_path, "wandb", offline_wandb(wdir))
+    out, val = run_done(tmp_path, "wandb", offline_wandb(wdir))
     line = next((ln for ln in out.splitlines() if ln.startswith("W&B: ")), "")
     assert f"offline runs in {wdir.resolve()}/wandb/offline-run-*" in line and "group noprofile" in line, out[-3000:]
     runs = sorted((wdir / "wandb").glob("offline-run-*"))
