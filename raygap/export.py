@@ -709,6 +709,12 @@ def reproduction_report(grid, store, out_dir: Path, figures: list | None = None)
     lines.append("")
     lines.append("The other rows differ from it by their row's keys (grids/" + grid.path.name + "). The readings of the "
                  "paper in force are docs/method.md's (gap_adaptive's params above are its defaults where not set).")
+    infos = store.done_infos({t.key for t in grid.trials})
+    forked = sum(1 for i in infos.values() if i.get("warmup_from"))
+    if forked:
+        lines += ["", f"Shared warm-ups: {forked} of the {len(infos)} done trials started from the end of a warm-up "
+                  "another trial trained (the same config outside the adaptive stage's keys, the same seed): they "
+                  "differ from it only after the switch (docs/method.md, \"Shared warm-ups\")."]
     text = "\n".join(lines).rstrip() + "\n"
     atomic_write(Path(out_dir) / "report.html", report_html(text))
     return atomic_write(Path(out_dir) / "report.md", text)

@@ -137,7 +137,8 @@ def _report(tmp_path, grid) -> str:
         store.register(grid)
         for t in grid.trials:
             store.mark_running(t.key, {})
-            store.save_done(t.key, {"acc": ACC[t.label][t.seed]}, [{"epoch": 0}], 1.0, {})
+            store.save_done(t.key, {"acc": ACC[t.label][t.seed]}, [{"epoch": 0}], 1.0,
+                            {"warmup_from": "x"} if t.label == "B" and t.seed == 0 else {})
         return reproduction_report(grid, store, tmp_path / "out").read_text()
 
 
@@ -149,6 +150,7 @@ def test_report_sets_ours_beside_the_papers_numbers(tmp_path):
     assert "| B | 85.50 | 82.67 ± 8.02 (n=3) | -2.83 |" in md
     assert "Not comparable" not in md and "## Which differences are real: paired differences vs Ref" in md
     assert "optim.lr: 0.002" in md                             # the reference row's settings
+    assert "Shared warm-ups: 1 of the 6 done trials started from the end of a warm-up" in md
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "Reproduction report: rep" in html and "85.50" in html
 
