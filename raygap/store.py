@@ -382,15 +382,16 @@ class Store:
         recs = self._records("SELECT * FROM trials WHERE key=?", (key,))
         return recs[0] if recs else None
 
-    def _by_key(self, keys: Iterable[str], columns: str = "*", where: str = "") -> dict[str, dict[str, Any]]:
-        """key -> ``columns`` of the stored trials among ``keys`` (one query per 500 keys)."""
+    def _by_key(self, keys: Iterable[str], columns: str = "*", where: str = "", table: str = "trials",
+                key: str = "key") -> dict[str, dict[str, Any]]:
+        """key -> ``columns`` of the rows of ``table`` among ``keys`` (one query per 500 keys)."""
         keys = list(dict.fromkeys(keys))
         out: dict[str, dict] = {}
         for i in range(0, len(keys), _CHUNK):
             chunk = keys[i:i + _CHUNK]
-            for rec in self._records(f"SELECT {columns} FROM trials WHERE {where}key IN "
+            for rec in self._records(f"SELECT {columns} FROM {table} WHERE {where}{key} IN "
                                      f"({','.join('?' * len(chunk))})", chunk):
-                out[rec["key"]] = rec
+                out[rec[key]] = rec
         return out
 
     def records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -625,16 +626,9 @@ class Store:
 
     def warmups(self, wkeys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The recorded shared warm-ups among ``wkeys``: wkey -> {uri, epoch, leader}."""
-        wkeys = list(dict.fromkeys(wkeys))
         if not self._has_table("warmups"):           # a read-only store of an older schema
             return {}
-        out = {}
-        for i in range(0, len(wkeys), _CHUNK):
-            chunk = wkeys[i:i + _CHUNK]
-            for r in self._records(f"SELECT wkey, uri, epoch, leader FROM warmups WHERE wkey IN "
-                                   f"({','.join('?' * len(chunk))})", chunk):
-                out[r["wkey"]] = r
-        return out
+        return self._by_key(wkeys, "wkey, uri, epoch, leader", table="warmups", key="wkey")
 
     def drop_warmup(self, wkey: str) -> str | None:
         """Forget a shared warm-up; returns its checkpoint (for the caller to delete)."""
