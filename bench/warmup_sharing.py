@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from raygap.config import epochs_not_trained_again, warmup_groups  # noqa: E402
 from raygap.grid import load_grid  # noqa: E402
 
 GRIDS = ["table2", "table3", "table4", "table5", "table6", "table7"]
@@ -30,13 +31,9 @@ GRIDS = ["table2", "table3", "table4", "table5", "table6", "table7"]
 
 def epochs(trials: dict) -> tuple[int, int, int]:
     """(epochs without sharing, epochs with shared warm-ups, warm-ups shared) over distinct trials."""
-    plain = sum(int(c.train.epochs) for c in trials.values())
-    groups: dict[tuple[str, int], int] = {}
-    for c in trials.values():
-        if (w := c.warmup()) is not None:
-            groups[w] = groups.get(w, 0) + 1
-    saved = sum((n - 1) * W for (_, W), n in groups.items())
-    return plain, plain - saved, sum(1 for n in groups.values() if n > 1)
+    plain = sum(int(t.config.train.epochs) for t in trials.values())
+    groups = warmup_groups(trials.values())
+    return plain, plain - epochs_not_trained_again(groups), sum(1 for m in groups.values() if len(m) > 1)
 
 
 def main() -> None:
@@ -48,7 +45,7 @@ def main() -> None:
         print(f"profile {profile}: grid, distinct trials, warm-ups shared, epochs without -> with shared warm-ups (saved)")
         for name in GRIDS:
             g = load_grid(ROOT / "grids" / f"{name}.yaml", profile=profile, skip_missing=True)
-            trials = {k: t.config for k, t in g.distinct().items()}
+            trials = dict(g.distinct())
             every.update(trials)
             a, b, n = epochs(trials)
             print(f"  {name:7s} {len(trials):4d} {n:5d}   {a:6d} -> {b:6d}   ({a - b} saved, {100 * (a - b) / a:.0f} %)")

@@ -326,6 +326,22 @@ class TrialConfig:
         return f"TrialConfig({self.key()})"
 
 
+def warmup_groups(specs) -> dict[tuple[str, int], list]:
+    """The items of ``specs`` (anything with a ``.config``: a grid's trial specs) that declare
+    a shareable warm-up, grouped by it: ``(warm-up key, W) -> [spec, ...]`` (see
+    :meth:`TrialConfig.warmup`)."""
+    groups: dict[tuple[str, int], list] = {}
+    for s in specs:
+        if (w := s.config.warmup()) is not None:
+            groups.setdefault(w, []).append(s)
+    return groups
+
+
+def epochs_not_trained_again(groups: dict[tuple[str, int], list]) -> int:
+    """Epochs shared warm-ups save: every member of a group but one skips its W warm-up epochs."""
+    return sum((len(members) - 1) * W for (_, W), members in groups.items())
+
+
 def resolve(raw: dict | None) -> TrialConfig:
     """Validate a raw nested mapping and fill every default."""
     from .plugins import load_all

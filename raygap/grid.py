@@ -86,12 +86,14 @@ from .config import (
     SECTIONS,
     TrialConfig,
     deep_merge,
+    epochs_not_trained_again,
     flatten,
     nearest,
     parse_set,
     read_yaml,
     resolve,
     set_dotted,
+    warmup_groups,
 )
 from .errors import ConfigError
 from .metrics import metric_names
@@ -629,14 +631,11 @@ def describe(grid: Grid, store, rerun: set[str] | frozenset = frozenset()) -> st
     done = sum(1 for k in distinct if status.get(k) == "done")
     lines.append(f"{len(grid.trials)} cells, {len(distinct)} distinct trials: {done} already done (reused), "
                  f"{len(distinct) - done} to run")
-    groups: dict[tuple[str, int], int] = {}
-    for k, t in distinct.items():
-        if status.get(k) != "done" and (w := t.config.warmup()) is not None:
-            groups[w] = groups.get(w, 0) + 1
-    shared = {w: n for w, n in groups.items() if n > 1}
+    shared = {w: m for w, m in warmup_groups(t for k, t in distinct.items() if status.get(k) != "done").items()
+              if len(m) > 1}
     if shared:
-        lines.append(f"shared warm-ups: {len(shared)} warm-up(s) for {sum(shared.values())} of the trials to run, "
-                     f"{sum((n - 1) * W for (_, W), n in shared.items())} epochs not trained again "
+        lines.append(f"shared warm-ups: {len(shared)} warm-up(s) for {sum(map(len, shared.values()))} of the trials "
+                     f"to run, {epochs_not_trained_again(shared)} epochs not trained again "
                      "(--no-shared-warmups: each trains its own)")
     return "\n".join(lines)
 

@@ -838,11 +838,9 @@ def plan_warmups(left, records: dict, recorded: dict, lone: set) -> tuple[set, d
     along is the leader (``keeps``: key -> warm-up key) and the members without a checkpoint
     wait for it (``deferred``); members with one resume on their own. ``lone``: warm-up keys
     not to wait for again (their leader ran and kept none)."""
-    groups: dict[tuple[str, int], list] = {}
-    for s in left:
-        w = s.config.warmup()
-        if w is not None:
-            groups.setdefault(w, []).append(s)
+    from .config import warmup_groups
+
+    groups = warmup_groups(left)
     deferred: set[str] = set()
     forks: dict[str, str] = {}
     keeps: dict[str, str] = {}
@@ -881,10 +879,9 @@ def say_warmups(batch, deferred: set, forks: dict, keeps: dict, log) -> None:
 
 def drop_finished_warmups(store, specs) -> None:
     """Forget (and delete) the shared warm-ups every member of which, among ``specs``, is done."""
-    groups: dict[str, list[str]] = {}
-    for s in specs:
-        if (w := s.config.warmup()) is not None:
-            groups.setdefault(w[0], []).append(s.key)
+    from .config import warmup_groups
+
+    groups = {wkey: [s.key for s in members] for (wkey, _), members in warmup_groups(specs).items()}
     recorded = store.warmups(groups)
     if not recorded:
         return
@@ -959,7 +956,8 @@ TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 # the modules each tracker needs, and the raygap extra that installs them (pyproject.toml)
 TRACKER_NEEDS = {"tensorboard": (("tensorboardX",), None), "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
                  "wandb": (("wandb",), "wandb")}
-WANDB_EXCLUDES = ["record_json", "final_json", "failed_json", "resumed_json", "warnings_json"]   # JSON, not scalars
+WANDB_EXCLUDES = ["record_json", "final_json", "failed_json", "resumed_json", "warnings_json",
+                  "warmup_json"]   # JSON, not scalars
 
 
 def tracker_problem(tracker: str) -> str | None:
