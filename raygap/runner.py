@@ -70,6 +70,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
 
     from .config import resolve
     from .errors import CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
+    from .data.preload import release_device_memory
     from .trial import CHECKPOINT, TrialDiverged, fit, load_data, pick_device, prepare_process
 
     DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch)
@@ -152,7 +153,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         try:
             device = pick_device(cfg.train.device, gpu_share=cfg.resources.gpu)
             result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report, final_checkpoint=False,
-                         keep_warmup=bool(warmup_out))
+                         keep_warmup=bool(warmup_out), gpu_share=min(1.0, cfg.resources.gpu or 1.0))
         except DETERMINISTIC_FAILURES as e:
             # the same config fails the same way again: report it as final instead of raising,
             # so Tune does not spend its retries (meant for dead workers) on it
@@ -175,6 +176,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         tune.report(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        release_device_memory(bundle)                  # Tune reuses this actor: the next trial gets the GPU back
 
 
 def keep_checkpoint(src: Path, uri: str) -> str:

@@ -29,6 +29,7 @@ from . import data as _data  # noqa: F401  (registers datasets)
 from . import methods as _methods  # noqa: F401  (registers methods)
 from .config import TrialConfig
 from .data.base import DatasetBundle
+from .data.preload import place_splits
 from .metrics import classification_metrics, regression_metrics
 from .methods.base import MethodContext, TrainState
 from .models import build_model
@@ -294,12 +295,13 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         checkpoint_dir: str | Path | None = None,
         report: Callable[[dict, Path | None], None] | None = None,
         log: Callable[[str], None] = lambda s: None, final_checkpoint: bool = True,
-        keep_warmup: bool = False) -> TrialResult:
+        keep_warmup: bool = False, gpu_share: float = 1.0) -> TrialResult:
     """Train ``cfg`` on ``bundle``; resume from ``<checkpoint_dir>/checkpoint.pt`` when it is
     this trial's checkpoint, or the end of a shared warm-up this trial may start from
     (:meth:`TrialConfig.warmup`: the same warm-up key, written after epoch W - 1).
     ``keep_warmup``: write a checkpoint after epoch W - 1 whatever ``train.checkpoint_every``
-    says, for other trials to start from."""
+    says, for other trials to start from. ``gpu_share``: the part of the device this trial
+    holds (Ray's ``resources.gpu``; 1 without Ray), its slice for the preload budget."""
     T = cfg.train
     shared = cfg.warmup()                                      # (warm-up key, W) or None
     torch.manual_seed(cfg.seed)
@@ -322,8 +324,9 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     if T.compile:
         for sub in [*model.encoders.values(), model.fusion]:
             sub.compile(dynamic=False)    # in place (state_dict keys unchanged); one graph per batch shape
-    placed = {name: sp.place(device) for name, sp in (("train", bundle.train), ("val", bundle.val),
-                                                       ("test", bundle.test)) if hasattr(sp, "place")}
+    placed = place_splits(bundle, model, device, share=gpu_share, batch_size=T.batch_size,   # the preload budget
+                          eval_batch_size=T.eval_batch_size, optim_cfg=cfg.optim,
+                          autocast=lambda: autocast(device, T.amp), log=log)
     new_optimizer = lambda: build_optimizer(cfg.optim, model.parameters())  # noqa: E731
     optimizer = new_optimizer()
     scheduler = build_scheduler(cfg.optim, optimizer, T.epochs)

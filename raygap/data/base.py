@@ -71,8 +71,9 @@ class DataCommon:
         "range": (0, 4096), "help": "pipeline=cache: side of the cached frames (0: the dataset's image_size)"})
     preload: str = field(default="auto", metadata={
         "choices": ["auto", "on", "off"],
-        "help": "pipeline=cache on a GPU: upload each split once (on), when it takes at most 30% of free "
-                "device memory (auto), or gather every batch from the mapped files (off)"})
+        "help": "pipeline=cache on a GPU: upload each split once when it fits the trial's budget (its GPU share "
+                "of the device less its CUDA context, measured training step and headroom; docs/datasets.md), "
+                "streaming the rest (auto) or failing (on), or gather every batch from the mapped files (off)"})
 
 
 class TensorSplit:

@@ -26,10 +26,14 @@ another format or with other parameters each give one line naming the file and t
 times -- ``cp`` without ``-p`` -- makes the cache stale: copy with ``rsync -a`` / ``cp -a``.)
 
 Every trial on a machine opens the same files read-only through ``np.load(mmap_mode="r")``:
-the page cache holds one copy for all of them. On a GPU, a split whose arrays fit
-(``data.preload``) is uploaded once per trial and every batch is gathered, cropped, flipped
-and normalised there (:mod:`raygap.data.augment`); otherwise each batch is gathered from
-the mapped files on the host and copied.
+the page cache holds one copy for all of them. On a GPU, a split that fits the trial's
+preload budget (``data.preload``; :mod:`raygap.data.preload` says how the budget is
+computed: the trial's share of the device's memory less its CUDA context, its measured
+training step and a headroom) is uploaded once per trial, in chunks of
+:data:`GATHER_CHUNK_BYTES` read in file order and copied straight into the device tensor
+(the host never holds the whole split), and every batch is gathered, cropped, flipped and
+normalised there (:mod:`raygap.data.augment`); otherwise each batch is gathered from the
+mapped files on the host into one array and copied.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from . import augment
+from . import augment, preload as _preload
 from .media import AudioFrontEnd, Clip, load_audio, open_image, sample_frame_indices
 
 FORMAT_VERSION = 1
@@ -54,7 +58,9 @@ MANIFEST = "manifest.json"
 ARRAYS = ("audio", "visual", "frame_hw", "labels", "sources")
 PRELOAD_CHOICES = ("auto", "on", "off")
 INLINE_BELOW = 256               # clips: fewer are decoded in this process (a pool takes seconds to start)
-PRELOAD_AUTO_FRACTION = 0.3      # auto: upload a split when it takes at most this share of free device memory
+# rows read from the mapped files at a time when gathering a split: large enough that the
+# per-chunk work (one fancy index, one copy) is negligible, small next to a split worth uploading
+GATHER_CHUNK_BYTES = 64 * 2**20
 
 
 def cache_dir(root: Path, front_end: AudioFrontEnd, num_frames: int, side: int) -> Path:
@@ -284,35 +290,66 @@ class CacheSplit:
         return self._labels
 
     def nbytes(self) -> int:
-        per_row = sum(int(np.prod(self.cache.arrays[a].shape[1:])) * self.cache.arrays[a].itemsize
-                      for a in ("audio", "visual"))
-        return per_row * len(self.rows)
+        return self.row_bytes() * len(self.rows)
 
-    def place(self, device: torch.device) -> str:
+    def row_bytes(self) -> int:
+        return sum(int(np.prod(self.cache.arrays[a].shape[1:])) * self.cache.arrays[a].itemsize
+                   for a in ("audio", "visual"))
+
+    def place(self, device: torch.device, resident: bool | None = None) -> str:
         """Where batches are built: ``resident`` (uploaded once) or ``streamed`` (gathered
-        from the mapped files per batch and copied to ``device``)."""
+        from the mapped files per batch and copied to ``device``). ``resident`` is the trial's
+        decision (:func:`raygap.data.preload.place_splits`); None decides for a process that
+        trains nothing more there (:func:`~raygap.data.preload.budget_now`); on the CPU, where
+        the mapped files already are, only an explicit ``resident=True`` makes a copy."""
         self.device = device
-        if device.type == "cpu" or self.preload == "off":
-            self.resident = None
+        self.resident = None                           # (an earlier upload is freed before a new one)
+        if self.preload == "off" or (device.type == "cpu" and not resident):
             return "streamed"
-        if self.preload == "auto":
-            free, _ = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
-            if self.nbytes() > PRELOAD_AUTO_FRACTION * free:
-                self.resident = None
-                return "streamed"
-        self.resident = {k: v.to(device) for k, v in self._gather(np.arange(len(self.rows))).items()}
-        self.resident["label"] = self._labels.to(device)
+        if resident is None:
+            b = _preload.budget_now(device)
+            resident = _preload.assign({self.kind(): self.nbytes()}, b.budget, self.preload, b.explain())[self.kind()]
+        if not resident:
+            return "streamed"
+        self.resident = self._upload(device)
         return "resident"
 
-    def _gather(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = self.rows[positions]
+    def kind(self) -> str:
+        return "train" if self.train else "evaluation"
+
+    def _chunks(self, rows: np.ndarray):
+        """(positions, rows) in file order, at most GATHER_CHUNK_BYTES of rows each."""
         order = np.argsort(rows, kind="stable")        # read the mapped files forwards
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
+        step = max(1, GATHER_CHUNK_BYTES // max(1, self.row_bytes()))
+        for s in range(0, len(order), step):
+            pos = order[s:s + step]
+            yield pos, rows[pos]
+
+    def _upload(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The split's arrays on ``device``: each chunk read from the mapped files is copied
+        into its rows of a tensor allocated there, so the host holds one chunk at a time."""
         out = {}
-        for name, arr in (("audio", self.cache.arrays["audio"]), ("visual", self.cache.arrays["visual"])):
-            block = arr[rows[order]][back]
-            out[name] = torch.from_numpy(np.ascontiguousarray(block))
+        for name in ("audio", "visual"):
+            arr = self.cache.arrays[name]
+            dst = torch.empty((len(self.rows), *arr.shape[1:]), dtype=torch.from_numpy(np.empty(0, arr.dtype)).dtype,
+                              device=device)
+            for pos, rows in self._chunks(self.rows):
+                dst.index_copy_(0, torch.from_numpy(pos).to(device), torch.from_numpy(arr[rows]).to(device))
+            out[name] = dst
+        out["label"] = self._labels.to(device)
+        return out
+
+    def _gather(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """The rows at ``positions`` in one host array per modality, filled chunk by chunk in
+        file order (one copy of the rows, plus one chunk)."""
+        rows = self.rows[positions]
+        out = {}
+        for name in ("audio", "visual"):
+            arr = self.cache.arrays[name]
+            block = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+            for pos, r in self._chunks(rows):
+                block[pos] = arr[r]
+            out[name] = torch.from_numpy(block)
         return out
 
     def host_batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
