@@ -16,7 +16,8 @@ never hours into a grid.
 
 Per batch:   for st.phase in phases(st):   (one phase, None, unless the method says otherwise)
                  out = forward(model, batch, st); loss, logs = loss(out, batch, st);
-                 backward; after_backward(model, out, batch, st); optimizer step.
+                 backward; after_backward(model, out, batch, st); optimizer step
+                 (skipped by GradScaler when ``st.found_inf`` > 0: fp16, inf/NaN gradients).
              A method that takes several optimizer steps per batch (MLA: one per modality)
              returns several phases; the loss of each phase adds into the epoch's logs.
 Per epoch:   on_epoch_start(st) before the training pass, on_epoch_end(st) after it
@@ -70,6 +71,8 @@ class TrainState:
     predict_split: Callable[..., dict]          # (split, indices=None, features=False) -> arrays
     train_indices: np.ndarray | None = None     # None: the whole training split
     phase: Any = None                           # the current element of method.phases(st)
+    found_inf: Any = None                       # this step's GradScaler flag (0-dim device tensor, > 0: the
+                                                # step is skipped) or None (no scaler); see after_backward
     history: list = field(default_factory=list)
     log: Callable[[str], None] = print
 
@@ -131,7 +134,10 @@ class Method:
         return loss, {"loss_f": loss.detach()}
 
     def after_backward(self, model, out: ModelOutput, batch: dict, st: TrainState) -> None:
-        pass
+        """After ``scaler.unscale_``, before the optimizer step. With fp16 the gradients of a step
+        may hold inf/NaN: GradScaler then skips the step, and ``st.found_inf`` (> 0, on the
+        device) says so; a method must not let such a step's gradient statistics count (combine
+        them with ``torch.where`` on the flag, or fold the flag into a read it makes anyway)."""
 
     def on_epoch_end(self, st: TrainState) -> dict[str, Any]:
         return {}
