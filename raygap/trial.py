@@ -30,7 +30,7 @@ from . import methods as _methods  # noqa: F401  (registers methods)
 from .config import TrialConfig
 from .data.base import DatasetBundle
 from .metrics import classification_metrics, regression_metrics
-from .methods.base import MethodContext, TrainState
+from .methods.base import MethodContext, TrainState, scaler_found_inf
 from .models import build_model
 from .registry import DATASETS, METHODS
 
@@ -256,28 +256,11 @@ def final_metrics(history: list[dict], select: str, select_from: str = "all") ->
     return out
 
 
-def scaler_found_inf(scaler, optimizer) -> torch.Tensor | None:
-    """After ``scaler.unscale_(optimizer)``: whether the gradients hold an inf or NaN, i.e. whether
-    ``scaler.step`` will skip this step -- a 0-dim float32 tensor on the device, > 0 when skipped
-    (the flags GradScaler.step itself reads on the host, summed over devices; nothing waits
-    here) -- or None when the scaler is off (no step is ever skipped). ``_found_inf_per_device``
-    is GradScaler's private accessor of those flags (torch 2.x; tests/test_step_syncs.py pins it)."""
-    if not scaler.is_enabled():
-        return None
-    flags = list(scaler._found_inf_per_device(optimizer).values())
-    if not flags:
-        return None                    # no gradient at all: GradScaler.step raises on its own
-    total = flags[0]
-    for f in flags[1:]:
-        total = total + f.to(total.device, non_blocking=True)
-    return total
-
-
 def train_step(model, method, batch, st, optimizer, scaler, amp, device, sums: dict) -> None:
     """One optimizer step: the method's forward and loss, backward, its gradient hook, the
     step. Nothing here waits for the device: the logs are summed on it (``sums``). The hook
-    sees ``st.found_inf`` (:func:`scaler_found_inf`): statistics of a step GradScaler skips
-    (fp16: inf/NaN gradients) must not count."""
+    sees ``st.found_inf`` (``methods.base.scaler_found_inf``): statistics of a step that
+    GradScaler skips (fp16: inf/NaN gradients) must not count."""
     with autocast(device, amp):
         out = method.forward(model, batch, st)
         loss, logs = method.loss(out, batch, st)

@@ -77,6 +77,24 @@ class TrainState:
     log: Callable[[str], None] = print
 
 
+def scaler_found_inf(scaler, optimizer) -> torch.Tensor | None:
+    """After ``scaler.unscale_(optimizer)``: whether the gradients hold an inf or NaN, i.e. whether
+    ``scaler.step`` will skip this step -- a 0-dim float32 tensor on the device, > 0 when skipped
+    (the flags GradScaler.step itself reads on the host, summed over devices; nothing waits
+    here) -- or None when the scaler is off (no step is ever skipped). ``_found_inf_per_device``
+    is GradScaler's private accessor of those flags (torch 2.x; tests/test_step_syncs.py pins it).
+    Called by ``raygap.trial.train_step`` after ``unscale_``; its value is ``st.found_inf``."""
+    if not scaler.is_enabled():
+        return None
+    flags = list(scaler._found_inf_per_device(optimizer).values())
+    if not flags:
+        return None                    # no gradient at all: GradScaler.step raises on its own
+    total = flags[0]
+    for f in flags[1:]:
+        total = total + f.to(total.device, non_blocking=True)
+    return total
+
+
 class Method:
     """Default hooks: no gradient changes, evaluation through the model's forward."""
 
