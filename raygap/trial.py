@@ -31,7 +31,7 @@ from .config import TrialConfig
 from .data.base import DatasetBundle
 from .data.preload import place_splits
 from .metrics import classification_metrics, regression_metrics
-from .methods.base import MethodContext, TrainState
+from .methods.base import MethodContext, TrainState, scaler_found_inf
 from .models import build_model
 from .registry import DATASETS, METHODS
 
@@ -259,7 +259,9 @@ def final_metrics(history: list[dict], select: str, select_from: str = "all") ->
 
 def train_step(model, method, batch, st, optimizer, scaler, amp, device, sums: dict) -> None:
     """One optimizer step: the method's forward and loss, backward, its gradient hook, the
-    step. Nothing here waits for the device: the logs are summed on it (``sums``)."""
+    step. Nothing here waits for the device: the logs are summed on it (``sums``). The hook
+    sees ``st.found_inf`` (``methods.base.scaler_found_inf``): statistics of a step that
+    GradScaler skips (fp16: inf/NaN gradients) must not count."""
     with autocast(device, amp):
         out = method.forward(model, batch, st)
         loss, logs = method.loss(out, batch, st)
@@ -267,6 +269,7 @@ def train_step(model, method, batch, st, optimizer, scaler, amp, device, sums: d
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
+    st.found_inf = scaler_found_inf(scaler, optimizer)
     method.after_backward(model, out, batch, st)
     scaler.step(optimizer)
     scaler.update()

@@ -11,7 +11,7 @@ import torch.nn as nn
 from raygap.config import resolve
 from raygap.data.base import ModalitySpec
 from raygap.methods.base import MethodContext
-from raygap.methods.cpsl import (CPSL, conflict_coefficient, conflict_ratios, project_off,
+from raygap.methods.cpsl import (CPSL, conflict_coefficient, conflict_ratios, prior_support, project_off,
                                  statistical_loss_classification, statistical_loss_regression)
 from raygap.metrics import regression_metrics, sentiment_metrics
 from raygap.models import build_model
@@ -31,6 +31,54 @@ def test_statistical_loss_classification_by_hand():
     assert statistical_loss_classification(logits, torch.tensor([0.5, 0.5])).item() == pytest.approx(0.0322693, abs=1e-6)
     # a zero-prior class adds nothing: prior [1, 0] -> KL = ln(1/0.375) = 0.9808293
     assert statistical_loss_classification(logits, torch.tensor([1.0, 0.0])).item() == pytest.approx(0.9808293, abs=1e-6)
+
+
+def _kl_masked(logits, prior):
+    """The statistical loss as CPSL version 1 wrote it, with a boolean mask (a nonzero per step on CUDA)."""
+    pbar = torch.softmax(logits.float(), dim=1).mean(0).clamp_min(1e-12)
+    pri = prior.to(pbar)
+    nz = pri > 0
+    return (pri[nz] * (pri[nz].log() - pbar[nz].log())).sum()
+
+
+def test_statistical_loss_on_the_prior_support_by_hand_and_bit_identical_to_the_mask():
+    # softmax rows [1/4, 1/4, 1/2] and [1/2, 1/4, 1/4] -> batch mean [3/8, 1/4, 3/8]; prior [1/2, 0, 1/2]:
+    # KL = 2 * 0.5 ln(0.5 / 0.375) = ln(4/3) = 0.2876821 (class 1, prior 0, adds nothing)
+    logits = torch.tensor([[0.0, 0.0, math.log(2.0)], [math.log(2.0), 0.0, 0.0]])
+    idx, pri = prior_support([0.5, 0.0, 0.5])
+    assert idx.tolist() == [0, 2] and pri.tolist() == [0.5, 0.5] and idx.dtype == torch.int64
+    assert statistical_loss_classification(logits, (idx, pri)).item() == pytest.approx(0.2876821, abs=1e-6)
+    assert statistical_loss_classification(logits, torch.tensor([0.5, 0.0, 0.5])).item() == pytest.approx(0.2876821, abs=1e-6)
+    # what CPSL's numbers on the CPU rest on: the same bits as the masked formula, loss and gradient
+    g = torch.Generator().manual_seed(0)
+    for k in (2, 3, 6, 10, 31, 101):
+        for _ in range(5):
+            counts = torch.randint(0, 4, (k,), generator=g).float()
+            counts[0] += 1                                      # some classes have prior 0, never all
+            prior = (counts / counts.sum()).tolist()
+            x = torch.randn(8, k, generator=g) * 3
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            old, new = _kl_masked(a, torch.tensor(prior)), statistical_loss_classification(b, prior_support(prior))
+            old.backward()
+            new.backward()
+            assert torch.equal(old, new) and torch.equal(a.grad, b.grad), (k, prior)
+
+
+def test_a_step_gradscaler_skips_adds_no_statistics():
+    """fp16: a skipped step's gradients are inf/NaN; its G, rho and k must not enter the epoch's means."""
+    m = _method(tau=1.2, alpha=1.0, k_min=0.1, project=False)
+    enc = nn.ModuleDict({k: nn.Linear(1, 1, bias=False) for k in ["text", "audio", "vision"]})
+    model = types.SimpleNamespace(encoders=enc)
+    m.on_epoch_start(types.SimpleNamespace(data=types.SimpleNamespace(
+        train=types.SimpleNamespace(labels=torch.tensor([0.0, 1.0])))))
+    for grads, found_inf in (({"text": 3.0, "audio": 1.0, "vision": 2.0}, 0.0),
+                             ({"text": math.inf, "audio": 1.0, "vision": 2.0}, 1.0)):
+        for k, gval in grads.items():
+            enc[k].weight.grad = torch.tensor([[gval]])
+        m.after_backward(model, None, None, types.SimpleNamespace(found_inf=torch.tensor(found_inf)))
+    rec = m.on_epoch_end(None)                        # the first step's figures alone
+    assert rec["conflict_rate"] == 1.0 and rec["rho_text"] == pytest.approx(1.5) and rec["rho_audio"] == pytest.approx(0.5)
+    assert rec["k_text"] == pytest.approx(0.5378828, abs=1e-6) and rec["k_audio"] == 1.0
 
 
 def test_conflict_ratio_and_coefficient_by_hand():
@@ -70,7 +118,7 @@ def test_encoder_gradient_scaled_by_k_only_for_the_conflicting_modality():
     model = types.SimpleNamespace(encoders=enc)
     m.on_epoch_start(types.SimpleNamespace(data=types.SimpleNamespace(
         train=types.SimpleNamespace(labels=torch.tensor([0.0, 1.0])))))
-    m.after_backward(model, None, None, None)
+    m.after_backward(model, None, None, types.SimpleNamespace(found_inf=None))
     assert enc["text"].weight.grad.item() == pytest.approx(3.0 * 0.5378828, abs=1e-6)   # rho 1.5 > 1.2
     assert enc["audio"].weight.grad.item() == 1.0 and enc["vision"].weight.grad.item() == 2.0
     rec = m.on_epoch_end(None)
@@ -93,7 +141,7 @@ def _step(seed, project):
     net, batch = _tiny_net(seed)
     m = _method(project=project, tau=1.0)
     m.stats = {"mu": -1.5, "sigma": 0.2}      # SL pulls the batch's mean and spread away from the task
-    st = types.SimpleNamespace(model=net)
+    st = types.SimpleNamespace(model=net, found_inf=None)
     out = net(batch)
     loss, _ = m.loss(out, batch, st)
     net.zero_grad()

@@ -10,7 +10,8 @@ import torch
 from raygap.config import resolve
 from raygap.data.base import ModalitySpec
 from raygap.errors import ConfigError
-from raygap.methods.base import MethodContext
+from raygap import trial
+from raygap.methods.base import MethodContext, TrainState
 from raygap.methods.greedy import Greedy, curation_target, speed_gap, speed_ratio, staged_encode, _channels_after
 from raygap.models import build_model
 from raygap.models.mmtm import MMTM
@@ -206,7 +207,7 @@ def _train_steps(model, m, opt, n, epoch=2):
         loss, _ = m.loss(out, b, None)
         opt.zero_grad()
         loss.backward()
-        m.after_backward(model, out, b, types.SimpleNamespace(epoch=epoch))
+        m.after_backward(model, out, b, types.SimpleNamespace(epoch=epoch, found_inf=None))
         opt.step()
 
 
@@ -243,3 +244,49 @@ def test_single_block_bypass_leaves_the_other_modality_alone():
     cut = m.forward(model, b, types.SimpleNamespace(epoch=0))
     assert torch.allclose(cut.features["audio"], normal.features["audio"], atol=1e-6)
     assert not torch.allclose(cut.features["visual"], normal.features["visual"])
+
+
+def _scaled_steps(**method):
+    """Greedy through ``trial.train_step`` with a real GradScaler (enabled, on the CPU) and SGD.
+    ``step(i, inf=True)`` makes that backward's gradient of one audio weight infinite (a hook),
+    as an fp16 overflow does: GradScaler must skip the step."""
+    model, m = model_and_method(**method)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    poison = [False]
+    model.encoders["audio"].trunk[0][0].weight.register_hook(lambda g: g * math.inf if poison[0] else g)
+    st = TrainState(2, 3, model, opt, None, None, torch.device("cpu"), None)
+
+    def step(i, inf=False):
+        poison[0] = inf
+        model.train()
+        trial.train_step(model, m, batch(seed=10 + i), st, opt, scaler, "none", torch.device("cpu"), {})
+    return model, m, step
+
+
+def test_a_step_gradscaler_skips_adds_no_speed():
+    """fp16: the infinite gradients of a skipped step used to enter the never-reset speed sums,
+    the gap became NaN / -inf for the rest of the run and every decision cared for one modality."""
+    model, m, step = _scaled_steps(start_epoch=0, epsilon=100.0)     # no window: every step decides
+    step(0)
+    step(1)
+    before, weights = m.state_dict(), {k: v.clone() for k, v in model.state_dict().items()}
+    assert 0 < min(m.m_main + m.m_bypass) and max(m.m_main + m.m_bypass) < math.inf
+    step(2, inf=True)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items()
+               if "weight" in k and "avg" not in k)                # the scaler did skip it
+    assert m.state_dict() == before                               # nothing added, nothing decided, not counted
+    for i in range(3, 6):
+        step(i)
+    assert all(math.isfinite(v) and v > 0 for v in m.m_main + m.m_bypass) and math.isfinite(m.d)
+    assert m.epoch_log["steps"] == 5 and m.epoch_log["windows"] == [0, 0]
+
+
+def test_a_skipped_step_does_not_advance_a_curation_window():
+    model, m, step = _scaled_steps(start_epoch=0, window=2)
+    m.curating, m.caring, m.cur_step = True, 0, 0
+    step(0, inf=True)
+    assert m.curating and m.cur_step == 0 and m.epoch_log == {"curation_steps": 0, "windows": [0, 0], "steps": 0}
+    step(1)
+    step(2)                                                       # two updates for modality 0: the window ends
+    assert not m.curating and m.epoch_log["curation_steps"] == 2 and m.epoch_log["steps"] == 2

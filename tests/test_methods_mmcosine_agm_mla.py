@@ -294,3 +294,32 @@ def test_mla_by_default_alternates_without_projection_as_the_official_code_runs(
         meth.after_backward(model, out, b, state(phase=m))
         assert torch.equal(model.fusion.fc.weight.grad, plain)          # the head's gradient as it was
     assert all(torch.equal(P, torch.eye(2)) for P in meth.P.values()) and meth.on_epoch_end(state()) == {}
+
+
+def test_a_step_gradscaler_skips_counts_no_clip_and_protects_no_direction():
+    """fp16: a skipped step (st.found_inf > 0; inf gradients) fires AGM's clip guard, and MLA's
+    projector would learn a direction the head never trained on: neither may count."""
+    model = Tiny(ConcatFusion)
+    meth = make(AGM, "agm")
+    b = batch(4)
+    for found_inf in (1.0, 0.0):
+        st = state()
+        st.found_inf = torch.tensor(found_inf)
+        model.zero_grad(set_to_none=True)
+        out = meth.forward(model, b, st)
+        meth.loss(out, b, st)[0].backward()
+        model.fusion.fc.weight.grad[0, 0] = math.inf if found_inf else 3.0      # the guard fires either way
+        meth.after_backward(model, out, b, st)
+    assert meth.on_epoch_end(st)["agm_clip_frac"] == 0.5                      # 1 of the 2 batches
+    model = Tiny(SharedHead)
+    mla = make(MLA, "mla", gamma=1e-9, project=True)
+    mla.setup(model)
+    st = state(phase="visual")
+    st.found_inf = torch.tensor(1.0)
+    out = mla.forward(model, b, st)
+    mla.loss(out, b, st)[0].backward()
+    mla.after_backward(model, out, b, st)
+    assert torch.equal(mla.P["audio"], torch.eye(2))                        # skipped: P unchanged
+    st.found_inf = torch.tensor(0.0)
+    mla.after_backward(model, out, b, st)
+    assert torch.allclose(mla.P["audio"] @ out.features["visual"].detach().mean(0), torch.zeros(2), atol=1e-5)

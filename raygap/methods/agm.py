@@ -144,7 +144,10 @@ class AGM(Method):
         y = batch["label"]
         scores = response_scores({m: out.extras[f"response_{m}"] for m in self.ctx.modalities}, y)
         ratio = score_ratios(scores)
-        target = score_ratios(self.mean_score) if self.steps else {m: 1.0 for m in scores}
+        if self.steps:
+            target = score_ratios(self.mean_score)
+        else:                                          # r* = 1, made on the device (no host data in a step)
+            target = {m: torch.ones((), dtype=torch.float64, device=scores[m].device) for m in scores}
         active = self.p.in_window(st.epoch)
         k = agm_coefficients(ratio, target, self.p.alpha, self.p.clip)
         self.coeff = k if active else {m: 1.0 for m in k}
@@ -154,7 +157,8 @@ class AGM(Method):
         e = self._epoch                                # summed on the device, read at the epoch's end
         e["n"] = e.get("n", 0) + 1
         for m in scores:
-            e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + scalar(self.coeff[m]).double()
+            c = self.coeff[m]                          # 1.0 (a Python number) outside the window
+            e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + (c.double() if torch.is_tensor(c) else c)
             e[f"agm_ratio_{m}"] = e.get(f"agm_ratio_{m}", 0.0) + ratio[m].double()
             e[f"agm_score_{m}"] = e.get(f"agm_score_{m}", 0.0) + scores[m].double()
         loss = self.task_loss(out.fused, y)
@@ -163,6 +167,8 @@ class AGM(Method):
     def after_backward(self, model, out, batch, st):
         if self.p.grad_clip > 0:
             fired = clip_when_head_leaves(model, self.p.grad_clip)
+            if st.found_inf is not None:               # a step GradScaler skips (fp16) clipped nothing
+                fired = fired & (st.found_inf <= 0)
             self._epoch["agm_clip_frac"] = self._epoch.get("agm_clip_frac", 0.0) + fired.double()
 
     def on_epoch_start(self, st):

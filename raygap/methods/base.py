@@ -16,7 +16,8 @@ never hours into a grid.
 
 Per batch:   for st.phase in phases(st):   (one phase, None, unless the method says otherwise)
                  out = forward(model, batch, st); loss, logs = loss(out, batch, st);
-                 backward; after_backward(model, out, batch, st); optimizer step.
+                 backward; after_backward(model, out, batch, st); optimizer step
+                 (skipped by GradScaler when ``st.found_inf`` > 0: fp16, inf/NaN gradients).
              A method that takes several optimizer steps per batch (MLA: one per modality)
              returns several phases; the loss of each phase adds into the epoch's logs.
 Per epoch:   on_epoch_start(st) before the training pass, on_epoch_end(st) after it
@@ -70,8 +71,28 @@ class TrainState:
     predict_split: Callable[..., dict]          # (split, indices=None, features=False) -> arrays
     train_indices: np.ndarray | None = None     # None: the whole training split
     phase: Any = None                           # the current element of method.phases(st)
+    found_inf: Any = None                       # this step's GradScaler flag (0-dim device tensor, > 0: the
+                                                # step is skipped) or None (no scaler); see after_backward
     history: list = field(default_factory=list)
     log: Callable[[str], None] = print
+
+
+def scaler_found_inf(scaler, optimizer) -> torch.Tensor | None:
+    """After ``scaler.unscale_(optimizer)``: whether the gradients hold an inf or NaN, i.e. whether
+    ``scaler.step`` will skip this step -- a 0-dim float32 tensor on the device, > 0 when skipped
+    (the flags GradScaler.step itself reads on the host, summed over devices; nothing waits
+    here) -- or None when the scaler is off (no step is ever skipped). ``_found_inf_per_device``
+    is GradScaler's private accessor of those flags (torch 2.x; tests/test_step_syncs.py pins it).
+    Called by ``raygap.trial.train_step`` after ``unscale_``; its value is ``st.found_inf``."""
+    if not scaler.is_enabled():
+        return None
+    flags = list(scaler._found_inf_per_device(optimizer).values())
+    if not flags:
+        return None                    # no gradient at all: GradScaler.step raises on its own
+    total = flags[0]
+    for f in flags[1:]:
+        total = total + f.to(total.device, non_blocking=True)
+    return total
 
 
 class Method:
@@ -131,7 +152,10 @@ class Method:
         return loss, {"loss_f": loss.detach()}
 
     def after_backward(self, model, out: ModelOutput, batch: dict, st: TrainState) -> None:
-        pass
+        """After ``scaler.unscale_``, before the optimizer step. With fp16 the gradients of a step
+        may hold inf/NaN: GradScaler then skips the step, and ``st.found_inf`` (> 0, on the
+        device) says so; a method must not let such a step's gradient statistics count (combine
+        them with ``torch.where`` on the flag, or fold the flag into a read it makes anyway)."""
 
     def on_epoch_end(self, st: TrainState) -> dict[str, Any]:
         return {}

@@ -46,12 +46,22 @@ def statistical_loss_regression(pred: torch.Tensor, mu: float, sigma: float) -> 
     return (p.mean() - mu) ** 2 + (p.std(unbiased=False) - sigma) ** 2
 
 
-def statistical_loss_classification(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """KL(prior || mean_batch softmax(logits)); classes with prior 0 contribute 0."""
+def prior_support(prior, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the classes with prior > 0, their priors as float32) on ``device``: made once, outside the
+    training step (it takes a nonzero and a host-to-device copy, both host waits on CUDA)."""
+    pri = torch.as_tensor(prior, dtype=torch.float32)
+    idx = (pri > 0).nonzero().squeeze(1)
+    return idx.to(device), pri[idx].to(device)
+
+
+def statistical_loss_classification(logits: torch.Tensor, prior) -> torch.Tensor:
+    """KL(prior || mean_batch softmax(logits)); classes with prior 0 contribute 0. ``prior``: the
+    class priors, or their :func:`prior_support` (what a training step passes: a gather by
+    indices fixed beforehand, never a mask, whose nonzero would wait on the host)."""
     pbar = Fn.softmax(logits.float(), dim=1).mean(0).clamp_min(1e-12)
-    pri = prior.to(pbar)
-    nz = pri > 0
-    return (pri[nz] * (pri[nz].log() - pbar[nz].log())).sum()
+    idx, pri = prior if isinstance(prior, tuple) else prior_support(prior, pbar.device)
+    q = pbar[idx]
+    return (pri * (pri.log() - q.log())).sum()
 
 
 # Per step everything stays on the device (0-dim tensors, no branch on a device value): the
@@ -98,6 +108,7 @@ class CPSL(Method):
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
         self.stats: dict | None = None       # fixed from the training labels before the first epoch
+        self._prior = None                   # the prior's prior_support on the device (classification)
         self._pending = None
         self._reset_counters()
 
@@ -124,12 +135,14 @@ class CPSL(Method):
     def on_epoch_start(self, st):
         if self.stats is None:
             self._fix_stats(st)
+        if "prior" in self.stats:
+            self._prior = prior_support(self.stats["prior"], self.ctx.device)
         self._reset_counters()
 
     def sl_loss(self, fused: torch.Tensor) -> torch.Tensor:
         if self.ctx.task == "regression":
             return statistical_loss_regression(fused, self.stats["mu"], self.stats["sigma"])
-        return statistical_loss_classification(fused, torch.tensor(self.stats["prior"]))
+        return statistical_loss_classification(fused, self._prior)
 
     def loss(self, out, batch, st):
         y = batch["label"]
@@ -159,7 +172,12 @@ class CPSL(Method):
         mods = self.ctx.modalities
         g = {m: rms_grad(model.encoders[m].parameters()) for m in mods}
         rho = conflict_ratios(g)
-        self.c["steps"] += 1
+        skip = st.found_inf                  # > 0: GradScaler skips this step (fp16): its statistics do not count
+
+        def kept(v):
+            return v if skip is None else torch.where(skip > 0, torch.zeros_like(v), v)
+
+        self.c["steps"] = self.c["steps"] + (1 if skip is None else (skip <= 0).double())
         any_conflict = None
         for m in mods:
             hit = rho[m] > self.p.tau
@@ -168,9 +186,9 @@ class CPSL(Method):
                 if p.grad is not None:
                     p.grad.mul_(k.to(p.grad.dtype))
             any_conflict = hit if any_conflict is None else (any_conflict | hit)
-            self.c[f"rho_{m}"] = self.c[f"rho_{m}"] + rho[m]
-            self.c[f"k_{m}"] = self.c[f"k_{m}"] + k
-        self.c["conflict"] = self.c["conflict"] + any_conflict.double()
+            self.c[f"rho_{m}"] = self.c[f"rho_{m}"] + kept(rho[m])
+            self.c[f"k_{m}"] = self.c[f"k_{m}"] + kept(k)
+        self.c["conflict"] = self.c["conflict"] + kept(any_conflict.double())
         if self._pending is not None:
             delta, s_grad, extras = self._pending
             contrib = [extras.get(f"contrib_{m}") for m in mods]
@@ -183,11 +201,11 @@ class CPSL(Method):
                 remove, applied = project_off(d_part, s_grad)
                 W = model.fusion.head_weight
                 W.grad.sub_(remove.to(W.grad.dtype))
-                self.c["projected"] = self.c["projected"] + applied.double()
+                self.c["projected"] = self.c["projected"] + kept(applied.double())
             self._pending = None
 
     def on_epoch_end(self, st):
-        n = max(self.c["steps"], 1)
+        n = max(float(self.c["steps"]), 1.0)
         rec = {}
         if self.p.cp:
             rec["conflict_rate"] = float(self.c["conflict"]) / n

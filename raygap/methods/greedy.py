@@ -30,6 +30,10 @@ curation code): c's gate is replaced by the running mean of c's gate. Running me
 cumulative means over all training forwards, kept as buffers of the MMTM modules. No speeds are
 accumulated inside a window. Evaluation uses the MMTM blocks without any bypass.
 
+A step GradScaler skips (fp16: inf/NaN gradients; the official code has no scaler) counts for
+nothing: no speeds, no decision, no step of a window (``Greedy.step``). Its forward pass still
+updated the running means, as it updates BatchNorm's running statistics.
+
 The MMTM block is an ``nn.Module``: it lives in ``raygap/models/mmtm.py`` (imported when a trial
 builds its model), so that importing this file, as every config validation does, needs no torch.
 """
@@ -221,10 +225,18 @@ class Greedy(Method):
                 bypass[k] += list(blk.squeeze_fc.parameters()) + list(blk.excite[k].parameters())
         return main, bypass
 
-    def step(self, model, epoch: int) -> None:
-        """After one backward: advance a curation window, or accumulate speeds and decide."""
-        self.epoch_log["steps"] += 1
+    def step(self, model, epoch: int, found_inf=None) -> None:
+        """After one backward: advance a curation window, or accumulate speeds and decide.
+
+        ``found_inf`` (``st.found_inf``: > 0 when GradScaler skips this step, fp16 only): a skipped
+        step counts for nothing -- its speeds (inf/NaN) are not added, nothing is decided, a
+        window does not advance (its length counts the updates the cared-for modality gets) and
+        the epoch's step counts leave it out -- as if the batch had not been trained on."""
         if self.curating:
+            # fp16 only: the flag GradScaler.step reads on the host right after (no extra wait)
+            if found_inf is not None and found_inf.item() > 0:
+                return
+            self.epoch_log["steps"] += 1
             self.epoch_log["curation_steps"] += 1
             self.cur_step += 1
             if self.cur_step >= self.p.window:
@@ -232,9 +244,14 @@ class Greedy(Method):
             return
         main, bypass = self.branch_params(model)
         # the one host sync of this step: whether a curation window starts decides the next
-        # forward pass (the official algorithm's decision, per step)
-        speeds = torch.stack([speed_ratio(main[0]), speed_ratio(main[1]),
-                              speed_ratio(bypass[0]), speed_ratio(bypass[1])]).tolist()
+        # forward pass (the official algorithm's decision, per step); the scaler's flag comes along
+        ratios = [speed_ratio(main[0]), speed_ratio(main[1]), speed_ratio(bypass[0]), speed_ratio(bypass[1])]
+        if found_inf is not None:
+            ratios.append(found_inf.to(device=ratios[0].device, dtype=torch.float64))
+        speeds = torch.stack(ratios).tolist()
+        if found_inf is not None and speeds[4] > 0:
+            return
+        self.epoch_log["steps"] += 1
         for k in range(2):
             self.m_main[k] += speeds[k]
             self.m_bypass[k] += speeds[2 + k]
@@ -245,7 +262,7 @@ class Greedy(Method):
             self.epoch_log["windows"][target] += 1
 
     def after_backward(self, model, out, batch, st: TrainState) -> None:
-        self.step(model, st.epoch)
+        self.step(model, st.epoch, st.found_inf)
 
     def on_epoch_start(self, st: TrainState) -> None:
         self.epoch_log = self._fresh_log()

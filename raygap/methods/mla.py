@@ -97,9 +97,11 @@ class MLA(Method):
         if not self.p.project:
             return
         x = out.features[m].detach().float().mean(0)
-        for j in self.P:
+        skip = st.found_inf                            # > 0: GradScaler skips this step (fp16): the head
+        for j in self.P:                               # learnt nothing on x, so nothing to protect
             if j != m:
-                self.P[j] = update_projector(self.P[j], x, self.p.gamma)
+                new = update_projector(self.P[j], x, self.p.gamma)
+                self.P[j] = new if skip is None else torch.where(skip > 0, self.P[j], new)
 
     def on_epoch_end(self, st):
         """trace(P_m) / D: the share of feature directions the head may still move on for m."""
