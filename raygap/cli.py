@@ -290,6 +290,7 @@ def _figures(table, out_dir: Path) -> list:
     command's exit code becomes 1 (``FiguresFailed``)."""
     import traceback
 
+    from .atomic import atomic_write
     from .figures import grid_figures
 
     try:
@@ -297,9 +298,8 @@ def _figures(table, out_dir: Path) -> list:
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 -- reported below and in the exit code, not swallowed
-        out_dir.mkdir(parents=True, exist_ok=True)
         tb = out_dir / "error.txt"
-        tb.write_text(traceback.format_exc(), encoding="utf-8")
+        atomic_write(tb, traceback.format_exc())
         print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               f"(traceback: {tb})", file=sys.stderr)
         return FiguresFailed()

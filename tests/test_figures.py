@@ -76,3 +76,27 @@ def test_figures_that_cannot_be_drawn_make_export_exit_1_with_the_traceback_path
     assert "no axes today" in tb.read_text() and "Traceback" in tb.read_text()
     assert "| A " in (tmp_path / "figs" / "noprofile" / "table.md").read_text()     # the tables are written
 
+
+def test_the_figures_traceback_is_written_atomically_never_through_a_symlink(tmp_path, monkeypatch, capsys):
+    import raygap.figures
+    from raygap.cli import main as cli_main
+
+    grid = _grid(tmp_path)
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(grid)
+        _finish(store, grid.trials[0].key, 0.8)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    tb = tmp_path / "figs" / "noprofile" / "figures" / "error.txt"
+    tb.parent.mkdir(parents=True)
+    tb.symlink_to(victim)                                   # a link where raygap writes the traceback
+
+    def broken(*a, **k):
+        raise ValueError("no axes today")
+
+    monkeypatch.setattr(raygap.figures, "grid_figures", broken)
+    assert cli_main(["export", str(tmp_path / "figs.yaml"), "--results", str(tmp_path)]) == 1
+    assert victim.read_text() == "precious"
+    assert not tb.is_symlink() and "no axes today" in tb.read_text()
+    assert [p.name for p in tb.parent.iterdir()] == ["error.txt"]          # no temp file left
+    assert f"(traceback: {tb})" in capsys.readouterr().err
