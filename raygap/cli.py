@@ -36,7 +36,7 @@ TRAIN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "result.json", "result.json
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .export import atomic_write
+    from .atomic import atomic_write
     from .trial import cuda_problem, run_trial
 
     cfg = load_config(args.config, args.set)
@@ -172,7 +172,7 @@ def _grid_for_reading(args):
 
 
 def _table_dir(args, grid, create: bool = True) -> Path:
-    from .export import results_dir
+    from .atomic import results_dir
 
     try:
         return results_dir(_results_root(args), grid.name, grid.variant, create=create)
@@ -184,7 +184,7 @@ def _table_dir(args, grid, create: bool = True) -> Path:
 
 
 def _rerun_keys(args, grid, store=None) -> list[str]:
-    from .grid import stale_trials
+    from .status import stale_trials
 
     prefixes = [p.strip() for item in args.rerun or [] for p in item.split(",") if p.strip()]
     for p in prefixes:
@@ -205,10 +205,9 @@ def _rerun_keys(args, grid, store=None) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from .export import ExportRefused, export_grid
-    from .grid import describe
-
-    from .grid import stale_lines, stale_trials
+    from .export import ExportRefused, write_tables
+    from .status import describe, stale_lines, stale_trials
+    from .table import read_table
 
     grid = _grid(args)
     table_dir = _table_dir(args, grid, create=not args.dry_run)
@@ -248,12 +247,13 @@ def cmd_run(args) -> int:
                        log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
                        share_warmups=not args.no_shared_warmups)
     with interrupts.protected("export"):
+        table = read_table(grid, store, table_dir)
         try:
-            paths = export_grid(grid, store, table_dir, force=args.force)
+            paths = write_tables(table, table_dir, force=args.force)
             written = "tables: " + ", ".join(str(p) for p in paths.values())
         except ExportRefused as e:
             written = f"tables not replaced: {e}"
-        figures = _figures(grid, store, table_dir / "figures")
+        figures = _figures(table, table_dir / "figures")
     print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
     print(written)
@@ -284,31 +284,29 @@ class FiguresFailed(list):
     the command exits 1 and says where the traceback is."""
 
 
-def _figures(grid, store, out_dir: Path) -> list:
+def _figures(table, out_dir: Path) -> list:
     """The grid's figures. Drawing them must not cost the tables (written before), and must not
     fail silently either: an error is one line naming the file with its full traceback, and the
     command's exit code becomes 1 (``FiguresFailed``)."""
     import traceback
 
-    from .report import grid_figures
+    from .atomic import atomic_write
+    from .figures import grid_figures
 
     try:
-        return grid_figures(grid, store, out_dir)
+        return grid_figures(table, out_dir)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 -- reported below and in the exit code, not swallowed
-        out_dir.mkdir(parents=True, exist_ok=True)
         tb = out_dir / "error.txt"
-        tb.write_text(traceback.format_exc(), encoding="utf-8")
+        atomic_write(tb, traceback.format_exc())
         print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               f"(traceback: {tb})", file=sys.stderr)
         return FiguresFailed()
 
 
 def cmd_status(args) -> int:
-    from .export import status_text
-
-    from .grid import stale_lines, stale_trials
+    from .status import stale_lines, stale_trials, status_text
 
     grid, store = _grid_for_reading(args)
     print(status_text(grid, store or _NoStore()))
@@ -318,18 +316,21 @@ def cmd_status(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportRefused, export_grid
+    from .export import ExportRefused, write_tables
+    from .render import FORMATS
+    from .table import read_table
 
     grid, store = _grid_for_reading(args)
-    formats = (args.format,) if args.format else ("csv", "md", "tex")
+    formats = (args.format,) if args.format else FORMATS
     table_dir = _table_dir(args, grid)
     with interrupts.protected("export"):
+        table = read_table(grid, store, table_dir)
         try:
-            paths = export_grid(grid, store, table_dir, formats=formats, force=args.force)
+            paths = write_tables(table, table_dir, formats=formats, force=args.force)
         except ExportRefused as e:
             raise ConfigError(str(e), file=args.grid) from None
         paths["figures"] = table_dir / "figures"
-        figures = _figures(grid, store, paths["figures"])
+        figures = _figures(table, paths["figures"])
     for kind, path in paths.items():
         if args.format and kind == f"table.{args.format}":
             print(Path(path).read_text(encoding="utf-8"))
@@ -338,13 +339,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .export import reproduction_report
+    from .reproduction import reproduction_report
+    from .table import read_table
 
     grid, store = _grid_for_reading(args)
     table_dir = _table_dir(args, grid)
     with interrupts.protected("export"):
-        figures = _figures(grid, store, table_dir / "figures")
-        path = reproduction_report(grid, store, table_dir, figures)
+        table = read_table(grid, store, table_dir)
+        figures = _figures(table, table_dir / "figures")
+        path = reproduction_report(table, table_dir, figures)
     print(f"written: {path}")
     return 1 if isinstance(figures, FiguresFailed) else 0
 
@@ -469,6 +472,8 @@ def cmd_cache(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .render import FORMATS
+
     p = _Parser(prog="raygap", description=__doc__.splitlines()[0])
     p.add_argument("--version", action=_Version, nargs=0, help="print raygap's, torch's and Ray's versions and exit")
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -521,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write the paper-layout table again from the store")
     grid_args(ex)
-    ex.add_argument("--format", choices=["csv", "md", "tex"], help="print this format (default: write all)")
+    ex.add_argument("--format", choices=FORMATS, help="print this format (default: write all)")
     ex.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, settings")

@@ -86,14 +86,12 @@ from .config import (
     SECTIONS,
     TrialConfig,
     deep_merge,
-    epochs_not_trained_again,
     flatten,
     nearest,
     parse_set,
     read_yaml,
     resolve,
     set_dotted,
-    warmup_groups,
 )
 from .errors import ConfigError
 from .metrics import metric_names
@@ -575,69 +573,6 @@ def _merge(layers: list[tuple[str, str | None, dict]]) -> dict:
     for _, _, layer in layers:
         out = deep_merge(out, layer)
     return out
-
-
-# ----------------------------------------------------------------------------- reports
-def stale_trials(grid: Grid, store) -> dict[str, list[str]]:
-    """method name -> keys of the grid's done trials that ran with other code of that method
-    (the digest of its file, stored with each finished trial, differs from the file now).
-    Trials stored before digests were recorded are not judged."""
-    by_key = {t.key: t.config.method.name for t in grid.trials}
-    infos = store.done_infos(list(by_key)) if hasattr(store, "done_infos") else {}
-    out: dict[str, list[str]] = {}
-    for key, info in infos.items():
-        then = (info or {}).get("method_source")
-        name = by_key[key]
-        if then and then != METHODS.source(name):
-            out.setdefault(name, []).append(key)
-    return {m: sorted(k) for m, k in sorted(out.items())}
-
-
-def stale_lines(stale: dict[str, list[str]]) -> list[str]:
-    """One warning per method whose stored trials ran with other code."""
-    import inspect
-
-    lines = []
-    for name, keys in stale.items():
-        entry = METHODS.get(name)
-        try:
-            path = Path(inspect.getsourcefile(entry.obj) or "?")
-            shown = path.relative_to(Path(__file__).resolve().parent.parent) if path.is_absolute() else path
-        except (TypeError, ValueError):
-            shown = "its file"
-        lines.append(f"warning: {len(keys)} stored trial(s) of method {name} ran with other code ({shown} changed "
-                     f"since; version {entry.meta.get('version', 1)} unchanged): their results are reused as "
-                     f"stored. `--rerun stale` runs them again; bump version= in {shown} when a change alters results")
-    return lines
-
-
-def describe(grid: Grid, store, rerun: set[str] | frozenset = frozenset()) -> str:
-    """The ``--dry-run`` listing: one line per cell (label, column values, seed, key, stored
-    status: done / failed / running / interrupted / pending / new, ``-> rerun`` for the
-    keys ``--rerun`` would run again), skipped rows, then the totals."""
-    status = store.status_of([t.key for t in grid.trials])
-    status = {k: ("new" if k in rerun else v) for k, v in status.items()}
-    stale = {k for keys in stale_trials(grid, store).values() for k in keys}
-    lines = [f"grid {grid.name} ({grid.path})" + (f", profile {grid.profile}" if grid.profile else "")
-             + (f", --set {' '.join(grid.sets)}" if grid.sets else "")]
-    width = max((len(t.label) for t in grid.trials), default=10)
-    for t in grid.trials:
-        col = ", ".join(f"{k}={v}" for k, v in t.column.items()) or "-"
-        shown = "rerun" if t.key in rerun else status.get(t.key, "new") + (" (stale code)" if t.key in stale else "")
-        lines.append(f"  {t.label:{width}s}  {col:20s}  seed {t.seed:<3d} {t.key}  {shown}")
-    for label, reason in grid.skipped:
-        lines.append(f"  skipped row {label!r}: {reason}")
-    distinct = grid.distinct()
-    done = sum(1 for k in distinct if status.get(k) == "done")
-    lines.append(f"{len(grid.trials)} cells, {len(distinct)} distinct trials: {done} already done (reused), "
-                 f"{len(distinct) - done} to run")
-    shared = {w: m for w, m in warmup_groups(t for k, t in distinct.items() if status.get(k) != "done").items()
-              if len(m) > 1}
-    if shared:
-        lines.append(f"shared warm-ups: {len(shared)} warm-up(s) for {sum(map(len, shared.values()))} of the trials "
-                     f"to run, {epochs_not_trained_again(shared)} epochs not trained again "
-                     "(--no-shared-warmups: each trains its own)")
-    return "\n".join(lines)
 
 
 def count_trials(grid_paths: list[str | Path], profile: str | None = None, skip_missing: bool = True,

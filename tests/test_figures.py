@@ -5,8 +5,9 @@ from pathlib import Path
 import yaml
 
 from raygap.grid import load_grid
-from raygap.report import grid_figures
+from raygap.figures import grid_figures
 from raygap.store import Store
+from raygap.table import read_table
 
 
 def _grid(tmp_path: Path):
@@ -33,28 +34,28 @@ def test_unchanged_figures_are_kept_and_the_table_figure_follows_new_results(tmp
         store.register(grid)
         _finish(store, keys[("A", 0)], 0.8)
         _finish(store, keys[("B", 0)], 0.6)
-        first = grid_figures(grid, store, out)
+        first = grid_figures(read_table(grid, store), out)
         names = sorted(p.name for p in first)
         assert names == ["A_seed0_accuracy.png", "B_seed0_accuracy.png", "table_acc.png"] and first.drawn == 3
         stamps = {p.name: p.stat().st_mtime_ns for p in first}
 
-        again = grid_figures(grid, store, out)                # nothing changed: nothing drawn
+        again = grid_figures(read_table(grid, store), out)                # nothing changed: nothing drawn
         assert again.drawn == 0 and sorted(p.name for p in again) == names
         assert {p.name: p.stat().st_mtime_ns for p in again} == stamps
 
         _finish(store, keys[("A", 1)], 0.9)                   # a second seed of A: only the table changes
-        third = grid_figures(grid, store, out)
+        third = grid_figures(read_table(grid, store), out)
         assert third.drawn == 1
         changed = {p.name for p in third if p.stat().st_mtime_ns != stamps[p.name]}
         assert changed == {"table_acc.png"}
 
         (out / "B_seed0_accuracy.png").unlink()               # a deleted figure is drawn again
-        fourth = grid_figures(grid, store, out)
+        fourth = grid_figures(read_table(grid, store), out)
         assert fourth.drawn == 1 and (out / "B_seed0_accuracy.png").stat().st_size > 1000
 
 
 def test_figures_that_cannot_be_drawn_make_export_exit_1_with_the_traceback_path(tmp_path, monkeypatch, capsys):
-    import raygap.report
+    import raygap.figures
     from raygap.cli import main as cli_main
 
     grid = _grid(tmp_path)
@@ -66,7 +67,7 @@ def test_figures_that_cannot_be_drawn_make_export_exit_1_with_the_traceback_path
     def broken(*a, **k):
         raise ValueError("no axes today")
 
-    monkeypatch.setattr(raygap.report, "grid_figures", broken)
+    monkeypatch.setattr(raygap.figures, "grid_figures", broken)
     code = cli_main(["export", str(tmp_path / "figs.yaml"), "--results", str(tmp_path)])
     err = capsys.readouterr().err
     tb = tmp_path / "figs" / "noprofile" / "figures" / "error.txt"
@@ -74,3 +75,28 @@ def test_figures_that_cannot_be_drawn_make_export_exit_1_with_the_traceback_path
     assert f"figures not drawn: ValueError: no axes today (traceback: {tb})" in err
     assert "no axes today" in tb.read_text() and "Traceback" in tb.read_text()
     assert "| A " in (tmp_path / "figs" / "noprofile" / "table.md").read_text()     # the tables are written
+
+
+def test_the_figures_traceback_is_written_atomically_never_through_a_symlink(tmp_path, monkeypatch, capsys):
+    import raygap.figures
+    from raygap.cli import main as cli_main
+
+    grid = _grid(tmp_path)
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(grid)
+        _finish(store, grid.trials[0].key, 0.8)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    tb = tmp_path / "figs" / "noprofile" / "figures" / "error.txt"
+    tb.parent.mkdir(parents=True)
+    tb.symlink_to(victim)                                   # a link where raygap writes the traceback
+
+    def broken(*a, **k):
+        raise ValueError("no axes today")
+
+    monkeypatch.setattr(raygap.figures, "grid_figures", broken)
+    assert cli_main(["export", str(tmp_path / "figs.yaml"), "--results", str(tmp_path)]) == 1
+    assert victim.read_text() == "precious"
+    assert not tb.is_symlink() and "no axes today" in tb.read_text()
+    assert [p.name for p in tb.parent.iterdir()] == ["error.txt"]          # no temp file left
+    assert f"(traceback: {tb})" in capsys.readouterr().err

@@ -191,7 +191,7 @@ def test_end_to_end_refits_log_the_mixture_and_resume_exactly(tmp_path):
     strip = lambda hs: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in hs]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
     # the paper's Figures 3, 5, 6 can be drawn from the history alone
-    from raygap.report import trial_figures
+    from raygap.figures import trial_figures
     figs = trial_figures(full.history, ["audio", "visual"], tmp_path / "figs", "t")
     assert sorted(p.name for p in figs) == ["t_accuracy.png", "t_fit.png", "t_gap_evolution.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in figs)

@@ -12,7 +12,8 @@ import yaml
 
 from raygap.cli import main as cli_main
 from raygap.errors import ConfigError
-from raygap.grid import count_cells_including_missing, count_trials, describe, load_grid
+from raygap.grid import count_cells_including_missing, count_trials, load_grid
+from raygap.status import describe
 from raygap.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

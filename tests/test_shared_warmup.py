@@ -104,7 +104,8 @@ def test_a_checkpoint_of_another_warmup_or_epoch_is_refused(tmp_path, leader):
 def test_dry_run_counts_the_warmups_shared_among_the_trials_to_run(tmp_path):
     import yaml
 
-    from raygap.grid import describe, load_grid
+    from raygap.grid import load_grid
+    from raygap.status import describe
     from raygap.store import Store
 
     m = BASE["method"]

@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from raygap.errors import ConfigError
-from raygap.export import export_grid, paired_comparisons
+from raygap.export import export_grid
 from raygap.grid import load_grid
 from raygap.store import Store
+from raygap.table import read_table
 
 ACC = {"Ref": [0.80, 0.70, 0.90], "B": [0.82, 0.75, 0.91], "C": [0.80, 0.70, 0.90], "D": [0.81, 0.71, 0.91],
        "E": [0.90, 0.82, 1.01]}
@@ -42,7 +43,7 @@ def t2_p(t: float) -> float:
 def test_paired_differences_intervals_and_adjusted_p_by_hand(tmp_path):
     grid = _grid(tmp_path)
     with _fill(tmp_path, grid) as store:
-        comps = {c["row"]: c for c in paired_comparisons(grid, store)}
+        comps = {c["row"]: c for c in read_table(grid, store).comparisons}
     assert set(comps) == {"B", "C", "D", "E"}
     # B - Ref in percent: 2, 5, 1 -> mean 8/3, sd sqrt(13/3), t = mean / (sd / sqrt 3)
     b = comps["B"]
@@ -131,7 +132,7 @@ def _paper_grid(tmp_path):
 
 
 def _report(tmp_path, grid) -> str:
-    from raygap.export import reproduction_report
+    from raygap.reproduction import reproduction_report
 
     with Store(tmp_path / "store.sqlite") as store:
         store.register(grid)
@@ -139,7 +140,7 @@ def _report(tmp_path, grid) -> str:
             store.mark_running(t.key, {})
             store.save_done(t.key, {"acc": ACC[t.label][t.seed]}, [{"epoch": 0}], 1.0,
                             {"warmup_from": "x"} if t.label == "B" and t.seed == 0 else {})
-        return reproduction_report(grid, store, tmp_path / "out").read_text()
+        return reproduction_report(read_table(grid, store, tmp_path / "out"), tmp_path / "out").read_text()
 
 
 def test_report_sets_ours_beside_the_papers_numbers(tmp_path):
@@ -198,7 +199,7 @@ print(json.dumps({{"scipy.stats": "scipy.stats" in sys.modules,
     with Store(tmp_path / "store.sqlite") as store:
         b2 = next(t for t in grid.trials if t.label == "B" and t.seed == 2)
         store.save_done(b2.key, {"acc": 0.93}, [{"epoch": 0}], 1.0, {})
-        comps = {c["row"]: c for c in paired_comparisons(grid, store, known=kept)}
+        comps = {c["row"]: c for c in read_table(grid, store, out).comparisons}
         export_grid(grid, store, out)
     assert comps["B"]["mean_diff"] == pytest.approx(10 / 3)
     assert comps["B"]["p"] == pytest.approx(t2_p((10 / 3) / (math.sqrt(7 / 3) / math.sqrt(3))), rel=1e-6)

@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raygap import export as export_mod
-from raygap.export import atomic_write, export_grid, fmt, status_text, tex_escape
+from raygap import atomic as atomic_mod
+from raygap.atomic import atomic_write
+from raygap.cells import fmt
+from raygap.export import export_grid
+from raygap.render import tex_escape
 from raygap.grid import load_grid
+from raygap.status import status_text
 from raygap.store import Store
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
@@ -167,7 +171,7 @@ def test_cell_format():
     assert fmt([80.0, 82.0, 84.0], 3, complete_n=False) == "82.00 ± 2.00"
     assert fmt([80.0, 82.0, 84.0], 3, with_n=False) == "82.00 ± 2.00"
     assert fmt([0.71234, 0.7], 2, digits=3) == "0.706 ± 0.009 (n=2)"
-    from raygap.export import metric_digits
+    from raygap.cells import metric_digits
     assert [metric_digits(m) for m in ("mae", "corr_text", "val_mae", "acc", "acc7", "best_epoch")] == [3, 3, 3, 2, 2, 2]
 
 
@@ -250,7 +254,7 @@ def test_writes_are_atomic_and_leave_no_temp_files(filled, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("interrupted")
-    monkeypatch.setattr(export_mod.os, "replace", boom)               # die between write and rename
+    monkeypatch.setattr(atomic_mod.os, "replace", boom)               # die between write and rename
     store.save_done(grid.trials[-1].key, {"acc": 0.1}, [], 1.0, {})
     with pytest.raises(RuntimeError):
         export_grid(grid, store, out)
@@ -312,15 +316,15 @@ def test_paper_grid_exports_with_skipped_rows(tmp_path):
 
 def test_accuracy_figure_draws_a_regression_history_and_a_figure_error_costs_one_line(tmp_path, capsys):
     from raygap import cli
-    from raygap.report import trial_figures
+    from raygap.figures import trial_figures
     hist = [{"epoch": e, "val_mae": 1.0 - 0.1 * e, "val_mae_text": 0.9 - 0.1 * e, "val_corr": 0.1 * e}
             for e in range(3)]
     figs = trial_figures(hist, ["audio", "visual", "text"], tmp_path / "figs", "t")
     assert [p.name for p in figs] == ["t_accuracy.png"] and figs[0].stat().st_size > 1000
 
     class Broken:
-        trials = property(lambda self: 1 / 0)
-    assert cli._figures(Broken(), None, tmp_path / "f") == []
+        grid = property(lambda self: 1 / 0)
+    assert cli._figures(Broken(), tmp_path / "f") == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "figures not drawn: ZeroDivisionError" in err
 

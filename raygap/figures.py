@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write, atomic_write_with
+from .cells import metric_label
+
 
 def _plt():
     import matplotlib
@@ -32,8 +35,6 @@ def _plt():
 def _save(fig, path: Path) -> None:
     """PNG written atomically, with the user's umask; a symlink at ``path`` is replaced,
     never written through."""
-    from .export import atomic_write_with
-
     atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
 
 
@@ -166,22 +167,21 @@ class Figures(list):
     drawn = 0
 
 
-def grid_figures(grid, store, out_dir: Path) -> Figures:
+def grid_figures(table, out_dir: Path) -> Figures:
     """For every (row, column) cell of a grid the figures of its first finished seed, and one
-    figure of the whole table per metric (:func:`fig_table`). A figure whose inputs did not
-    change since it was drawn (the same finished trials; the index is ``figures/.drawn.json``)
-    is kept, not drawn again."""
+    figure of the whole table per metric (:func:`fig_table`), from ``table`` (the records an
+    export read once, :class:`~raygap.table.Table`). A figure whose inputs did not change since
+    it was drawn (the same finished trials; the index is ``figures/.drawn.json``) is kept, not
+    drawn again."""
     import hashlib
     import json
 
-    from .export import atomic_write
-
+    grid, done = table.grid, table.done_records()
     out_dir = Path(out_dir)
     index = _load_index(out_dir)
     new_index: dict = {}
     out = Figures()
-    keys = [t.key for t in grid.trials]
-    finished = store.finished_times(keys)
+    finished = {k: rec["finished"] for k, rec in done.items()}
     seen = set()
     for t in grid.trials:
         cell = (t.label, tuple(t.column.items()))
@@ -194,8 +194,8 @@ def grid_figures(grid, store, out_dir: Path) -> Figures:
         if _fresh(index, stem, sig, out_dir):
             new_index[stem] = index[stem]
         else:
-            rec = store.get(t.key)
-            if not rec or not rec.get("history"):
+            rec = done[t.key]
+            if not rec.get("history"):
                 continue
             mods = t.config.data.modalities or [k[len("val_acc_"):] for k in rec["history"][0]
                                                 if k.startswith("val_acc_")]
@@ -204,9 +204,7 @@ def grid_figures(grid, store, out_dir: Path) -> Figures:
             out.drawn += len(made)
         out += [out_dir / f for f in new_index[stem]["files"]]
     if finished:
-        from .export import table_cells
-
-        combos, cells = table_cells(grid, store)
+        combos, cells = table.combos, table.cells
         for m in grid.metrics:
             name = f"table_{_slug(m)}"
             data = {"rows": grid.row_labels, "columns": [grid.column_header(c) for c in combos],
@@ -226,8 +224,6 @@ def grid_figures(grid, store, out_dir: Path) -> Figures:
 def fig_table(data: dict, metric: str, path: Path, title: str = "") -> Path:
     """The table as a figure: one panel per column, one line per row: the mean over seeds with
     a bar of one standard deviation either side, and each seed's value as a dot."""
-    from .export import metric_label
-
     plt = _plt()
     rows, cols = data["rows"], data["columns"]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 2.4, 0.38 * len(rows) + 1.4),

@@ -1,0 +1,100 @@
+"""Atomic, link-safe writing: every file raygap writes under ``results/`` goes through here.
+
+A reader sees the old file or the new one, whole (a temp file beside it, fsync, rename), with
+the user's umask; no write follows a symlink out of the results folder: a folder under it that
+is a link leading elsewhere is refused (:func:`results_dir`), and a file that is a link is
+replaced, never written through. An OSError is one :class:`~raygap.errors.StoreError` line
+naming the file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import StoreError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask (Linux reports it in /proc; elsewhere set-and-restore)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        m = os.umask(0o022)
+        os.umask(m)
+    return m
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> Path:
+    """Write ``path`` through ``write(file)`` so that a reader sees the old file or the new
+    one, whole: a temp file beside it (mode 0666 less the umask, like any new file),
+    fsync, rename over ``path`` (a symlink at ``path`` is replaced, not followed).
+    OSErrors become one StoreError line naming the file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
+        raise
+    return path
+
+
+def _write_error(path: Path, e: OSError) -> StoreError:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
+    return StoreError(path, f"cannot write: {what}",
+                      "the trials are safe in the store; fix this, then run `raygap export` for the tables")
+
+
+def atomic_write(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_with`)."""
+    return atomic_write_with(path, lambda f: f.write(text))
+
+
+def results_dir(root: str | Path, *parts: str, create: bool = True) -> Path:
+    """``root/parts...``, refusing a folder on the way that is not a folder, or that is a
+    symlink leading out of ``root`` (``root`` itself may be a link, e.g. to a larger disk)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(root, "is not a folder", "pass --results DIR with a folder")
+    base = root.resolve()
+    d = root
+    for part in parts:
+        d = d / part
+        if d.is_symlink() and not d.resolve().is_relative_to(base):
+            raise StoreError(d, f"is a symlink to {d.resolve()}, outside {root}: raygap does not write through it",
+                             "remove the link, or point --results at the folder you want written")
+        if d.exists() and not d.is_dir():
+            raise StoreError(d, "is a file where raygap keeps a folder of tables", "move it, or rename the grid")
+    if create:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _write_error(d, e) from None
+    return d

@@ -1,0 +1,107 @@
+"""``raygap report``: ``report.md`` and ``report.html``, ours beside the paper's numbers.
+
+For each cell the paper's number (the grid's ``paper_results``) beside ours (mean ± std over
+seeds), the difference, the paired comparison with the reference row, the figures
+(``raygap.figures`` draws them), and the settings in force -- all from one
+:class:`~raygap.table.Table`, the records read once.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .atomic import atomic_write
+from .cells import DASH, WARMUP_NOTE, metric_label
+from .config import flatten
+from .render import comparison_md, md_escape, md_table
+
+
+def reproduction_report(table, out_dir: Path, figures: list | None = None) -> Path:
+    """``report.md`` (and ``report.html``) in ``out_dir``: for each cell the paper's number (the grid's
+    ``paper_results``) beside ours (mean ± std over seeds), the difference, the paired
+    comparison with the reference row, the figures, and the settings in force. Cells of a
+    profile whose columns are not the paper's (the demo's avdigits) are not set beside the
+    paper's: both tables are shown, marked as not comparable."""
+    grid, combos, cells, comps = table.grid, table.combos, table.cells, table.comparisons
+    paper = grid.paper
+    col_values = [str(next(iter(c.values()))) if len(c) == 1 else None for c in combos]
+    matched = bool(paper) and grid.profile != "demo" and all(
+        v is not None and any(v in per for per in paper.values()) for v in col_values)
+    lines = [f"# Reproduction report: {grid.name}" + (f" ({grid.profile} profile)" if grid.profile else ""), "",
+             grid.description, ""]
+    lines.append(f"{table.done} of {len(grid.trials)} cells done; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.")
+    if not matched:
+        lines += ["", "**Not comparable with the paper**: this profile's data, model or schedule are not the paper's"
+                  + (f" (columns: {', '.join(grid.column_header(c) for c in combos)})" if combos else "")
+                  + ". The paper's numbers are listed for reference only."]
+    lines += ["", "## Ours" + (" beside the paper" if matched else ""), ""]
+    header = ["Method"]
+    for c in combos:
+        for m in grid.metrics:
+            name = f"{grid.column_header(c)} {metric_label(m)}"
+            header += [f"{name} paper", f"{name} ours", f"{name} ours − paper"] if matched else [f"{name} ours"]
+    rows = []
+    for label in grid.row_labels:
+        r = [label]
+        for ci, c in enumerate(combos):
+            for m in grid.metrics:
+                cell = cells[(label, ci, m)]
+                if matched:
+                    p = paper.get(label, {}).get(col_values[ci], {}).get(m)
+                    diff = f"{cell.mean - p:+.2f}" if p is not None and cell.mean is not None else DASH
+                    r += [f"{p:.2f}" if p is not None else DASH, cell.text(), diff]
+                else:
+                    r.append(cell.text())
+        rows.append(r)
+    lines += md_table(header, rows)
+    if paper and not matched:
+        pcols = sorted({c for per in paper.values() for c in per}, key=lambda v: list(grid.column_labels).index(v)
+                       if v in grid.column_labels else 99)
+        ph = ["Method"] + [f"{grid.column_labels.get(c, c)} {metric_label(m)}" for c in pcols for m in grid.metrics]
+        pb = [[label] + [f"{per[c][m]:.2f}" if m in per.get(c, {}) else DASH for c in pcols for m in grid.metrics]
+              for label, per in paper.items()]
+        lines += ["", "## The paper's numbers (for reference)", "", *md_table(ph, pb)]
+    if comps:
+        lines += comparison_md(grid, comps, "Which differences are real: paired differences vs")
+    if any(c.in_warmup for c in cells.values()):
+        lines += ["", md_escape(WARMUP_NOTE)]
+    figs = sorted(Path(f) for f in (figures or []))
+    if figs:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{f.stem}](figures/{f.name})" for f in figs if f.name.startswith("table_")]
+        per_cell = [f for f in figs if f.stem.endswith(("_fit", "_gap_evolution", "_accuracy"))]
+        if per_cell:
+            lines += ["", "Per cell (first finished seed): mixture fit, gap evolution, accuracy per modality:", ""]
+            lines += [f"- [{f.stem}](figures/{f.name})" for f in per_cell]
+    lines += ["", "## Settings in force", ""]
+    ref = next((t for t in grid.trials if t.label == (grid.reference or grid.row_labels[0])), None)
+    if ref is not None:
+        flat = flatten(ref.config.to_dict())
+        lines.append(f"The reference row's first trial ({ref.label}, {grid.column_header(ref.column)}, seed {ref.seed}, "
+                     f"key {ref.key[:12]}):")
+        lines += ["", "```"] + [f"{k}: {v}" for k, v in sorted(flat.items())] + ["```"]
+    lines.append("")
+    lines.append("The other rows differ from it by their row's keys (grids/" + grid.path.name + "). The readings of the "
+                 "paper in force are docs/method.md's (gap_adaptive's params above are its defaults where not set).")
+    infos = {k: rec.get("info") or {} for k, rec in table.done_records().items()}
+    forked = sum(1 for i in infos.values() if i.get("warmup_from"))
+    if forked:
+        lines += ["", f"Shared warm-ups: {forked} of the {len(infos)} done trials started from the end of a warm-up "
+                  "another trial trained (the same config outside the adaptive stage's keys, the same seed): they "
+                  "differ from it only after the switch (docs/method.md, \"Shared warm-ups\")."]
+    text = "\n".join(lines).rstrip() + "\n"
+    atomic_write(Path(out_dir) / "report.html", report_html(text))
+    return atomic_write(Path(out_dir) / "report.md", text)
+
+
+def report_html(markdown: str, width: int = 240) -> str:
+    """The report as one self-contained HTML page: rich (a dependency already) renders the
+    Markdown and exports it with inline styles; no Markdown library is added for one page."""
+    import io
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
+    console.print(Markdown(markdown))
+    return console.export_html(inline_styles=True)

@@ -1,0 +1,126 @@
+"""Paired comparisons with a grid's ``reference`` row, and their text.
+
+Each other row minus the reference, seed by seed (the same seed is the same split,
+initialisation and data order: the comparison is paired), per column and metric: the mean
+difference, its 95 % interval and a paired t-test's p-value (scipy's ``ttest_rel``), the
+p-values adjusted over the table's comparisons by Benjamini-Hochberg (scipy's
+``false_discovery_control``). See :func:`paired_comparisons` for why these.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import statistics
+
+from .cells import DASH, metric_digits, metric_label, seed_values
+
+SIGNIFICANT = "‡"          # adjusted p < 0.05 (not "*": the row footnotes use it)
+COMPARISON_TEST = "paired t (scipy ttest_rel), 95 % interval, Benjamini-Hochberg"   # part of the inputs' digest
+
+
+class Comparisons(list):
+    """The rows of :func:`paired_comparisons`; ``inputs``: the digest of what they were computed from."""
+    inputs = ""
+
+
+def paired_comparisons(grid, records: dict, known: dict | None = None) -> Comparisons:
+    """Every row other than ``grid.reference`` against it, per column and metric, over the
+    seeds both have done (``records``: key -> stored record of the grid's trials): n, the mean
+    of the per-seed differences (row - reference), its 95 % interval and the p-value of a
+    paired t-test, and p adjusted over all of the table's comparisons (Benjamini-Hochberg).
+
+    Why these: a seed fixes the split, the initialisation and the data order of both rows, so
+    the differences are paired, and pairing removes the seed-to-seed spread that dominates the
+    tables' std. With the grids' 3 seeds a rank test cannot reject at all (the smallest
+    two-sided p of Wilcoxon's signed-rank test at n = 3 is 0.25); the t-test can, assuming the
+    differences are roughly normal, which 3 values cannot check. BH controls the share of false
+    discoveries among a table's many comparisons (Holm's family-wise control would be
+    stricter still). ``note`` says when nothing can be concluded: fewer than 2 pairs, or the
+    same difference in every seed (no spread: the t statistic is undefined).
+
+    ``known``: the comparisons an earlier export stored in ``table.json`` (``{"inputs", "rows"}``).
+    When the inputs -- every pair of per-seed values, and how they are tested -- are the same,
+    its rows are the result and scipy.stats, which costs most of a cached re-run's second to
+    import, is not imported. The result's ``inputs`` is the digest to store with the rows."""
+    out = Comparisons()
+    if not grid.reference or grid.reference not in grid.row_labels:
+        return out
+    combos = grid.column_combos()
+    pairs = []                          # (row, column, metric, row values, reference values) per seed
+    for label in grid.row_labels:
+        if label == grid.reference:
+            continue
+        for col in combos:
+            for m in grid.metrics:
+                a = seed_values(grid, records, label, col, m)
+                r = seed_values(grid, records, grid.reference, col, m)
+                seeds = sorted(set(a) & set(r))
+                pairs.append((label, grid.column_header(col), m, [a[s] for s in seeds], [r[s] for s in seeds]))
+    out.inputs = hashlib.sha256(json.dumps([COMPARISON_TEST, pairs]).encode()).hexdigest()[:16]
+    if known and known.get("inputs") == out.inputs and isinstance(known.get("rows"), list):
+        out += [dict(row) for row in known["rows"]]
+        return out
+    from scipy import stats
+
+    for label, column, m, a, r in pairs:
+        d = [x - y for x, y in zip(a, r)]
+        row = {"row": label, "column": column, "metric": m, "n": len(d),
+               "mean_diff": statistics.fmean(d) if d else None, "ci_low": None, "ci_high": None,
+               "p": None, "p_adj": None, "note": ""}
+        if len(d) < 2:
+            row["note"] = f"n={len(d)}: too few paired seeds"
+        elif max(d) - min(d) == 0:
+            row["note"] = "the same difference in every seed" if d[0] else "identical in every seed"
+        else:
+            res = stats.ttest_rel(a, r)
+            ci = res.confidence_interval(0.95)
+            row.update(p=float(res.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
+        out.append(row)
+    tested = [row for row in out if row["p"] is not None]
+    if tested:
+        for row, q in zip(tested, stats.false_discovery_control([row["p"] for row in tested])):
+            row["p_adj"] = float(q)
+    return out
+
+
+def comparison_text(c: dict, digits: int = 2) -> str:
+    """``+1.23 [-0.50, 2.96] p=0.21 (adj 0.40)``; ``+1.00 (every seed)``; ``n=1: too few``."""
+    if c["mean_diff"] is None:
+        return DASH
+    d = f"{c['mean_diff']:+.{digits}f}"
+    if c["p"] is None:
+        return f"{d} ({c['note']})" if c["n"] >= 2 else f"{d} (n={c['n']})"
+    return (f"{d} [{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}] p={c['p']:.2g}"
+            f" (adj {c['p_adj']:.2g}){' ' + SIGNIFICANT if c['p_adj'] < 0.05 else ''}")
+
+
+def comparison_table(grid, comps: list[dict]) -> tuple[list[str], list[list[str]]]:
+    combos = grid.column_combos()
+    header = ["Method"] + [f"{grid.column_header(c)} {metric_label(m)}" for c in combos for m in grid.metrics]
+    by = {(c["row"], c["column"], c["metric"]): c for c in comps}
+    body = [[label] + [comparison_text(by[(label, grid.column_header(col), m)], metric_digits(m))
+                       for col in combos for m in grid.metrics]
+            for label in grid.row_labels if label != grid.reference]
+    return header, body
+
+
+def comparison_note(grid, comps: list[dict]) -> str:
+    n_tested = sum(c["p"] is not None for c in comps)
+    ns = sorted({c["n"] for c in comps})
+    few = (f" With n = {max(ns)} seeds the test has {max(ns) - 1} degree(s) of freedom: only a large, consistent "
+           "difference reaches p < 0.05, and a difference that does not is not shown to be absent."
+           if ns and max(ns) <= 5 else "")
+    return (f"Each row minus {grid.reference}, seed by seed (same seed: same split, initialisation and data order), "
+            f"mean difference [95 % interval], paired t-test p (scipy ttest_rel), adjusted over the table's "
+            f"{n_tested} tested comparisons by Benjamini-Hochberg; {SIGNIFICANT} adjusted p < 0.05.{few}")
+
+
+def comparisons_csv(comps: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["row", "column", "metric", "n", "mean_diff", "ci_low", "ci_high", "p",
+                                        "p_adj", "note"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(comps)
+    return buf.getvalue()
