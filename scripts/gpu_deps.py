@@ -24,8 +24,10 @@ from pathlib import Path
 
 # module -> distribution, for every module the steps import (raygap's imports on the paths
 # `raygap train`, bench/gpu_throughput.py, tests/test_gpu.py and scripts/gpu_trials.py take,
-# traced without Ray). torch, torchvision, numpy and pillow come with any PyTorch image and are
-# never carried; the others are what scripts/gpu_wheels.sh fetches.
+# traced without Ray). torch, torchvision, numpy and pillow (and typing-extensions, which
+# soundfile needs) come with any PyTorch image and are never carried; the others are what
+# scripts/gpu_wheels.sh fetches, with their own dependencies (cffi, pycparser; joblib,
+# cloudpickle, narwhals, threadpoolctl; pytest's).
 MODULES = {
     "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow",
     "yaml": "pyyaml",                      # raygap.config

@@ -5,10 +5,10 @@
 # only the ones that machine lacks (scripts/gpu_deps.py). torch, torchvision, numpy and pillow
 # are never fetched: every PyTorch image has them.
 #
-#   bash scripts/gpu_wheels.sh           # for a stock PyTorch image (~47 MB: scipy is 35 of it)
-#   bash scripts/gpu_wheels.sh --lean    # soundfile, cffi, pycparser only (~1.6 MB): for an image
+#   bash scripts/gpu_wheels.sh           # for a stock PyTorch image (~47 MiB: scipy is 34 of it)
+#   bash scripts/gpu_wheels.sh --lean    # soundfile, cffi, pycparser only (~1.5 MiB): for an image
 #                                        # that has scipy, scikit-learn, PyYAML, psutil and pytest
-#                                        # (the lent H200 image does; docs/cluster.md)
+#                                        # (`python3 -m pip list` there; docs/cluster.md)
 # GPU_WHEELS=DIR: another folder. PIP_PYTHON: the python whose pip downloads (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -39,7 +39,7 @@ def test_the_smoke_run_passes_every_step_and_keeps_only_small_outputs(tmp_path):
     assert not [p for p in files if p.suffix in (".pt", ".tmp") or p.stat().st_size > 1_000_000], files
     assert {"summary.txt", "pytest.log", "bench.log", "resume.json", "warmup.json"} <= {p.name for p in files}
     assert (out / "train" / "result.json").is_file() and not (out / "train" / "checkpoint.pt").exists()
-    assert list(tmp.iterdir()) == []                          # the work folder (trial dirs) is removed
+    assert not [p for p in tmp.iterdir() if p.name.startswith("raygap-gpu-check")]   # the work folder: removed
     # pytest -m gpu ran (its tests skip on the CPU); the bench printed its ratios
     assert "skipped" in (out / "pytest.log").read_text()
     assert "ratios:" in (out / "bench.log").read_text()
