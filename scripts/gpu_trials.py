@@ -97,32 +97,35 @@ def history(trial_dir: Path) -> list[dict]:
     return json.loads((trial_dir / "result.json").read_text())["history"]
 
 
-def largest_difference(a: list[dict], b: list[dict]) -> tuple[float, list[str]]:
+def largest_difference(a: list[dict], b: list[dict]) -> tuple[float, str, list[str]]:
     """The largest absolute difference between two histories' numbers (timings and the
-    device's name left out), and what differs otherwise (epochs, keys, strings)."""
+    device's name left out), where it is, and what differs otherwise (epochs, keys, strings)."""
     odd = [] if len(a) == len(b) else [f"{len(a)} vs {len(b)} epochs"]
-    worst = 0.0
+    worst, where = 0.0, ""
     for ra, rb in zip(a, b):
         keep = lambda r: {k: v for k, v in r.items() if not k.endswith("_seconds") and k != "device"}  # noqa: E731
         ra, rb = keep(ra), keep(rb)
         if set(ra) != set(rb):
             odd.append(f"epoch {ra.get('epoch')}: keys {sorted(set(ra) ^ set(rb))}")
-        for k in set(ra) & set(rb):
+        for k in sorted(set(ra) & set(rb)):
             x, y = ra[k], rb[k]
+            if x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)):
+                continue
             if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-                if math.isnan(x) and math.isnan(y):
-                    continue
-                worst = max(worst, abs(x - y)) if math.isfinite(x - y) else math.inf
-            elif x != y:
+                d = abs(x - y) if math.isfinite(x - y) else math.inf
+                if d > worst:
+                    worst, where = d, f"{k} at epoch {ra.get('epoch')}"
+            else:
                 odd.append(f"epoch {ra.get('epoch')}: {k} {x!r} vs {y!r}")
-    return worst, odd
+    return worst, where, odd
 
 
-def verdict(name: str, diff: float, odd: list[str], smoke: bool) -> bool:
+def verdict(name: str, diff: tuple[float, str, list[str]], smoke: bool) -> bool:
     """Print the comparison; on the CPU (smoke) anything but equality fails."""
-    print(f"{name}: largest difference from the trial trained uninterrupted/alone: {diff:.3g}"
-          + (f"; also differs: {'; '.join(odd[:5])}" if odd else ""))
-    if smoke and (diff != 0 or odd):
+    worst, where, odd = diff
+    print(f"{name}: largest difference from the trial trained uninterrupted/alone: {worst:.3g}"
+          + (f" ({where})" if where else "") + (f"; also differs: {'; '.join(odd[:5])}" if odd else ""))
+    if smoke and (worst != 0 or odd):
         print(f"{name}: FAILED: on the CPU the histories must be equal")
         return False
     return True
@@ -172,9 +175,9 @@ def resume(work: Path, out: Path, smoke: bool) -> int:
             rc3, _ = raygap_train(cfg, ref, print)
             ok = rc3 == 0
         if ok:
-            diff, odd = largest_difference(history(d), history(ref))
-            rep.update(max_abs_diff=diff, other_differences=odd)
-            ok = verdict("resume", diff, odd, smoke)
+            diff = largest_difference(history(d), history(ref))
+            rep.update(max_abs_diff=diff[0], largest_at=diff[1], other_differences=diff[2])
+            ok = verdict("resume", diff, smoke)
     rep.update(ok=ok, seconds=round(time.perf_counter() - t0, 1))
     (out / "resume.json").write_text(json.dumps(rep, indent=1))
     return 0 if ok else 1
@@ -211,11 +214,11 @@ def warmup(work: Path, out: Path, smoke: bool) -> int:
     ok = ran == list(range(W, E)) and rep["warmup_from"] == lead.key()
     print(f"warmup: leader {lead.key()} kept its warm-up's end (epoch {W - 1}); variant rho=0.5 started from it, "
           f"trained epochs {ran}" + ("" if ok else f"; FAILED: expected epochs {list(range(W, E))} from {lead.key()}"))
-    diff, odd = largest_difference(forked.history, alone.history)
-    odd += [f"metric {k}" for k in set(forked.metrics) | set(alone.metrics)
-            if forked.metrics.get(k) != alone.metrics.get(k)] if smoke else []
-    rep.update(max_abs_diff=diff, other_differences=odd, leader_acc=led.metrics.get("acc"))
-    ok = verdict("warmup", diff, odd, smoke) and ok
+    diff = largest_difference(forked.history, alone.history)
+    diff[2].extend(f"metric {k}" for k in sorted(set(forked.metrics) | set(alone.metrics))
+                   if smoke and forked.metrics.get(k) != alone.metrics.get(k))
+    rep.update(max_abs_diff=diff[0], largest_at=diff[1], other_differences=diff[2], leader_acc=led.metrics.get("acc"))
+    ok = verdict("warmup", diff, smoke) and ok
     rep.update(ok=ok, seconds=round(time.perf_counter() - t0, 1))
     (out / "warmup.json").write_text(json.dumps(rep, indent=1))
     return 0 if ok else 1

@@ -9,11 +9,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["deps", "env", "pytest", "data", "train", "resume", "warmup", "bench", "outputs"]
 
 
-def gpu_check(tmp_path, *args, timeout=1800, **env):
+def gpu_check(tmp_path, *args, timeout=2300, **env):
     out, tmp = tmp_path / "out", tmp_path / "tmp"
     tmp.mkdir(parents=True)
     r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], capture_output=True, text=True,
@@ -28,6 +30,7 @@ def rows(summary: str) -> dict[str, str]:
     return {line.split()[0]: line.split()[1] for line in body}
 
 
+@pytest.mark.timeout(2400)       # ~4 min of CPU (2 cores); on a CPU shared with other work it took 7-11 min
 def test_the_smoke_run_passes_every_step_and_keeps_only_small_outputs(tmp_path):
     r, out, tmp = gpu_check(tmp_path, "--smoke")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
@@ -75,7 +78,6 @@ def test_a_hanging_step_is_stopped_and_the_total_time_limit_holds(tmp_path):
 
 
 def test_gpu_mode_without_a_usable_gpu_fails(tmp_path):
-    import pytest
     import torch
 
     if torch.cuda.is_available():
@@ -139,3 +141,19 @@ def test_gpu_deps_check_names_a_module_the_steps_need_that_is_missing(tmp_path):
     assert ("deps: MISSING soundfile (soundfile): ImportError: no libsndfile here; "
             "bash scripts/gpu_wheels.sh fetches it into .gpu-wheels; carry .gpu-wheels\n") in r.stdout
     assert "scikit-learn" in r.stdout.splitlines()[0]        # the importable ones are listed
+
+
+def test_histories_are_compared_without_timings_and_the_largest_difference_is_located():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_trials", ROOT / "scripts" / "gpu_trials.py")
+    gt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gt)
+    a = [{"epoch": 0, "val_acc": 0.5, "train_loss": 2.0, "train_seconds": 1.0, "device": "cuda:0 (H200)"},
+         {"epoch": 1, "val_acc": 0.75, "train_loss": 1.5, "stage": "adaptive", "lr": 0.002}]
+    b = [{"epoch": 0, "val_acc": 0.5, "train_loss": 2.125, "train_seconds": 9.0, "device": "cpu"},
+         {"epoch": 1, "val_acc": 0.5, "train_loss": 1.5, "stage": "warmup", "lr": 0.002}]
+    # |0.75 - 0.5| = 0.25 beats |2.0 - 2.125| = 0.125; seconds and the device are not compared
+    assert gt.largest_difference(a, b) == (0.25, "val_acc at epoch 1", ["epoch 1: stage 'adaptive' vs 'warmup'"])
+    assert gt.largest_difference(a, a) == (0.0, "", [])
+    assert gt.largest_difference(a, a[:1])[2] == ["2 vs 1 epochs"]
