@@ -392,7 +392,7 @@ def test_claims_leases_and_the_recorded_checkpoint(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from raygap import store as store_mod
+    from raygap.store import claims as store_mod
 
     g = write(tmp_path, {"name": "c", "rows": {"A": {}}, "seeds": [0, 1, 2]})
     grid = load_grid(g)
