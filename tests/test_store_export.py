@@ -434,3 +434,54 @@ def test_claims_leases_and_the_recorded_checkpoint(tmp_path, monkeypatch):
     assert store_mod.owner_alive(f"{host}:{pid}:123.45") is False
     assert store_mod.owner_alive(store_mod.this_process_owner()) is True
     assert store_mod.owner_alive("elsewhere-host:1:1.00") is None          # another machine: the lease decides
+
+
+def test_every_query_by_key_takes_more_keys_than_sqlite_binds_at_once(tmp_path):
+    """40,000 keys (and 1,000 never stored, and repeats) against a connection held to SQLite's
+    default limit of 32,766 bound variables: every read and write by key answers for all of
+    them, because each goes through the one chunked helper."""
+    import os
+    import socket
+
+    from raygap.errors import StoreError
+
+    db = tmp_path / "store.sqlite"
+    s = Store(db)
+    n = 40_000
+    keys = [f"k{i:05d}" for i in range(n)]
+    gone = f"{socket.gethostname()}:{os.getpid()}:1.00"       # this pid, another start time: a gone driver
+    elsewhere = "elsewhere-host:1:1.00"                        # another machine's driver: its lease decides
+    rows = []
+    for i, k in enumerate(keys):
+        status = ("done", "running", "pending", "failed")[i % 4]
+        rows.append((k, status, json.dumps({"i": i}) if status == "done" else None,
+                     float(i) if status == "done" else None,
+                     {"running": gone, "pending": elsewhere}.get(status),
+                     4e9 if status == "pending" else None))
+    with sqlite3.connect(db) as c:                             # the rows, written in one go as a store holds them
+        c.executemany("INSERT INTO trials(key, status, info, finished, owner, lease_until, attempts) "
+                      "VALUES (?,?,?,?,?,?,1)", rows)
+        c.executemany("INSERT INTO warmups VALUES (?,?,?,?,?)", [(k, f"file:///w/{k}", 3, k, 0.0) for k in keys])
+    s._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+    with pytest.raises(StoreError, match="too many SQL variables"):   # the limit holds for a query in one piece
+        s._query(f"SELECT key FROM trials WHERE key IN ({','.join('?' * n)})", keys)
+    asked = keys + [f"absent{i}" for i in range(1000)] + keys[:500]
+    done, running, pending, failed = (set(keys[j::4]) for j in range(4))
+
+    recs = s.records(asked)
+    assert len(recs) == n and recs["k00004"]["info"] == {"i": 4} and recs["k39999"]["status"] == "failed"
+    assert s.status_of(asked) == {**dict.fromkeys(done, "done"), **dict.fromkeys(running, "interrupted"),
+                                  **dict.fromkeys(pending, "pending"), **dict.fromkeys(failed, "failed")}
+    assert s.done_infos(asked) == {k: {"i": int(k[1:])} for k in done}
+    assert s.finished_times(asked) == {k: float(int(k[1:])) for k in done}
+    assert s.warmups(asked)["k12345"] == {"wkey": "k12345", "uri": "file:///w/k12345", "epoch": 3, "leader": "k12345"}
+    assert len(s.warmups(asked)) == n
+    me = f"{socket.gethostname()}:{os.getpid()}:2.00"
+    assert s.held_elsewhere(asked, me) == dict.fromkeys(pending, elsewhere)
+    claimed, held = s.claim(asked, me)                      # not done, not held: the running and failed ones
+    assert sorted(claimed) == sorted(running | failed) and held == dict.fromkeys(pending, elsewhere)
+    assert s.renew(asked, me) == 20_000 and s.release(asked, me) == 20_000
+    assert s.mark_interrupted(asked, me) == 10_000          # the running rows, now this driver's
+    assert s.status_of(keys[1::4]) == dict.fromkeys(running, "interrupted")
+    assert s.forget(asked) == n and s.records(asked) == {}
+    assert s._query("SELECT count(*), count(DISTINCT key) FROM forgotten") == [(n, n)]
