@@ -387,6 +387,22 @@ def test_a_read_only_store_reads_and_refuses_writes(tmp_path):
     assert "no trial store here" in e.value.line() and not (tmp_path / "nothing.sqlite").exists()
 
 
+def test_the_empty_store_of_a_folder_where_nothing_ran_reads_nothing_and_writes_nothing(tmp_path):
+    from raygap.errors import StoreError
+    from raygap.store import EmptyStore
+
+    path = tmp_path / "results" / "store.sqlite"
+    for s in (EmptyStore(path), pickle.loads(pickle.dumps(EmptyStore(path)))):
+        assert s.path == path and s.readonly
+        assert (s.records(["k"]), s.status_of(["k"]), s.done_infos(["k"]), s.finished_times(["k"])) == ({},) * 4
+        assert (s.get("k"), s.last_run("g"), s.memberships("g/demo"), s.rows_for_grid("g/demo"), s.grids()) == \
+            (None, None, [], [], [])
+        assert (s.warmups(["w"]), s.held_elsewhere(["k"]), s.done_keys()) == ({}, {}, set())
+        with pytest.raises(StoreError, match="opened read-only"):
+            s.save_done("k", {"acc": 1.0}, [], 1.0, {})
+    assert not (tmp_path / "results").exists()
+
+
 def test_claims_leases_and_the_recorded_checkpoint(tmp_path, monkeypatch):
     import socket
     import subprocess
