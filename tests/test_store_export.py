@@ -501,3 +501,49 @@ def test_every_query_by_key_takes_more_keys_than_sqlite_binds_at_once(tmp_path):
     assert s.status_of(keys[1::4]) == dict.fromkeys(running, "interrupted")
     assert s.forget(asked) == n and s.records(asked) == {}
     assert s._query("SELECT count(*), count(DISTINCT key) FROM forgotten") == [(n, n)]
+
+
+def test_a_disk_full_in_the_middle_of_a_write_is_said_so_and_the_store_stays_usable(tmp_path):
+    from raygap.errors import StoreError
+
+    db = tmp_path / "store.sqlite"
+    s = Store(db)
+    s.save_done("a", {"acc": 1.0}, [], 1.0, {})
+    pages = s._db.execute("PRAGMA page_count").fetchone()[0]
+    s._db.execute(f"PRAGMA max_page_count={pages}")        # the file may not grow: SQLite's own SQLITE_FULL
+    big = [{"epoch": 0, "note": "x" * 200_000}]
+    with pytest.raises(StoreError) as e:                    # SQLite rolls this transaction back itself
+        s.save_done("b", {"acc": 0.5}, big, 1.0, {})
+    assert e.value.line() == (f"{db}: the disk is full; free some space, then run the same command "
+                              "(finished trials are kept)")
+    s._db.execute("PRAGMA max_page_count=1073741823")        # space again: the same connection writes on
+    s.save_done("b", {"acc": 0.5}, big, 1.0, {})
+    assert Store(db, readonly=True).status_of(["a", "b"]) == {"a": "done", "b": "done"}
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path):
+    """SQLite may keep a transaction open when its COMMIT fails (disk full, I/O error): the
+    store rolls it back, so the connection writes again and holds no lock."""
+    from raygap.errors import StoreError
+
+    class CommitFails:                                       # the connection, with one COMMIT that fails
+        def __init__(self, db):
+            self.db, self.failed = db, False
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    db = tmp_path / "store.sqlite"
+    s = Store(db)
+    s._db = CommitFails(s._db)
+    with pytest.raises(StoreError, match="the disk is full"):
+        s.save_done("a", {"acc": 1.0}, [], 1.0, {})
+    assert not s._db.in_transaction and s.get("a") is None   # rolled back, not left holding the write lock
+    s.save_done("b", {"acc": 0.5}, [], 1.0, {})
+    assert Store(db, readonly=True).status_of(["a", "b"]) == {"b": "done"}

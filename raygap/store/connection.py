@@ -203,10 +203,13 @@ class Connection:
             self._busy_retry(lambda: self._db.execute("BEGIN IMMEDIATE"))
             try:
                 yield
+                self._busy_retry(lambda: self._db.execute("COMMIT"))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk, an I/O error), or kept
+                # the transaction open after a failed COMMIT: end it either way
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._busy_retry(lambda: self._db.execute("COMMIT"))
 
     def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:
         with self._lock, self._guard():
