@@ -126,7 +126,8 @@ def _results_root(args) -> Path:
 
 
 def _store(args, readonly: bool = False):
-    """The results folder's trial store; read-only where nothing has run yet, an empty one."""
+    """The results folder's trial store; one to read where there is none yet: an empty one
+    (:class:`~raygap.store.EmptyStore`), nothing created."""
     from .store import EmptyStore, Store
 
     db = _results_root(args) / "store.sqlite"
