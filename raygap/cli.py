@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ def _print_metrics(metrics: dict, modalities: list[str]) -> None:
               f"{metrics.get('macro_f1' + sfx, float('nan')):8.4f}  {metrics.get('last_acc' + sfx, float('nan')):8.4f}")
 
 
+RESULTS = "results"             # the default --results folder
 TRAIN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "result.json", "result.json.tmp", "config.json")
 
 
@@ -124,19 +126,12 @@ def _results_root(args) -> Path:
 
 
 def _store(args, readonly: bool = False):
-    from .store import Store
+    """The results folder's trial store; one to read where there is none yet: an empty one
+    (:class:`~raygap.store.EmptyStore`), nothing created."""
+    from .store import EmptyStore, Store
 
-    return Store(_results_root(args) / "store.sqlite", readonly=readonly)
-
-
-class _NoStore:
-    """The store of a results folder where nothing has run yet (for --dry-run)."""
-
-    def status_of(self, keys):
-        return {}
-
-    def records(self, keys):
-        return {}
+    db = _results_root(args) / "store.sqlite"
+    return EmptyStore(db) if readonly and not db.exists() else Store(db, readonly=readonly)
 
 
 def _grid(args, profile=None, sets=None, use_args=True):
@@ -152,12 +147,10 @@ def _grid_for_reading(args):
     last ran with (said on stderr); a grid that never ran is one line (exit 2)."""
     if args.profile is not None or args.set:
         grid = _grid(args)
-        store = _store(args, readonly=True) if (_results_root(args) / "store.sqlite").exists() else _NoStore()
-        return grid, store
+        return grid, _store(args, readonly=True)
     plain = _grid(args)
-    db = _results_root(args) / "store.sqlite"
-    store = _store(args, readonly=True) if db.exists() else None
-    last = store.last_run(plain.name) if store is not None else None
+    store = _store(args, readonly=True)
+    last = store.last_run(plain.name)
     if last is None:
         raise ConfigError(f"grid {plain.name!r} has never run with --results {args.results}, so there is no "
                           "profile to default to", file=args.grid,
@@ -169,6 +162,19 @@ def _grid_for_reading(args):
     print(f"raygap: {what}{sets}: the settings {plain.name} last ran with ({when}); pass --profile to choose",
           file=sys.stderr)
     return grid, store
+
+
+def _nothing_ran(args, grid, store) -> None:
+    """``export`` / ``report`` where no trial store exists: one line naming it and the run to
+    start (exit 2), before anything is written."""
+    from .store import EmptyStore
+
+    if isinstance(store, EmptyStore):
+        run = ["raygap", "run", args.grid, *(["--profile", args.profile] if args.profile else []),
+               *[w for item in args.set or [] for w in ("--set", item)],
+               *(["--results", args.results] if args.results != RESULTS else [])]
+        raise StoreError(store.path, f"no trial of grid {grid.name!r} has run here (no trial store)",
+                         f"run it first: {shlex.join(run)}")
 
 
 def _table_dir(args, grid, create: bool = True) -> Path:
@@ -214,8 +220,7 @@ def cmd_run(args) -> int:
     for label, reason in grid.skipped:
         print(f"skipped row {label!r}: {reason}")
     if args.dry_run:                    # reads only: no store is created, nothing is forgotten
-        db = _results_root(args) / "store.sqlite"
-        store = _store(args, readonly=True) if db.exists() else _NoStore()
+        store = _store(args, readonly=True)
         keys = _rerun_keys(args, grid, store)
         print(describe(grid, store, rerun=set(keys)))
         for line in stale_lines(stale_trials(grid, store)):
@@ -309,8 +314,8 @@ def cmd_status(args) -> int:
     from .status import stale_lines, stale_trials, status_text
 
     grid, store = _grid_for_reading(args)
-    print(status_text(grid, store or _NoStore()))
-    for line in stale_lines(stale_trials(grid, store or _NoStore())):
+    print(status_text(grid, store))
+    for line in stale_lines(stale_trials(grid, store)):
         print(f"raygap: {line}", file=sys.stderr)
     return 0
 
@@ -321,6 +326,7 @@ def cmd_export(args) -> int:
     from .table import read_table
 
     grid, store = _grid_for_reading(args)
+    _nothing_ran(args, grid, store)
     formats = (args.format,) if args.format else FORMATS
     table_dir = _table_dir(args, grid)
     with interrupts.protected("export"):
@@ -343,6 +349,7 @@ def cmd_report(args) -> int:
     from .table import read_table
 
     grid, store = _grid_for_reading(args)
+    _nothing_ran(args, grid, store)
     table_dir = _table_dir(args, grid)
     with interrupts.protected("export"):
         table = read_table(grid, store, table_dir)
@@ -492,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a trial key in every trial")
             sp.add_argument("--skip-missing", action="store_true",
                             help="drop rows whose method is not implemented (they are listed, never silently)")
-        sp.add_argument("--results", default="results", help="results directory (store.sqlite, tables)")
+        sp.add_argument("--results", default=RESULTS, help="results directory (store.sqlite, tables)")
         if profile:
             sp.add_argument("--force", action="store_true",
                             help="replace tables on disk even with a table holding fewer done cells")

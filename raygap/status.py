@@ -16,7 +16,7 @@ def stale_trials(grid: Grid, store) -> dict[str, list[str]]:
     (the digest of its file, stored with each finished trial, differs from the file now).
     Trials stored before digests were recorded are not judged."""
     by_key = {t.key: t.config.method.name for t in grid.trials}
-    infos = store.done_infos(list(by_key)) if hasattr(store, "done_infos") else {}
+    infos = store.done_infos(list(by_key))
     out: dict[str, list[str]] = {}
     for key, info in infos.items():
         then = (info or {}).get("method_source")

@@ -387,12 +387,28 @@ def test_a_read_only_store_reads_and_refuses_writes(tmp_path):
     assert "no trial store here" in e.value.line() and not (tmp_path / "nothing.sqlite").exists()
 
 
+def test_the_empty_store_of_a_folder_where_nothing_ran_reads_nothing_and_writes_nothing(tmp_path):
+    from raygap.errors import StoreError
+    from raygap.store import EmptyStore
+
+    path = tmp_path / "results" / "store.sqlite"
+    for s in (EmptyStore(path), pickle.loads(pickle.dumps(EmptyStore(path)))):
+        assert s.path == path and s.readonly
+        assert (s.records(["k"]), s.status_of(["k"]), s.done_infos(["k"]), s.finished_times(["k"])) == ({},) * 4
+        assert (s.get("k"), s.last_run("g"), s.memberships("g/demo"), s.rows_for_grid("g/demo"), s.grids()) == \
+            (None, None, [], [], [])
+        assert (s.warmups(["w"]), s.held_elsewhere(["k"]), s.done_keys()) == ({}, {}, set())
+        with pytest.raises(StoreError, match="opened read-only"):
+            s.save_done("k", {"acc": 1.0}, [], 1.0, {})
+    assert not (tmp_path / "results").exists()
+
+
 def test_claims_leases_and_the_recorded_checkpoint(tmp_path, monkeypatch):
     import socket
     import subprocess
     import sys
 
-    from raygap import store as store_mod
+    from raygap.store import claims as store_mod
 
     g = write(tmp_path, {"name": "c", "rows": {"A": {}}, "seeds": [0, 1, 2]})
     grid = load_grid(g)
@@ -434,3 +450,100 @@ def test_claims_leases_and_the_recorded_checkpoint(tmp_path, monkeypatch):
     assert store_mod.owner_alive(f"{host}:{pid}:123.45") is False
     assert store_mod.owner_alive(store_mod.this_process_owner()) is True
     assert store_mod.owner_alive("elsewhere-host:1:1.00") is None          # another machine: the lease decides
+
+
+def test_every_query_by_key_takes_more_keys_than_sqlite_binds_at_once(tmp_path):
+    """40,000 keys (and 1,000 never stored, and repeats) against a connection held to SQLite's
+    default limit of 32,766 bound variables: every read and write by key answers for all of
+    them, because each goes through the one chunked helper."""
+    import os
+    import socket
+
+    from raygap.errors import StoreError
+
+    db = tmp_path / "store.sqlite"
+    s = Store(db)
+    n = 40_000
+    keys = [f"k{i:05d}" for i in range(n)]
+    gone = f"{socket.gethostname()}:{os.getpid()}:1.00"       # this pid, another start time: a gone driver
+    elsewhere = "elsewhere-host:1:1.00"                        # another machine's driver: its lease decides
+    rows = []
+    for i, k in enumerate(keys):
+        status = ("done", "running", "pending", "failed")[i % 4]
+        rows.append((k, status, json.dumps({"i": i}) if status == "done" else None,
+                     float(i) if status == "done" else None,
+                     {"running": gone, "pending": elsewhere}.get(status),
+                     4e9 if status == "pending" else None))
+    with sqlite3.connect(db) as c:                             # the rows, written in one go as a store holds them
+        c.executemany("INSERT INTO trials(key, status, info, finished, owner, lease_until, attempts) "
+                      "VALUES (?,?,?,?,?,?,1)", rows)
+        c.executemany("INSERT INTO warmups VALUES (?,?,?,?,?)", [(k, f"file:///w/{k}", 3, k, 0.0) for k in keys])
+    s._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+    with pytest.raises(StoreError, match="too many SQL variables"):   # the limit holds for a query in one piece
+        s._query(f"SELECT key FROM trials WHERE key IN ({','.join('?' * n)})", keys)
+    asked = keys + [f"absent{i}" for i in range(1000)] + keys[:500]
+    done, running, pending, failed = (set(keys[j::4]) for j in range(4))
+
+    recs = s.records(asked)
+    assert len(recs) == n and recs["k00004"]["info"] == {"i": 4} and recs["k39999"]["status"] == "failed"
+    assert s.status_of(asked) == {**dict.fromkeys(done, "done"), **dict.fromkeys(running, "interrupted"),
+                                  **dict.fromkeys(pending, "pending"), **dict.fromkeys(failed, "failed")}
+    assert s.done_infos(asked) == {k: {"i": int(k[1:])} for k in done}
+    assert s.finished_times(asked) == {k: float(int(k[1:])) for k in done}
+    assert s.warmups(asked)["k12345"] == {"wkey": "k12345", "uri": "file:///w/k12345", "epoch": 3, "leader": "k12345"}
+    assert len(s.warmups(asked)) == n
+    me = f"{socket.gethostname()}:{os.getpid()}:2.00"
+    assert s.held_elsewhere(asked, me) == dict.fromkeys(pending, elsewhere)
+    claimed, held = s.claim(asked, me)                      # not done, not held: the running and failed ones
+    assert sorted(claimed) == sorted(running | failed) and held == dict.fromkeys(pending, elsewhere)
+    assert s.renew(asked, me) == 20_000 and s.release(asked, me) == 20_000
+    assert s.mark_interrupted(asked, me) == 10_000          # the running rows, now this driver's
+    assert s.status_of(keys[1::4]) == dict.fromkeys(running, "interrupted")
+    assert s.forget(asked) == n and s.records(asked) == {}
+    assert s._query("SELECT count(*), count(DISTINCT key) FROM forgotten") == [(n, n)]
+
+
+def test_a_disk_full_in_the_middle_of_a_write_is_said_so_and_the_store_stays_usable(tmp_path):
+    from raygap.errors import StoreError
+
+    db = tmp_path / "store.sqlite"
+    s = Store(db)
+    s.save_done("a", {"acc": 1.0}, [], 1.0, {})
+    pages = s._db.execute("PRAGMA page_count").fetchone()[0]
+    s._db.execute(f"PRAGMA max_page_count={pages}")        # the file may not grow: SQLite's own SQLITE_FULL
+    big = [{"epoch": 0, "note": "x" * 200_000}]
+    with pytest.raises(StoreError) as e:                    # SQLite rolls this transaction back itself
+        s.save_done("b", {"acc": 0.5}, big, 1.0, {})
+    assert e.value.line() == (f"{db}: the disk is full; free some space, then run the same command "
+                              "(finished trials are kept)")
+    s._db.execute("PRAGMA max_page_count=1073741823")        # space again: the same connection writes on
+    s.save_done("b", {"acc": 0.5}, big, 1.0, {})
+    assert Store(db, readonly=True).status_of(["a", "b"]) == {"a": "done", "b": "done"}
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path):
+    """SQLite may keep a transaction open when its COMMIT fails (disk full, I/O error): the
+    store rolls it back, so the connection writes again and holds no lock."""
+    from raygap.errors import StoreError
+
+    class CommitFails:                                       # the connection, with one COMMIT that fails
+        def __init__(self, db):
+            self.db, self.failed = db, False
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    db = tmp_path / "store.sqlite"
+    s = Store(db)
+    s._db = CommitFails(s._db)
+    with pytest.raises(StoreError, match="the disk is full"):
+        s.save_done("a", {"acc": 1.0}, [], 1.0, {})
+    assert not s._db.in_transaction and s.get("a") is None   # rolled back, not left holding the write lock
+    s.save_done("b", {"acc": 0.5}, [], 1.0, {})
+    assert Store(db, readonly=True).status_of(["a", "b"]) == {"b": "done"}

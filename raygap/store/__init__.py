@@ -1,0 +1,47 @@
+"""The trial store: one SQLite file (default ``results/store.sqlite``), one row per distinct trial.
+
+A trial is keyed by :meth:`TrialConfig.key` (a hash of its resolved config, resources
+excluded, plus the results version of the code and of its method). A ``done`` row is
+never run again and never overwritten by a later failure.
+
+One job a module: ``schema`` (the file format and its migration), ``connection`` (opening
+the file, faults, waiting on a lock, transactions, the one chunked query by key), ``owners``
+(which driver runs a trial, and whether it still runs), ``trials`` (registering a grid, a
+trial's life, reading it back), ``claims`` (one trial, one run: leases) and ``checkpoints``
+(each trial's latest checkpoint, the shared warm-ups). :class:`Store` is all of them on one
+connection; :class:`EmptyStore` stands for a store not created yet, for the commands that
+only read.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .checkpoints import Checkpoints
+from .claims import Claims
+from .owners import owner_alive, this_process_owner
+from .schema import SCHEMA_VERSION, STATUSES, create
+from .trials import Trials
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "EmptyStore", "Store", "owner_alive", "this_process_owner"]
+
+
+class Store(Trials, Claims, Checkpoints):
+    """The SQLite trial store at ``path``.
+
+    ``readonly=False`` (the default) creates the file and its folder when missing and
+    migrates an older schema; ``readonly=True`` only reads (the file must exist).
+    """
+
+
+class EmptyStore(Store):
+    """The store of a results folder where nothing has run yet: every read finds nothing and
+    every write is refused, as on a store opened read-only. Nothing is created on disk;
+    ``path`` is where the store would be."""
+
+    def __init__(self, path: str | Path, notify=None):
+        super().__init__(path, readonly=True, notify=notify)
+
+    def _open(self) -> None:
+        self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        create(self._db)

@@ -1,0 +1,115 @@
+"""The store's file format: its tables (``PRAGMA user_version`` 4) and the migration of any
+earlier schema to them.
+
+Schema::
+
+    trials(key TEXT PRIMARY KEY,
+           status TEXT  -- pending | running | done | failed | interrupted
+           config JSON, metrics JSON, history JSON, error TEXT, attempts INT,
+           created REAL, started REAL, finished REAL  -- unix times
+           wall_seconds REAL, info JSON,
+           owner TEXT      -- the driver running it: "host:pid:process start time"
+           heartbeat REAL  -- its last sign of life (start, each epoch)
+           lease_until REAL    -- the owner's claim holds until then (renewed while it runs)
+           checkpoint TEXT     -- the latest checkpoint on the run's storage (path or URI) ...
+           checkpoint_epoch INT)  -- ... and its epoch: the next run resumes there
+    memberships(grid, key, label, "column" JSON, seed, PRIMARY KEY(grid, key, label, "column"))
+        -- grid is "<name>/<variant>" (table3/demo): which cells of an expansion use a trial
+    runs(grid, variant, profile, sets JSON, path, started REAL, PRIMARY KEY(grid, variant))
+        -- the last run of each grid expansion: `status`/`export` default to the latest
+    forgotten(key, forgotten REAL, record JSON)   -- rows --rerun replaced
+    warmups(wkey TEXT PRIMARY KEY, uri, epoch INT, leader, created REAL)
+        -- shared warm-up checkpoints (TrialConfig.warmup): trials with the key start from uri
+"""
+from __future__ import annotations
+
+import sqlite3
+
+STATUSES = ("pending", "running", "done", "failed", "interrupted")
+SCHEMA_VERSION = 4
+TRIALS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'interrupted')),
+    config TEXT,
+    metrics TEXT,
+    history TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL,
+    started REAL,
+    finished REAL,
+    wall_seconds REAL,
+    info TEXT,
+    owner TEXT,
+    heartbeat REAL,
+    lease_until REAL,
+    checkpoint TEXT,
+    checkpoint_epoch INTEGER
+);
+"""
+SCHEMA = TRIALS_SCHEMA + """
+CREATE TABLE IF NOT EXISTS memberships (
+    grid TEXT NOT NULL,
+    key TEXT NOT NULL,
+    label TEXT NOT NULL,
+    "column" TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    PRIMARY KEY (grid, key, label, "column")
+);
+CREATE INDEX IF NOT EXISTS memberships_key ON memberships(key);
+CREATE TABLE IF NOT EXISTS runs (
+    grid TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    profile TEXT,
+    sets TEXT,
+    path TEXT,
+    started REAL,
+    PRIMARY KEY (grid, variant)
+);
+CREATE TABLE IF NOT EXISTS forgotten (
+    key TEXT NOT NULL,
+    forgotten REAL NOT NULL,
+    record TEXT
+);
+CREATE TABLE IF NOT EXISTS warmups (
+    wkey TEXT PRIMARY KEY,
+    uri TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    leader TEXT,
+    created REAL
+);
+"""
+TRIAL_COLUMNS = ("key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
+                 "finished", "wall_seconds", "info", "owner", "heartbeat", "lease_until", "checkpoint",
+                 "checkpoint_epoch")
+JSON_COLUMNS = ("config", "metrics", "history", "info")
+
+
+def create(db: sqlite3.Connection) -> None:
+    """Every table and index of the current schema (those missing), one statement at a time."""
+    for stmt in SCHEMA.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring any earlier schema to SCHEMA_VERSION (call it inside one write transaction)."""
+    have = {r[0]: r[1] for r in db.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")}
+    cols = [r[1] for r in db.execute("PRAGMA table_info(trials)")]
+    if "trials" in have and "'interrupted'" not in (have["trials"] or ""):
+        db.execute("ALTER TABLE trials RENAME TO trials_old")
+        db.execute(TRIALS_SCHEMA)
+        keep = [c for c in TRIAL_COLUMNS if c in cols]
+        db.execute(f"INSERT INTO trials ({', '.join(keep)}) SELECT {', '.join(keep)} FROM trials_old")
+        db.execute("DROP TABLE trials_old")
+    elif "trials" in have:
+        for col, kind in (("owner", "TEXT"), ("heartbeat", "REAL"), ("lease_until", "REAL"),
+                          ("checkpoint", "TEXT"), ("checkpoint_epoch", "INTEGER")):
+            if col not in cols:
+                db.execute(f"ALTER TABLE trials ADD COLUMN {col} {kind}")
+    create(db)
+    mcols = [r[1] for r in db.execute("PRAGMA table_info(memberships)")]
+    if "col" in mcols and "column" not in mcols:          # stores written before the rename
+        db.execute('ALTER TABLE memberships RENAME COLUMN col TO "column"')
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

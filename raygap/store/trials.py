@@ -1,0 +1,172 @@
+"""The trials of the store: what a grid registers, a trial's life, and reading it back.
+
+Life of a trial: ``register(grid)`` records the grid's cells and adds a ``pending`` row
+(with its config) for every key not yet stored -> ``mark_running`` (attempts + 1, owner)
+-> ``record_epoch`` (partial history, while running) -> ``save_done`` or ``save_failed``,
+or ``mark_interrupted`` when the driver is stopped. A ``running`` row whose owner is a
+process of this machine that no longer exists (a driver killed with SIGKILL) reads as
+``interrupted``. A ``done`` row is never run again and never overwritten by a later
+failure; :meth:`Trials.forget` (``raygap run --rerun``) moves rows to the ``forgotten``
+table so they run again while their old results stay readable.
+
+Records (``get``, ``records``, ``rows_for_grid``) are plain dicts with the columns of the
+``trials`` table (:mod:`raygap.store.schema`), the JSON columns decoded (``None`` where empty).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .connection import Connection, dumps
+from .owners import owner_alive, this_process_owner
+
+
+class Trials(Connection):
+    """The trial rows, the grids' memberships and runs: reading, and the trial lifecycle."""
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored record of ``key``, or None."""
+        recs = self._records("SELECT * FROM trials WHERE key=?", (key,))
+        return recs[0] if recs else None
+
+    def records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """key -> record for the stored ones among ``keys``."""
+        return self._by_key(keys)
+
+    def finished_times(self, keys: Iterable[str]) -> dict[str, float]:
+        """key -> when each done trial among ``keys`` finished (no history read)."""
+        return {k: r["finished"] for k, r in self._by_key(keys, "key, finished", "status='done' AND").items()}
+
+    def done_infos(self, keys: Iterable[str]) -> dict[str, dict]:
+        """key -> the ``info`` of each done trial among ``keys`` (no history read)."""
+        return {k: r.get("info") or {} for k, r in self._by_key(keys, "key, info", "status='done' AND").items()}
+
+    def status_of(self, keys: Iterable[str]) -> dict[str, str]:
+        """key -> status for the stored ones among ``keys`` (absent keys are new). A
+        ``running`` trial whose driver was a process of this machine that is gone reads
+        as ``interrupted``."""
+        owner_col = "owner" if self._has_owner else "NULL"
+        return {k: "interrupted" if st == "running" and owner_alive(owner) is False else st
+                for k, st, owner in self._keyed(f"SELECT key, status, {owner_col} FROM trials WHERE", keys)}
+
+    def done_keys(self) -> set[str]:
+        return {k for (k,) in self._query("SELECT key FROM trials WHERE status='done'")}
+
+    def memberships(self, grid: str) -> list[dict]:
+        """The cells registered for ``grid`` (``name/variant``): dicts with key, label, column, seed."""
+        return self._records('SELECT key, label, "column", seed FROM memberships WHERE grid=? ORDER BY rowid', (grid,))
+
+    def rows_for_grid(self, name: str) -> list[dict[str, Any]]:
+        """Every registered cell of grid ``name`` joined with its trial record: dicts with
+        label, column, seed, key, status ('new' when the trial has no row) and the trial's
+        columns (config, metrics, history, error, attempts, times, wall_seconds, info)."""
+        return self._records(
+            'SELECT m.label, m."column", m.seed, m.key, COALESCE(t.status, \'new\') AS status, t.config, '
+            't.metrics, t.history, t.error, t.attempts, t.created, t.started, t.finished, t.wall_seconds, t.info '
+            'FROM memberships m LEFT JOIN trials t ON t.key = m.key WHERE m.grid=? ORDER BY m.rowid', (name,))
+
+    def grids(self) -> list[str]:
+        return [g for (g,) in self._query("SELECT DISTINCT grid FROM memberships ORDER BY grid")]
+
+    def last_run(self, grid_name: str) -> dict[str, Any] | None:
+        """The latest run of grid ``grid_name`` (any variant): variant, profile, sets (list),
+        path, started; None when it never ran (or the store predates run records)."""
+        if not self._has_table("runs"):
+            return None
+        recs = self._records("SELECT * FROM runs WHERE grid=? ORDER BY started DESC LIMIT 1", (grid_name,))
+        if not recs:
+            return None
+        rec = recs[0]
+        rec["sets"] = json.loads(rec["sets"]) if rec.get("sets") else []
+        return rec
+
+    # -- writing (the driver) ---------------------------------------------------------
+    def register(self, grid) -> None:
+        """Record which cells of ``grid`` use which trial (replacing the expansion's earlier
+        memberships, so an edited grid does not keep stale cells), add a ``pending`` row
+        with its config for every trial not stored yet, and record this run of the grid
+        (its profile and ``--set`` items) for ``status``/``export`` to default to."""
+        now = time.time()
+        with self._tx():
+            self._db.execute("DELETE FROM memberships WHERE grid=?", (grid.store_name,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO memberships VALUES (?,?,?,?,?)",
+                [(grid.store_name, t.key, t.label, json.dumps(t.column, sort_keys=True, default=str), t.seed)
+                 for t in grid.trials])
+            self._db.executemany(
+                "INSERT OR IGNORE INTO trials(key, status, config, attempts, created) VALUES (?, 'pending', ?, 0, ?)",
+                [(k, dumps(t.config.to_dict()), now) for k, t in grid.distinct().items()])
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
+                             (grid.name, grid.variant, grid.profile, json.dumps(list(grid.sets)), str(grid.path), now))
+
+    def mark_running(self, key: str, config: dict, owner: str | None = None) -> None:
+        """A trial starts (or restarts): status running, attempts + 1, owned by ``owner``
+        (default: this process). No-op on a done trial."""
+        now = time.time()
+        owner = owner or this_process_owner()
+        with self._tx():
+            row = self._db.execute("SELECT status FROM trials WHERE key=?", (key,)).fetchone()
+            if row and row[0] == "done":
+                return
+            if row is None:
+                self._db.execute("INSERT INTO trials(key, status, config, attempts, created, started, owner, heartbeat) "
+                                 "VALUES (?, 'running', ?, 1, ?, ?, ?, ?)", (key, dumps(config), now, now, owner, now))
+            else:
+                self._db.execute("UPDATE trials SET status='running', config=?, attempts=attempts+1, started=?, "
+                                 "finished=NULL, error=NULL, owner=?, heartbeat=? WHERE key=?",
+                                 (dumps(config), now, owner, now, key))
+
+    def record_epoch(self, key: str, history: list[dict]) -> None:
+        """The history so far of a running trial (ignored unless the trial is running)."""
+        with self._tx():
+            self._db.execute("UPDATE trials SET history=?, heartbeat=? WHERE key=? AND status='running'",
+                             (dumps(history), time.time(), key))
+
+    def save_done(self, key: str, metrics: dict, history: list[dict], wall_seconds: float,
+                  info: dict | None = None) -> None:
+        """A trial finished: final metrics, full history, wall time, free-form info."""
+        now = time.time()
+        with self._tx():
+            if self._db.execute("SELECT 1 FROM trials WHERE key=?", (key,)).fetchone() is None:
+                self._db.execute("INSERT INTO trials(key, status, attempts, created, started) "
+                                 "VALUES (?, 'running', 1, ?, ?)", (key, now, now))
+            self._db.execute("UPDATE trials SET status='done', metrics=?, history=?, wall_seconds=?, info=?, "
+                             "finished=?, error=NULL WHERE key=?",
+                             (dumps(metrics), dumps(history), wall_seconds, dumps(info or {}), now, key))
+
+    def save_failed(self, key: str, error: str) -> None:
+        """A trial failed with ``error`` (kept to its first line). A done trial stays done."""
+        now = time.time()
+        error = (str(error).strip().splitlines() or [""])[0][:2000]
+        with self._tx():
+            row = self._db.execute("SELECT status FROM trials WHERE key=?", (key,)).fetchone()
+            if row and row[0] == "done":
+                return
+            if row is None:
+                self._db.execute("INSERT INTO trials(key, status, error, attempts, created, finished) "
+                                 "VALUES (?, 'failed', ?, 1, ?, ?)", (key, error, now, now))
+            else:
+                self._db.execute("UPDATE trials SET status='failed', error=?, finished=? WHERE key=?",
+                                 (error, now, key))
+
+    def mark_interrupted(self, keys: Iterable[str], owner: str | None = None) -> int:
+        """The driver stopped before these trials ended: their ``running`` rows owned by
+        ``owner`` (default: this process) become ``interrupted`` (history so far kept).
+        Returns how many rows changed."""
+        owner = owner or this_process_owner()
+        with self._tx():
+            return sum(self._keyed("UPDATE trials SET status='interrupted', finished=? WHERE status='running' "
+                                   "AND owner=? AND", keys, (time.time(), owner), run=self._changed))
+
+    def forget(self, keys: Iterable[str]) -> int:
+        """Take the trials ``keys`` (whatever their status) out of the store so they run
+        again; their rows are kept in ``forgotten``; memberships stay. Returns how many."""
+        now = time.time()
+        with self._tx():
+            rows = self._keyed("SELECT * FROM trials WHERE", keys, run=self._rows)
+            self._db.executemany("INSERT INTO forgotten VALUES (?,?,?)",
+                                 [(row["key"], now, json.dumps(row)) for row in rows])
+            return sum(self._keyed("DELETE FROM trials WHERE", keys, run=self._changed))
