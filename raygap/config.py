@@ -94,8 +94,10 @@ class TrainSection:
     channels_last: str = F("auto", choices=["auto", "on", "off"],
                            help="channels-last memory format for the conv encoders (faster convolutions on "
                                 "tensor cores); auto: on with CUDA, off on the CPU")
-    compile: bool = F(False, help="torch.compile each encoder and the fusion head (minutes of compilation "
-                                  "per trial, then faster steps; a C++ compiler is needed on the CPU)")
+    compile: bool = F(False, help="torch.compile each encoder and the fusion head for two batch shapes: "
+                                  "batch_size rows in train mode, eval_batch_size rows in eval mode; other sizes "
+                                  "(last batches, subsets) run eagerly, nothing padded or dropped; a module needing "
+                                  "more graphs raises (minutes of compilation per trial; on the CPU a C++ compiler)")
 
 
 @dataclass

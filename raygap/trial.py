@@ -32,7 +32,7 @@ from .data.base import DatasetBundle
 from .data.preload import place_splits
 from .metrics import classification_metrics, regression_metrics
 from .methods.base import MethodContext, TrainState, scaler_found_inf
-from .models import build_model
+from .models import build_model, compiled
 from .registry import DATASETS, METHODS
 
 CHECKPOINT = "checkpoint.pt"
@@ -324,9 +324,9 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     model.to(device)
     if T.channels_last == "on" or (T.channels_last == "auto" and device.type == "cuda"):
         model.to(memory_format=torch.channels_last)            # conv weights NHWC: the convs follow
-    if T.compile:
-        for sub in [*model.encoders.values(), model.fusion]:
-            sub.compile(dynamic=False)    # in place (state_dict keys unchanged); one graph per batch shape
+    if T.compile:                                              # two batch shapes compiled, the rest eager
+        compiled.compile_fixed_shapes(model, T.batch_size, T.eval_batch_size)
+        log(compiled.describe(T.batch_size, T.eval_batch_size))
     placed = place_splits(bundle, model, device, share=gpu_share, batch_size=T.batch_size,   # the preload budget
                           eval_batch_size=T.eval_batch_size, optim_cfg=cfg.optim,
                           autocast=lambda: autocast(device, T.amp), log=log)

@@ -21,13 +21,20 @@ def test_trial_on_the_gpu_with_autocast(amp):
 
 
 def test_channels_last_and_compile_on_the_gpu():
+    from torch._dynamo.utils import counters   # (imports torch._dynamo: seconds)
+
     base = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "resnet18"},
             "train": {"epochs": 2, "batch_size": 64, "device": "cuda", "amp": "bf16"}}
     plain = run_trial(resolve({**base, "train": {**base["train"], "channels_last": "off"}}))
+    counters.clear()
     fast = run_trial(resolve({**base, "train": {**base["train"], "channels_last": "on", "compile": True}}))
     # GPU kernels are not bit-reproducible across layouts: the same training within seed noise
     assert abs(fast.metrics["acc"] - plain.metrics["acc"]) < 0.1
     assert math.isfinite(fast.history[-1]["train_loss"])
+    # inductor on CUDA: two encoders and the head, each for the train batch and the eval batch
+    # (tests/test_compile.py counts the same on the CPU with Dynamo's eager backend)
+    assert 0 < counters["stats"]["unique_graphs"] <= 6, dict(counters["stats"])
+    assert counters["frames"]["total"] == counters["frames"]["ok"], dict(counters["frames"])
 
 
 def test_cache_batches_on_the_gpu_never_make_the_host_wait(tmp_path):
