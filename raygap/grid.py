@@ -66,12 +66,11 @@ memberships are kept in ``Grid.trials``; ``Grid.distinct()`` has it once).
 
 Limits (each one ConfigError line, within seconds): the file is UTF-8 YAML of at most
 1 MiB, nested at most 32 deep, without duplicate keys, at most 200,000 values once YAML
-aliases are expanded (raygap.config.read_yaml); a grid expands to at most 10,000 cells.
+aliases are expanded (raygap.safe_yaml.read_yaml); a grid expands to at most 10,000 cells.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -82,20 +81,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    SECTIONS,
-    TrialConfig,
-    deep_merge,
-    flatten,
-    nearest,
-    parse_set,
-    read_yaml,
-    resolve,
-    set_dotted,
-)
-from .errors import ConfigError
+from .config import TrialConfig, default_of, resolve, trial_modalities
+from .dotted import deep_merge, flatten, get_dotted, parse_set, set_dotted
+from .errors import ConfigError, nearest
 from .metrics import metric_names
 from .registry import METHODS
+from .safe_yaml import read_yaml
 
 GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
              "column_labels", "notes"]
@@ -200,27 +191,11 @@ def label_for(labels: dict, value) -> Any:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _get(d: dict, dotted: str):
-    cur: Any = d
-    for p in dotted.split("."):
-        if not isinstance(cur, dict) or p not in cur:
-            return None
-        cur = cur[p]
-    return cur
-
-
 def _resolved_value(raw: dict, dotted: str):
     """The value of ``dotted`` in a raw (unresolved) trial, falling back to the section
     default (``method.name`` -> ``concat``, ``data.name`` -> ``avdigits``...)."""
-    v = _get(raw, dotted)
-    if v is not None:
-        return v
-    parts = dotted.split(".")
-    if len(parts) == 2 and parts[0] in SECTIONS:
-        for f in dataclasses.fields(SECTIONS[parts[0]]):
-            if f.name == parts[1] and f.default is not dataclasses.MISSING:
-                return f.default
-    return None
+    v = get_dotted(raw, dotted)
+    return default_of(dotted) if v is None else v
 
 
 def _mapping(v, what: str, file: str, *, allow_none: bool = True) -> dict:
@@ -539,8 +514,6 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
 
 def _check_metrics(grid: Grid, file: str) -> None:
     """Every name in ``metrics:`` must be one some trial of the grid reports."""
-    from .config import trial_modalities
-
     valid: set[str] = set()
     seen: set[str] = set()
     for t in grid.trials:

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from raygap.config import load_config, parse_set, resolve
+from raygap.config import load_config, resolve
+from raygap.dotted import parse_set
 from raygap.errors import ConfigError
 
 
