@@ -421,7 +421,7 @@ def cmd_list(args) -> int:
             rows.append((name, _summary(e.doc) + (f" [{', '.join(extra)}]" if extra else "")))
     else:
         from .safe_yaml import read_yaml
-        from .grid import PROFILES_DIR
+        from .gridfile import PROFILES_DIR
 
         folder = PROFILES_DIR if args.what == "profiles" else PROFILES_DIR.parent
         for path in sorted(folder.glob("*.yaml")):
