@@ -31,7 +31,7 @@ from typing import Any
 
 from . import RESULTS_VERSION
 from .data.base import DataCommon
-from .dotted import parse_set, set_dotted
+from .dotted import get_dotted, parse_set, set_dotted
 from .errors import ConfigError, nearest
 from .params import F
 from .registry import BACKBONES, DATASETS, FUSIONS, METHODS
@@ -238,12 +238,25 @@ def resolve(raw: dict | None) -> TrialConfig:
     return TrialConfig(out)
 
 
-def default_of(key: str):
-    """The schema's default of a section key (``method.name`` -> ``concat``, ``data.name``
-    -> ``avdigits``); None for any other key (a plug-in's own key, ``seed``, a typo)."""
+def default_of(key: str, raw: dict | None = None):
+    """The default a trial gets for ``key`` when no layer sets it: the schema's
+    (``method.name`` -> ``concat``, ``data.name`` -> ``avdigits``) or, for a key of a dataset's
+    or method's own params, that of the dataset / method the raw (unresolved) trial ``raw``
+    names (``method.gap`` of ``gap_adaptive`` -> ``prob``); None where there is none (``seed``,
+    a typo, a key the named plug-in lacks)."""
     section, _, name = key.partition(".")
-    f = {f.name: f for f in dataclasses.fields(SECTIONS[section])}.get(name) if section in SECTIONS else None
-    return None if f is None or f.default is dataclasses.MISSING else field_default(f)
+    if section not in SECTIONS:
+        return None
+    classes = [SECTIONS[section]]
+    if section in PLUGIN_REGISTRY and raw is not None:
+        plugin = get_dotted(raw, f"{section}.name") or default_of(f"{section}.name")
+        if isinstance(plugin, str) and plugin in PLUGIN_REGISTRY[section]:
+            classes.insert(0, PLUGIN_REGISTRY[section].get(plugin).params)     # its keys win, as in resolve
+    for cls in filter(None, classes):
+        f = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+        if f is not None:
+            return field_default(f)
+    return None
 
 
 def check_task(method: str, dataset: str, task: str) -> None:

@@ -161,10 +161,10 @@ def label_for(labels: dict, value) -> Any:
 
 # ----------------------------------------------------------------------------- helpers
 def _resolved_value(raw: dict, dotted: str):
-    """The value of ``dotted`` in a raw (unresolved) trial, falling back to the section
-    default (``method.name`` -> ``concat``, ``data.name`` -> ``avdigits``...)."""
+    """The value of ``dotted`` in a raw (unresolved) trial, falling back to its default
+    (``method.name`` -> ``concat``; ``method.gap`` of gap_adaptive -> ``prob``)."""
     v = get_dotted(raw, dotted)
-    return default_of(dotted) if v is None else v
+    return default_of(dotted, raw) if v is None else v
 
 
 def _norm(layer: dict) -> dict:
