@@ -219,7 +219,7 @@ def resolve(raw: dict | None) -> TrialConfig:
     if not (0 <= out["seed"] < 2**31):
         raise ConfigError(f"{out['seed']} is out of range [0, 2**31)", key="seed")
     for s, cls in SECTIONS.items():
-        vals = raw.get(s) or {}
+        vals = {} if raw.get(s) is None else raw[s]        # a bare `train:` is YAML's null: all defaults
         if not isinstance(vals, dict):
             raise ConfigError(f"expected a mapping, got {vals!r}", key=s)
         if s in PLUGIN_REGISTRY:

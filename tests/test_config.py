@@ -45,6 +45,15 @@ def test_bad_values_name_the_key_and_the_nearest_choice(raw, key, words):
     assert "\n" not in e.value.line()
 
 
+@pytest.mark.parametrize("value", [[], 0, False, ""])
+def test_a_section_that_is_not_a_mapping_is_an_error_even_when_empty(value):
+    # `train: []` is no mapping of train keys (only a bare `train:`, YAML's null, means "all defaults")
+    with pytest.raises(ConfigError) as e:
+        resolve({"train": value})
+    assert e.value.line() == f"train: expected a mapping, got {value!r}"
+    assert resolve({"train": None}).train.epochs == 100
+
+
 def test_set_overrides_and_file_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train: {epochs: 3}\n")
