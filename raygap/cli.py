@@ -427,8 +427,8 @@ def cmd_list(args) -> int:
                 extra.append("in memory" if e.meta.get("in_memory") else "files / cache")
             rows.append((name, _summary(e.doc) + (f" [{', '.join(extra)}]" if extra else "")))
     else:
-        from .config import read_yaml
-        from .grid import PROFILES_DIR
+        from .safe_yaml import read_yaml
+        from .gridfile import PROFILES_DIR
 
         folder = PROFILES_DIR if args.what == "profiles" else PROFILES_DIR.parent
         for path in sorted(folder.glob("*.yaml")):
@@ -450,7 +450,7 @@ def cmd_list(args) -> int:
 def cmd_cache(args) -> int:
     import yaml
 
-    from .config import validate_params
+    from .validate import validate_params
     from .data.cache import build_dataset
     from .registry import DATASETS
 

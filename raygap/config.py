@@ -8,9 +8,11 @@ or method's own params dataclass (from the registries), flat in the same mapping
     data:   {name: avdigits, visual_corrupt: 0.3}
     method: {name: gap_adaptive, rho: 0.95}
 
-Field metadata drives validation: ``range=(lo, hi)`` (inclusive), ``choices=[...]``,
-``registry=<Registry>`` (choices are its names), ``help``. Unknown keys are rejected
-with the nearest valid key; every error is a :class:`ConfigError` (one line, exit 2).
+Field metadata drives validation (:mod:`raygap.validate`): ``range=(lo, hi)`` (inclusive),
+``choices=[...]``, ``registry=<Registry>`` (choices are its names), ``help``. Unknown keys are
+rejected with the nearest valid key; every error is a :class:`ConfigError` (one line, exit 2).
+A file is read by :func:`raygap.safe_yaml.read_yaml`, ``--set`` items by
+:func:`raygap.dotted.parse_set`.
 
 ``load_config`` / ``resolve`` return a :class:`TrialConfig`: the fully resolved nested
 dict (all defaults filled in) plus attribute access per section. Its ``key()`` is the
@@ -20,23 +22,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
 import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import RESULTS_VERSION
 from .data.base import DataCommon
-from .errors import ConfigError
+from .dotted import get_dotted, parse_set, set_dotted
+from .errors import ConfigError, nearest
 from .params import F
-from .registry import BACKBONES, DATASETS, FUSIONS, METHODS, Registry
+from .registry import BACKBONES, DATASETS, FUSIONS, METHODS
+from .safe_yaml import read_yaml
+from .validate import coerce, field_default, plugin_params, validate_params
 
 
 @dataclass
@@ -124,144 +124,6 @@ NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile"}, "d
 # those results (so a stored trial keeps its identity): {section: {key: (that value, keys that only
 # matter when it is changed)}}
 HASHED_UNLESS = {"data": {"pipeline": ("files", ("cache_side",))}, "train": {"select_from": ("all", ())}}
-
-
-# ----------------------------------------------------------------------------- helpers
-def nearest(word: str, choices) -> str | None:
-    choices = [str(c) for c in choices]
-    m = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.0)
-    return m[0] if m else None
-
-
-def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
-
-
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return copy.deepcopy(f.default)
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
-
-
-def _coerce(value, tp, key: str):
-    """Coerce a YAML value to the annotated type or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(e.problem)
-        raise ConfigError(errors[0] if errors else f"{value!r} has the wrong type", key=key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"expected a list, got {value!r}", key=key)
-        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a mapping, got {value!r}", key=key)
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"expected true/false, got {value!r}", key=key)
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"expected an integer, got {value!r}", key=key)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"expected an integer, got {value!r}", key=key)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"expected a number, got {value!r}", key=key)
-        if isinstance(value, (int, float)):
-            v = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "2e-3" as a string
-            try:
-                v = float(value)
-            except ValueError:
-                raise ConfigError(f"expected a number, got {value!r}", key=key) from None
-        else:
-            raise ConfigError(f"expected a number, got {value!r}", key=key)
-        if not math.isfinite(v):
-            raise ConfigError(f"expected a finite number, got {value!r}", key=key)
-        return v
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"expected a string, got {value!r}", key=key)
-    return value
-
-
-def _check(value, f: dataclasses.Field, key: str):
-    meta = f.metadata
-    choices = meta.get("choices")
-    reg: Registry | None = meta.get("registry")
-    if reg is not None:
-        choices = reg.names()
-    if choices is not None and value is not None:
-        vals = value if isinstance(value, list) else [value]
-        for v in vals:
-            if v not in choices:
-                raise ConfigError(f"{v!r} is not one of {', '.join(map(str, choices))}", key=key,
-                                  hint=f"nearest: {nearest(v, choices)!r}")
-    rng = meta.get("range")
-    if rng is not None and value is not None:
-        lo, hi = rng
-        vals = value if isinstance(value, list) else [value]
-        open_low = meta.get("open_low", False)
-        for v in vals:
-            if not ((lo < v if open_low else lo <= v) and v <= hi):
-                raise ConfigError(f"{v!r} is out of range {'(' if open_low else '['}{lo}, {hi}]", key=key,
-                                  hint="a trial needs some CPU: use a fraction such as 0.5 to pack trials"
-                                  if key == "resources.cpu" else None)
-
-
-def validate_params(cls: type, values: dict, prefix: str, *, allow_extra: bool = False) -> dict:
-    """Validate ``values`` against dataclass ``cls``; return the known keys with defaults filled."""
-    fields = _fields(cls)
-    out = {}
-    for name, (tp, f) in fields.items():
-        if name in values:
-            v = _coerce(values[name], tp, f"{prefix}.{name}")
-            _check(v, f, f"{prefix}.{name}")
-        else:
-            v = _default(f)
-        out[name] = v
-    if not allow_extra:
-        for k in values:
-            if k not in fields:
-                raise ConfigError("unknown key", key=f"{prefix}.{k}",
-                                  hint=f"nearest valid key: {prefix}.{nearest(k, fields)}")
-    return out
-
-
-def plugin_params(section: dict, cls: type | None):
-    """Instantiate a plugin's params dataclass from a resolved section."""
-    if cls is None:
-        return None
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in section.items() if k in names})
 
 
 # ----------------------------------------------------------------------------- config
@@ -355,11 +217,11 @@ def resolve(raw: dict | None) -> TrialConfig:
     for k in raw:
         if k not in TOP_LEVEL:
             raise ConfigError("unknown key", key=str(k), hint=f"nearest valid key: {nearest(k, TOP_LEVEL)}")
-    out: dict[str, Any] = {"seed": _coerce(raw.get("seed", 0), int, "seed")}
+    out: dict[str, Any] = {"seed": coerce(raw.get("seed", 0), int, "seed")}
     if not (0 <= out["seed"] < 2**31):
         raise ConfigError(f"{out['seed']} is out of range [0, 2**31)", key="seed")
     for s, cls in SECTIONS.items():
-        vals = raw.get(s) or {}
+        vals = {} if raw.get(s) is None else raw[s]        # a bare `train:` is YAML's null: all defaults
         if not isinstance(vals, dict):
             raise ConfigError(f"expected a mapping, got {vals!r}", key=s)
         if s in PLUGIN_REGISTRY:
@@ -376,6 +238,37 @@ def resolve(raw: dict | None) -> TrialConfig:
             out[s] = validate_params(cls, vals, s)
     _cross_checks(out)
     return TrialConfig(out)
+
+
+def default_of(key: str, raw: dict | None = None):
+    """The default a trial gets for ``key`` when no layer sets it: the schema's
+    (``method.name`` -> ``concat``, ``data.name`` -> ``avdigits``) or, for a key of a dataset's
+    or method's own params, that of the dataset / method the raw (unresolved) trial ``raw``
+    names (``method.gap`` of ``gap_adaptive`` -> ``prob``); None where there is none (``seed``,
+    a typo, a key the named plug-in lacks)."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        return None
+    classes = [SECTIONS[section]]
+    if section in PLUGIN_REGISTRY and raw is not None:
+        plugin = get_dotted(raw, f"{section}.name") or default_of(f"{section}.name")
+        if isinstance(plugin, str) and plugin in PLUGIN_REGISTRY[section]:
+            classes.insert(0, PLUGIN_REGISTRY[section].get(plugin).params)     # its keys win, as in resolve
+    for cls in filter(None, classes):
+        f = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+        if f is not None:
+            return field_default(f)
+    return None
+
+
+def check_task(method: str, dataset: str, task: str) -> None:
+    """A method is defined for some targets only (``Method.tasks``): ConfigError (on
+    ``method.name``) when ``dataset``'s ``task`` is not one of them. Checked when a config is
+    validated (from the dataset's declared layout) and again when a trial has its data."""
+    tasks = METHODS.get(method).obj.tasks
+    if task not in tasks:
+        raise ConfigError(f"method {method} handles {' and '.join(tasks)} targets; dataset "
+                          f"{dataset} here has a {task} target", key="method.name")
 
 
 def trial_modalities(c: dict) -> tuple[list[str], str]:
@@ -407,9 +300,7 @@ def _cross_checks(c: dict) -> None:
                           hint="use data.pipeline=files (the cache is for cremad, ave and ks)")
     mods = list(mods or have.modalities)
     method = METHODS.get(c["method"]["name"])
-    if have.task not in method.obj.tasks:
-        raise ConfigError(f"method {method.name} handles {' and '.join(method.obj.tasks)} targets; dataset "
-                          f"{c['data']['name']} here has a {have.task} target", key="method.name")
+    check_task(method.name, c["data"]["name"], have.task)
     lo, hi = method.meta.get("min_modalities", 1), method.meta.get("max_modalities")
     if len(mods) < lo or (hi is not None and len(mods) > hi):
         need = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
@@ -425,186 +316,6 @@ def _cross_checks(c: dict) -> None:
                           hint="set resources.gpu=0 or train.device=auto")
     if c["train"]["amp"] == "fp16" and c["train"]["device"] == "cpu":
         raise ConfigError("fp16 autocast needs CUDA", key="train.amp", hint="use bf16 on CPU")
-
-
-# ----------------------------------------------------------------------------- dotted keys
-def parse_set(items: list[str] | None) -> list[tuple[str, Any]]:
-    """``["method.rho=0.9", ...]`` -> [("method.rho", 0.9)], values parsed as YAML."""
-    out = []
-    for it in items or []:
-        if "=" not in it:
-            raise ConfigError(f"--set expects KEY=VALUE, got {it!r}", key="--set")
-        k, v = it.split("=", 1)
-        try:
-            val = yaml.safe_load(v) if v != "" else ""
-        except yaml.YAMLError:
-            val = v
-        out.append((k.strip(), val))
-    return out
-
-
-def set_dotted(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise ConfigError("malformed dotted key", key=key)
-    cur = d
-    for p in parts[:-1]:
-        nxt = cur.get(p)
-        if nxt is None:
-            nxt = cur[p] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{p} is not a section", key=key)
-        cur = nxt
-    cur[parts[-1]] = value
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        if "." in str(k):
-            set_dotted(out, k, copy.deepcopy(v))
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-# Limits on the YAML files raygap reads (grids, profiles, trial configs). The shipped grids
-# are a few KB with a nesting depth under 8; these bounds turn hostile or broken files into
-# one line within a second instead of a traceback or minutes of parsing.
-MAX_FILE_BYTES = 1 << 20          # 1 MiB
-MAX_DEPTH = 32                    # nesting levels of mappings / lists
-MAX_VALUES = 200_000              # values after YAML aliases are expanded
-
-
-class _SafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate keys and nesting deeper than MAX_DEPTH
-    (PyYAML's composer is recursive: a 5,000-deep file would end in a RecursionError)."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent, index):
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                  self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _construct_mapping_no_duplicates(loader: _SafeLoader, node):
-    seen: dict = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":       # `<<: *base` may be overridden
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
-                                                    key_node.start_mark) from None
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    loader.flatten_mapping(node)
-    return loader.construct_mapping(node, deep=True)
-
-
-_SafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates)
-
-_BOMS = [(b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
-         (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")]
-
-
-def _decode(data: bytes, file: str) -> str:
-    for bom, enc in _BOMS:
-        if data.startswith(bom):
-            raise ConfigError(f"is {enc} text; raygap reads UTF-8", file=file, hint="save the file as UTF-8")
-    if b"\x00" in data:
-        raise ConfigError("contains NUL bytes: not a text file (or UTF-16 without a byte-order mark)",
-                          file=file, hint="give a UTF-8 YAML file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ConfigError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at line {line}, column {col}", file=file,
-                          hint="save the file as UTF-8") from None
-
-
-def _check_size_and_depth(doc, file: str) -> None:
-    """Walk the loaded document without recursion: at most MAX_VALUES values (aliases
-    expanded) and MAX_DEPTH levels."""
-    stack = [(doc, 1)]
-    n = 0
-    while stack:
-        obj, depth = stack.pop()
-        n += 1
-        if n > MAX_VALUES:
-            raise ConfigError(f"holds more than {MAX_VALUES} values once YAML aliases are expanded", file=file)
-        if isinstance(obj, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise ConfigError(f"nested deeper than {MAX_DEPTH} levels (through YAML aliases)", file=file)
-            stack.extend((v, depth + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Read one YAML file as raygap's inputs allow: a regular UTF-8 file of at most
-    MAX_FILE_BYTES, one document, no duplicate keys, nesting at most MAX_DEPTH deep.
-    Any problem is one :class:`ConfigError` line naming the file."""
-    p = Path(path)
-    file = str(p)
-    if "\x00" in file:
-        raise ConfigError("a file name cannot hold a NUL character", file=file.replace("\x00", "\\0"))
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=file) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", file=file) from None
-    import stat as _stat
-    if not _stat.S_ISREG(st.st_mode):
-        raise ConfigError("not a regular file", file=file, hint="give a YAML file")
-    if st.st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"is {st.st_size / 2**20:.1f} MiB; raygap reads YAML files of at most "
-                          f"{MAX_FILE_BYTES >> 20} MiB", file=file,
-                          hint="a grid lists rows, columns and seeds; use `sweep` for long value lists")
-    try:
-        with open(p, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", file=file) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"is larger than {MAX_FILE_BYTES >> 20} MiB", file=file)
-    text = _decode(data, file)
-    try:
-        doc = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 -- a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{where}invalid YAML: {problem}", file=file) from None
-    except RecursionError:
-        raise ConfigError(f"invalid YAML: nested too deeply (at most {MAX_DEPTH} levels)", file=file) from None
-    _check_size_and_depth(doc, file)
-    return doc
 
 
 def load_config(path: str | Path, sets: list[str] | None = None) -> TrialConfig:

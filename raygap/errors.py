@@ -1,5 +1,15 @@
-"""Errors that the CLI turns into one line and exit code 2 (bad input)."""
+"""Errors that the CLI turns into one line and exit code 2 (bad input), and :func:`nearest`,
+the "nearest valid ..." hint such a line gives."""
 from __future__ import annotations
+
+import difflib
+
+
+def nearest(word: str, choices) -> str | None:
+    """The choice closest to ``word`` (difflib's ratio; None when there are no choices)."""
+    choices = [str(c) for c in choices]
+    m = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.0)
+    return m[0] if m else None
 
 
 class ConfigError(Exception):

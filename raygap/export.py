@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write
-from .config import flatten
+from .dotted import flatten
 from .render import FORMATS, RENDERERS
 from .table import MANIFEST, Table, read_table
 

@@ -66,66 +66,26 @@ memberships are kept in ``Grid.trials``; ``Grid.distinct()`` has it once).
 
 Limits (each one ConfigError line, within seconds): the file is UTF-8 YAML of at most
 1 MiB, nested at most 32 deep, without duplicate keys, at most 200,000 values once YAML
-aliases are expanded (raygap.config.read_yaml); a grid expands to at most 10,000 cells.
+aliases are expanded (raygap.safe_yaml.read_yaml); a grid expands to at most 10,000 cells.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import hashlib
 import itertools
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    SECTIONS,
-    TrialConfig,
-    deep_merge,
-    flatten,
-    nearest,
-    parse_set,
-    read_yaml,
-    resolve,
-    set_dotted,
-)
-from .errors import ConfigError
+from .config import TrialConfig, default_of, resolve, trial_modalities
+from .dotted import deep_merge, flatten, get_dotted, parse_set, set_dotted
+from .errors import ConfigError, nearest
+from .gridfile import MAX_CELLS, NO_PROFILE, check_paper_results, check_seeds, load_profile, read_grid_file
 from .metrics import metric_names
 from .registry import METHODS
-
-GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
-             "column_labels", "notes"]
-PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
-ROW_NOTE = "note"
-ROW_BY = "by"
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "grids" / "profiles"
-
-# A grid's and a profile's names become folder names (results/<grid>/<profile>/): plain
-# ASCII, short, and not a folder raygap uses for something else.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-RESERVED_NAMES = {"ray": "Tune's storage folder (results/ray)", "train": "raygap train's folder (results/train)"}
-NO_PROFILE = "noprofile"          # the results folder of a grid run without a profile
-MAX_CELLS = 10_000                # the paper's six tables hold 375 cells; a grid beyond this is a mistake
-
-
-def check_name(name, what: str, file: str | None, key: str) -> str:
-    """``name`` if it is safe as a folder name under results/, else one ConfigError line."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"expected a plain name, got {_short(name)}", file=file, key=key)
-    shown = _short(name) if len(name) <= 60 else _short(name[:40]) + f" ({len(name)} characters)"
-    if not SAFE_NAME.fullmatch(name):
-        raise ConfigError(f"{shown} cannot name a folder (results/<{what}>/): use 1-64 ASCII letters, digits, "
-                          "'.', '_' or '-', starting with a letter or digit", file=file, key=key,
-                          hint=f"e.g. {re.sub(r'[^A-Za-z0-9._-]', '_', name.strip())[:64].lstrip('._-') or what}")
-    if name in RESERVED_NAMES or (what == "profile" and name == NO_PROFILE):
-        used = RESERVED_NAMES.get(name, "the folder of runs without a profile")
-        raise ConfigError(f"{name!r} is reserved: results/{name} is {used}", file=file, key=key,
-                          hint=f"e.g. {name}_grid")
-    return name
 
 
 @dataclass
@@ -200,154 +160,16 @@ def label_for(labels: dict, value) -> Any:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _get(d: dict, dotted: str):
-    cur: Any = d
-    for p in dotted.split("."):
-        if not isinstance(cur, dict) or p not in cur:
-            return None
-        cur = cur[p]
-    return cur
-
-
 def _resolved_value(raw: dict, dotted: str):
-    """The value of ``dotted`` in a raw (unresolved) trial, falling back to the section
-    default (``method.name`` -> ``concat``, ``data.name`` -> ``avdigits``...)."""
-    v = _get(raw, dotted)
-    if v is not None:
-        return v
-    parts = dotted.split(".")
-    if len(parts) == 2 and parts[0] in SECTIONS:
-        for f in dataclasses.fields(SECTIONS[parts[0]]):
-            if f.name == parts[1] and f.default is not dataclasses.MISSING:
-                return f.default
-    return None
-
-
-def _mapping(v, what: str, file: str, *, allow_none: bool = True) -> dict:
-    if v is None and allow_none:
-        return {}
-    if not isinstance(v, dict):
-        raise ConfigError(f"expected a mapping, got {_short(v)}", file=file, key=what)
-    return v
-
-
-def _list(v, what: str, file: str) -> list:
-    if not isinstance(v, list):
-        raise ConfigError(f"expected a list, got {_short(v)}", file=file, key=what,
-                          hint=f"write {what}: [{v!r}]" if isinstance(v, (int, float, str)) else None)
-    if not v:
-        raise ConfigError("expected a non-empty list", file=file, key=what)
-    return v
-
-
-def _short(v) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
+    """The value of ``dotted`` in a raw (unresolved) trial, falling back to its default
+    (``method.name`` -> ``concat``; ``method.gap`` of gap_adaptive -> ``prob``)."""
+    v = get_dotted(raw, dotted)
+    return default_of(dotted, raw) if v is None else v
 
 
 def _norm(layer: dict) -> dict:
     """A layer with dotted keys expanded (so it can be flattened to compare keys)."""
     return deep_merge({}, layer)
-
-
-def _check_seeds(seeds, file: str, what: str = "seeds") -> list[int]:
-    seeds = _list(seeds, what, file)
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or not (0 <= s < 2**31):
-            raise ConfigError(f"seeds must be integers in [0, 2**31), got {s!r}", file=file, key=what)
-    dup = sorted({s for s in seeds if seeds.count(s) > 1})
-    if dup:
-        raise ConfigError(f"duplicate seeds {dup}", file=file, key=what)
-    return list(seeds)
-
-
-def _check_columns(columns: dict, file: str, what: str = "columns") -> dict[str, list]:
-    out = {}
-    for k, v in columns.items():
-        vals = _list(v, f"{what}.{k}", file)
-        for x in vals:
-            if isinstance(x, (dict, list)):
-                raise ConfigError(f"column values must be scalars, got {_short(x)}", file=file, key=f"{what}.{k}")
-        if len({str(x) for x in vals}) != len(vals):
-            raise ConfigError(f"duplicate values in {vals}", file=file, key=f"{what}.{k}")
-        out[str(k)] = list(vals)
-    return out
-
-
-def load_profile(name: str, profiles_dir: Path | str | None = None) -> dict:
-    """Read and check ``profiles_dir/NAME.yaml`` (default ``grids/profiles``)."""
-    d = Path(profiles_dir or PROFILES_DIR)
-    check_name(name, "profile", None, "--profile")
-    path = d / f"{name}.yaml"
-    if not path.exists():
-        have = sorted(p.stem for p in d.glob("*.yaml"))
-        raise ConfigError(f"no profile {name!r}", file=str(path), key="--profile",
-                          hint=f"choices: {', '.join(have)}; nearest: {nearest(name, have)!r}" if have else None)
-    file = str(path)
-    doc = read_yaml(path)
-    doc = {} if doc is None else doc
-    if not isinstance(doc, dict):
-        raise ConfigError("a profile must be a mapping", file=file)
-    for k in doc:
-        if k not in PROFILE_KEYS:
-            raise ConfigError("unknown key", file=file, key=str(k),
-                              hint=f"nearest valid key: {nearest(k, PROFILE_KEYS)}")
-    out = {"_path": file, "description": str(doc.get("description") or "")}
-    out["overlay"] = _mapping(doc.get("overlay"), "overlay", file)
-    out["overlay_by"] = _by_value(doc.get("overlay_by"), "overlay_by", file)
-    if doc.get("columns") is not None:
-        out["columns"] = _check_columns(_mapping(doc["columns"], "columns", file), file)
-    if doc.get("seeds") is not None:
-        out["seeds"] = _check_seeds(doc["seeds"], file)
-    out["resources"] = _mapping(doc.get("resources"), "resources", file)
-    return out
-
-
-def _by_value(doc, what: str, file: str) -> dict[str, dict[str, dict]]:
-    """``{dotted key: {value: overrides}}`` checked, with the values as strings."""
-    out: dict[str, dict[str, dict]] = {}
-    for key, by_value in _mapping(doc, what, file).items():
-        by_value = _mapping(by_value, f"{what}.{key}", file, allow_none=False)
-        out[str(key)] = {str(v): _mapping(over, f"{what}.{key}.{v}", file) for v, over in by_value.items()}
-    return out
-
-
-def _paper_results(doc, rows: dict, columns: dict, metrics: list, file: str) -> dict:
-    """``paper_results`` checked against the grid's rows, column values and metrics."""
-    out: dict = {}
-    values = {str(v) for vs in columns.values() for v in vs}
-    for label, per_col in _mapping(doc, "paper_results", file).items():
-        if str(label) not in rows:
-            raise ConfigError(f"{label!r} is not a row", file=file, key="paper_results",
-                              hint=f"nearest row: {nearest(str(label), rows)!r}")
-        for col, per_metric in _mapping(per_col, f"paper_results.{label}", file).items():
-            if str(col) not in values:
-                raise ConfigError(f"{col!r} is not a column value", file=file, key=f"paper_results.{label}",
-                                  hint=f"nearest: {nearest(str(col), values)!r}")
-            for m, v in _mapping(per_metric, f"paper_results.{label}.{col}", file).items():
-                if m not in metrics or not isinstance(v, (int, float)) or isinstance(v, bool):
-                    raise ConfigError(f"{m}: {v!r} is not a number for one of the grid's metrics ({', '.join(metrics)})",
-                                      file=file, key=f"paper_results.{label}.{col}")
-                out.setdefault(str(label), {}).setdefault(str(col), {})[str(m)] = float(v)
-    return out
-
-
-def _sweep_rows(sweep: dict, file: str) -> dict[str, dict]:
-    keys = [str(k) for k in sweep]
-    if not keys:
-        return {}
-    for k in keys:
-        _list(sweep[k], f"sweep.{k}", file)
-    leaves = [k.split(".")[-1] for k in keys]
-    names = [leaf if leaves.count(leaf) == 1 else k for k, leaf in zip(keys, leaves, strict=True)]
-    rows = {}
-    for combo in itertools.product(*(sweep[k] for k in keys)):
-        label = ", ".join(f"{n}={v}" for n, v in zip(names, combo, strict=True))
-        over: dict = {}
-        for k, v in zip(keys, combo, strict=True):
-            set_dotted(over, k, copy.deepcopy(v))
-        rows[label] = over
-    return rows
 
 
 def _where(label: str, column: dict) -> str:
@@ -402,61 +224,8 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     from .plugins import load_all
 
     load_all()
-    file = str(path)
-    doc = read_yaml(path)
-    if not isinstance(doc, dict):
-        raise ConfigError(f"a grid must be a mapping, got {_short(doc)}", file=file)
-    for k in doc:
-        if k not in GRID_KEYS:
-            raise ConfigError("unknown key", file=file, key=str(k), hint=f"nearest valid key: {nearest(k, GRID_KEYS)}")
-    name = check_name(doc.get("name") if doc.get("name") is not None else Path(path).stem, "grid", file, "name")
-    description = doc.get("description") or ""
-    if not isinstance(description, str):
-        raise ConfigError(f"expected text, got {_short(description)}", file=file, key="description")
-    base = _mapping(doc.get("base"), "base", file)
-    base_by = _by_value(doc.get("base_by"), "base_by", file)
-
-    # rows: explicit ones, then the sweep
-    notes = {str(k): str(v) for k, v in _mapping(doc.get("notes"), "notes", file).items()}
-    rows: dict[str, dict] = {}
-    row_by: dict[str, dict[str, dict[str, dict]]] = {}
-    for label, over in _mapping(doc.get("rows"), "rows", file).items():
-        over = dict(_mapping(over, f"rows.{label}", file))
-        label = str(label)
-        if ROW_NOTE in over:
-            notes[label] = str(over.pop(ROW_NOTE))
-        if ROW_BY in over:
-            row_by[label] = _by_value(over.pop(ROW_BY), f"rows.{label}.by", file)
-        rows[label] = over
-    sweep = _mapping(doc.get("sweep"), "sweep", file)
-    n_sweep = math.prod(len(_list(v, f"sweep.{k}", file)) for k, v in sweep.items()) if sweep else 0
-    if len(rows) + n_sweep > MAX_CELLS:
-        raise ConfigError(f"{len(rows) + n_sweep} rows; a grid may expand to at most {MAX_CELLS} cells",
-                          file=file, key="sweep" if n_sweep > len(rows) else "rows")
-    for label, over in _sweep_rows(sweep, file).items():
-        if label in rows:
-            raise ConfigError(f"the sweep row {label!r} has the label of a row", file=file, key="sweep")
-        rows[label] = over
-    if not rows:
-        raise ConfigError("the grid has no rows (give `rows` or `sweep`)", file=file, key="rows")
-    for label in notes:
-        if label not in rows:
-            raise ConfigError(f"note for {label!r}, which is not a row", file=file, key="notes",
-                              hint=f"nearest row: {nearest(label, rows)!r}")
-
-    reference = doc.get("reference")
-    if reference is not None and str(reference) not in rows:
-        raise ConfigError(f"{reference!r} is not a row", file=file, key="reference",
-                          hint=f"nearest row: {nearest(str(reference), rows)!r}")
-    columns = _check_columns(_mapping(doc.get("columns"), "columns", file), file)
-    file_columns = columns                   # (paper_results name the grid file's columns, not a profile's)
-    seeds = _check_seeds(doc["seeds"], file) if "seeds" in doc else [0]
-    metrics = _list(doc.get("metrics", ["acc"]), "metrics", file)
-    if not all(isinstance(m, str) and m for m in metrics):
-        raise ConfigError(f"metric names must be strings, got {metrics!r}", file=file, key="metrics")
-    grid_resources = _mapping(doc.get("resources"), "resources", file)
-    column_labels = _mapping(doc.get("column_labels"), "column_labels", file)
-
+    f = read_grid_file(path)
+    file, rows, columns, seeds = f.file, f.rows, f.columns, f.seeds
     prof = load_profile(profile, profiles_dir) if profile else {}
     pfile = prof.get("_path")
     if prof:
@@ -469,7 +238,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     try:
         for k, v in parse_set(sets):
             if k == "seed":         # a grid's seeds are a list: --set seed=N runs seed N only
-                seeds = _check_seeds([v], "--set", "seed")
+                seeds = check_seeds([v], "--set", "seed")
                 continue
             set_dotted(set_layer, k, v)
     except ConfigError as e:
@@ -480,11 +249,11 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
         raise ConfigError(f"expands to {n_cells} cells (rows x columns x seeds); at most {MAX_CELLS} are allowed",
                           file=file, key="rows")
 
-    grid = Grid(name=name, description=description, path=Path(path), metrics=[str(m) for m in metrics],
-                row_labels=list(rows), columns=columns, column_labels=column_labels, seeds=seeds, notes=notes,
-                profile=profile, resources={**grid_resources, **prof_resources}, sets=list(sets or []),
-                reference=None if reference is None else str(reference),
-                paper=_paper_results(doc.get("paper_results"), rows, file_columns, metrics, file))
+    grid = Grid(name=f.name, description=f.description, path=Path(path), metrics=[str(m) for m in f.metrics],
+                row_labels=list(rows), columns=columns, column_labels=f.column_labels, seeds=seeds, notes=f.notes,
+                profile=profile, resources={**f.resources, **prof_resources}, sets=list(sets or []),
+                reference=f.reference,      # paper_results name the grid file's columns, not a profile's:
+                paper=check_paper_results(f.paper_results, rows, f.columns, f.metrics, file))
     missing: dict[str, str] = {}
     for label, over in rows.items():
         for column in grid.column_combos():
@@ -493,13 +262,13 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
                 set_dotted(col_layer, k, copy.deepcopy(v))
             top = [("row", file, over), ("columns", file, col_layer), ("--set", None, set_layer)]
             layers: list[tuple[str, str | None, dict]] = [
-                ("resources", file, {"resources": grid_resources}), ("base", file, base)]
+                ("resources", file, {"resources": f.resources}), ("base", file, f.base)]
             try:
-                layers += _matching(base_by, "base_by", file, layers, top)
+                layers += _matching(f.base_by, "base_by", file, layers, top)
                 if prof:
                     layers += [("resources", pfile, {"resources": prof_resources}), ("overlay", pfile, overlay)]
                     layers += _matching(overlay_by, "overlay_by", pfile, layers, top)
-                layers += [top[0], *_matching(row_by.get(label, {}), f"rows.{label}.by", file, layers, top), *top[1:]]
+                layers += [top[0], *_matching(f.row_by.get(label, {}), f"rows.{label}.by", file, layers, top), *top[1:]]
                 raw = _merge(layers)
             except ConfigError as e:        # e.g. a dotted key through a non-section value
                 raise _blame(e, layers, label, column, file) from None
@@ -539,8 +308,6 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
 
 def _check_metrics(grid: Grid, file: str) -> None:
     """Every name in ``metrics:`` must be one some trial of the grid reports."""
-    from .config import trial_modalities
-
     valid: set[str] = set()
     seen: set[str] = set()
     for t in grid.trials:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .cells import DASH, WARMUP_NOTE, metric_label
-from .config import flatten
+from .dotted import flatten
 from .render import comparison_md, md_escape, md_table
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import data as _data  # noqa: F401  (registers datasets)
 from . import methods as _methods  # noqa: F401  (registers methods)
-from .config import TrialConfig
+from .config import TrialConfig, check_task
 from .data.base import DatasetBundle
 from .data.preload import place_splits
 from .metrics import classification_metrics, regression_metrics
@@ -315,10 +315,7 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     ctx = MethodContext(bundle.modality_names, bundle.num_classes, len(bundle.train), cfg, device,
                         task=bundle.task)
     method_cls = METHODS.get(cfg.method.name).obj
-    if bundle.task not in method_cls.tasks:
-        from .errors import ConfigError
-        raise ConfigError(f"method {cfg.method.name} handles {' and '.join(method_cls.tasks)} targets; "
-                          f"dataset {cfg.data.name} has a {bundle.task} target", key="method.name")
+    check_task(cfg.method.name, cfg.data.name, bundle.task)
     method = method_cls(cfg.params("method"), ctx)
     method.setup(model)
     model.to(device)

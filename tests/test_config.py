@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from raygap.config import load_config, parse_set, resolve
+from raygap.config import load_config, resolve
+from raygap.dotted import parse_set
 from raygap.errors import ConfigError
 
 
@@ -42,6 +43,15 @@ def test_bad_values_name_the_key_and_the_nearest_choice(raw, key, words):
     assert e.value.key == key
     assert words in e.value.line()
     assert "\n" not in e.value.line()
+
+
+@pytest.mark.parametrize("value", [[], 0, False, ""])
+def test_a_section_that_is_not_a_mapping_is_an_error_even_when_empty(value):
+    # `train: []` is no mapping of train keys (only a bare `train:`, YAML's null, means "all defaults")
+    with pytest.raises(ConfigError) as e:
+        resolve({"train": value})
+    assert e.value.line() == f"train: expected a mapping, got {value!r}"
+    assert resolve({"train": None}).train.epochs == 100
 
 
 def test_set_overrides_and_file_errors(tmp_path):

@@ -108,6 +108,23 @@ def test_overlay_by_matches_default_values(tmp_path):
     assert cfg.data.visual_corrupt == 0.4 and cfg.train.epochs == 5
 
 
+def test_a_by_key_of_a_method_or_dataset_matches_its_default_value(tmp_path):
+    # a key of the method's (or dataset's) own params that no layer writes has its default:
+    # gap_adaptive's `gap` is "prob", mosi's `target` is "regression"
+    d = tmp_path / "prof"
+    d.mkdir()
+    (d / "x.yaml").write_text(yaml.safe_dump({"overlay_by": {"data.target": {"regression": {"train": {"epochs": 3}}}}}))
+    g = write(tmp_path, {"base": {"method": {"name": "gap_adaptive", "warmup_epochs": 1}, "train": {"epochs": 4}},
+                         "base_by": {"method.gap": {"prob": {"train": {"epochs": 2}}}},
+                         "rows": {"default gap": {}, "kl gap": {"method": {"gap": "kl"}}}})
+    assert {t.label: t.config.train.epochs for t in load_grid(g).trials} == {"default gap": 2, "kl gap": 4}
+    m = write(tmp_path, {"base": {"data": {"name": "mosi"}, "method": {"name": "concat"}},
+                         "rows": {"score": {}, "binary": {"data": {"target": "binary"}}}, "metrics": ["mae"]},
+              name="m.yaml")
+    grid = load_grid(m, profile="x", profiles_dir=d, skip_missing=True)
+    assert {t.label: t.config.train.epochs for t in grid.trials} == {"score": 3, "binary": 100}
+
+
 def test_base_by_sits_below_the_profile(tmp_path):
     d = tmp_path / "prof"
     d.mkdir()

@@ -39,7 +39,8 @@ def test_the_probe_sees_torch_when_it_is_imported():
 
 def test_validating_every_grid_under_every_profile_imports_no_torch():
     code = """
-from raygap.grid import PROFILES_DIR, load_grid
+from raygap.grid import load_grid
+from raygap.gridfile import PROFILES_DIR
 from pathlib import Path
 n = 0
 for g in sorted(Path("grids").glob("*.yaml")):

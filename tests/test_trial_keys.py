@@ -21,7 +21,8 @@ PINNED = ROOT / "tests" / "data" / "trial_keys.json"
 
 def all_trial_keys() -> dict:
     """{grid file: {profile or "-": {"<label> | <column> | seed <k>": key}}} for every shipped grid."""
-    from raygap.grid import PROFILES_DIR, load_grid
+    from raygap.grid import load_grid
+    from raygap.gridfile import PROFILES_DIR
 
     out: dict = {}
     for grid_path in sorted((ROOT / "grids").glob("*.yaml")):

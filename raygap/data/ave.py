@@ -21,19 +21,8 @@ from typing import NamedTuple
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle
-from .media import (
-    AVE_RATE,
-    NPY_DIR,
-    Clip,
-    assemble,
-    ave_front_end,
-    class_list,
-    data_root,
-    dedupe,
-    label_index,
-    read_rows,
-    require_file,
-)
+from .loader import assemble, class_list, data_root, dedupe, label_index, read_rows, require_file
+from .media import AVE_RATE, NPY_DIR, Clip, ave_front_end
 
 NAME = "ave"
 LISTS = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}

@@ -20,7 +20,9 @@ Nothing here imports torch at import time (``raygap.lazy``): configs are validat
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,6 +30,8 @@ import numpy as np
 from ..lazy import lazy
 
 torch = lazy("torch")
+
+ENV_ROOT = "RAYGAP_DATA"          # the folder that holds each dataset's root as <name>/
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class DataLayout:
 @dataclass
 class DataCommon:
     """Options every dataset understands (the common part of the ``data`` section)."""
-    root: str | None = None          # data root (else $RAYGAP_DATA / <name>)
+    root: str | None = None          # data root (else $RAYGAP_DATA / <name>: root_of)
     val_fraction: float = 0.1        # carved from train with split_seed when the dataset has no val split
     split_seed: int = 0
     on_bad_media: str = "error"      # "error": raise naming the file; "skip": drop the item and count it
@@ -74,6 +78,17 @@ class DataCommon:
         "help": "pipeline=cache on a GPU: upload each split once when it fits the trial's budget (its GPU share "
                 "of the device less its CUDA context, measured training step and headroom; docs/datasets.md), "
                 "streaming the rest (auto) or failing (on), or gather every batch from the mapped files (off)"})
+
+
+def root_of(name: str, common: DataCommon) -> Path | None:
+    """Where dataset ``name``'s files are: ``data.root``, else ``$RAYGAP_DATA/<name>`` (``~``
+    expanded); None when neither is set (the caller's error says what to set). Whether the
+    folder exists is the caller's to check."""
+    if common.root:
+        return Path(os.path.expanduser(str(common.root)))
+    if os.environ.get(ENV_ROOT):
+        return Path(os.path.expanduser(os.environ[ENV_ROOT])) / name
+    return None
 
 
 class TensorSplit:

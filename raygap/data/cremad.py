@@ -23,17 +23,8 @@ import numpy as np
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle, carve_validation
-from .media import (
-    NPY_DIR,
-    Clip,
-    assemble,
-    cremad_front_end,
-    data_root,
-    dedupe,
-    label_index,
-    read_rows,
-    require_file,
-)
+from .loader import assemble, data_root, dedupe, label_index, read_rows, require_file
+from .media import NPY_DIR, Clip, cremad_front_end
 
 NAME = "cremad"
 CLASS_NAMES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]

@@ -22,18 +22,8 @@ from pathlib import Path
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle, carve_validation
-from .media import (
-    NPY_DIR,
-    Clip,
-    assemble,
-    class_list,
-    data_root,
-    dedupe,
-    ks_front_end,
-    label_index,
-    read_rows,
-    require_file,
-)
+from .loader import assemble, class_list, data_root, dedupe, label_index, read_rows, require_file
+from .media import NPY_DIR, Clip, ks_front_end
 
 NAME = "ks"
 TRAIN_LIST, TEST_LIST = "my_train.txt", "my_test.txt"

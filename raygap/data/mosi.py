@@ -34,7 +34,7 @@ from ..errors import DataError
 from ..lazy import lazy
 from ..params import F
 from ..registry import DATASETS
-from .base import DataCommon, DataLayout, DatasetBundle, ModalitySpec, TensorSplit
+from .base import ENV_ROOT, DataCommon, DataLayout, DatasetBundle, ModalitySpec, TensorSplit, root_of
 
 torch = lazy("torch")
 
@@ -42,7 +42,6 @@ NAME = "mosi"
 MODALITIES = ("text", "audio", "vision")
 FILE_SPLITS = {"train": "train", "val": "valid", "test": "test"}   # raygap split -> the file's key
 LABEL_KEY = {"mmsa": "regression_labels", "mult": "labels"}
-ENV_ROOT = "RAYGAP_DATA"
 DOCS = "docs/datasets.md#cmu-mosi-mosi"
 PAPER_COUNTS = {"train": 1284, "valid": 229, "test": 686, "total": 2199}
 CLASS_NAMES = {
@@ -72,11 +71,8 @@ def feature_path(file: str, common: DataCommon) -> Path:
     path = Path(os.path.expanduser(str(file)))
     if path.is_absolute():
         return path
-    if common.root:
-        root = Path(os.path.expanduser(str(common.root)))
-    elif os.environ.get(ENV_ROOT):
-        root = Path(os.path.expanduser(os.environ[ENV_ROOT])) / NAME
-    else:
+    root = root_of(NAME, common)
+    if root is None:
         raise DataError(f"{NAME}: no data root for {file}: set data.root or the {ENV_ROOT} environment "
                         f"variable (read as ${ENV_ROOT}/{NAME}), or give data.file as an absolute path; {DOCS}")
     return root / path
