@@ -68,16 +68,28 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     import ray
     from ray import tune
 
+    from . import checkpoint
     from .config import resolve
-    from .errors import CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
-    from .trial import CHECKPOINT, TrialDiverged, fit, load_data, pick_device, prepare_process
+    from .errors import CheckpointDeviceMismatch, CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
+    from .trial import CHECKPOINT, TrialDiverged, device_kind, fit, load_data, pick_device, prepare_process
 
-    DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch)
-
-    import torch
+    DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch,
+                              CheckpointDeviceMismatch)
 
     cfg = resolve(config["t"]["trial"])
     key = config["t"]["key"]
+    caught: list[str] = []                 # Python warnings raised in this trial, sent with the next report
+    seen: set[str] = set()
+
+    def catch(message, category, filename, lineno, file=None, line=None):
+        text = f"{category.__name__}: {str(message).splitlines()[0][:300]} ({Path(filename).name}:{lineno})"
+        if text not in seen:
+            seen.add(text)
+            caught.append(text)
+
+    warnings.showwarning = catch             # (this worker process runs this trial only)
+    prepare_process(cfg, cfg.resources.cpu)  # before anything here touches CUDA
+    kind = device_kind(cfg.train.device)     # where it trains (pick_device, below, says if it cannot)
     work = Path(tempfile.mkdtemp(prefix=f"raygap-{key}-"))
     resumed = None                                     # {"epoch", "uri", "history"} of the checkpoint resumed
     notes = []
@@ -91,7 +103,10 @@ def trainable(config: dict, shared: dict | None = None) -> None:
             c = c if not isinstance(c, str) else checkpoint_at(c)
             with c.as_directory() as d:
                 src = Path(d) / CHECKPOINT
-                state = torch.load(src, map_location="cpu", weights_only=False)   # a partial upload fails here
+                state = checkpoint.load(src)      # a partial upload fails here
+                if (why := checkpoint.unusable_on(state, kind)) is not None:   # it cannot continue exactly here
+                    notes.append(f"checkpoint {checkpoint_uri(c)} not usable ({why})")
+                    continue
                 shutil.copy2(src, work / CHECKPOINT)
             resumed = {"epoch": state["epoch"], "uri": checkpoint_uri(c), "history": state.get("history") or []}
             if state.get("key") != key:              # (fit checks it is the warm-up this trial may share)
@@ -105,24 +120,12 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         notes.append("started over")
     resumed_from = resumed["epoch"] if resumed else None
     resume_note = "; ".join(notes) or None
-    prepare_process(cfg, cfg.resources.cpu)
     node = ray.get_runtime_context().get_node_id()
     data_key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
     bundle = (shared or {}).get(data_key)
     bundle = bundle if bundle is not None else load_data(cfg)
 
     first = [True]
-    caught: list[str] = []                 # Python warnings raised in this trial, sent with the next report
-    seen: set[str] = set()
-
-    def catch(message, category, filename, lineno, file=None, line=None):
-        text = f"{category.__name__}: {str(message).splitlines()[0][:300]} ({Path(filename).name}:{lineno})"
-        if text not in seen:
-            seen.add(text)
-            caught.append(text)
-
-    warnings.showwarning = catch             # (this worker process runs this trial only)
-
     shared = cfg.warmup()
     warmup_out = config["t"].get("warmup_out") if shared else None
 
