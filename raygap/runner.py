@@ -403,8 +403,27 @@ class _NoTuneRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
-def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
-    """Connect to ``address`` or start the embedded local instance. Returns True if we started it."""
+def worker_runtime_env(deterministic: bool) -> dict | None:
+    """Ray's ``runtime_env`` for the run's worker processes: ``CUBLAS_WORKSPACE_CONFIG`` when a
+    trial is deterministic, so it is set before CUDA starts in every worker, on any node (a
+    joined cluster's workers do not inherit this driver's environment). None when no trial needs
+    it, or when the submitted job's own runtime_env sets it (Ray refuses a variable set twice)."""
+    from .system import CUBLAS_DETERMINISTIC, CUBLAS_ENV
+
+    if not deterministic:
+        return None
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        job = {}
+    if CUBLAS_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        return None
+    return {"env_vars": {CUBLAS_ENV: os.environ.get(CUBLAS_ENV, CUBLAS_DETERMINISTIC[0])}}
+
+
+def _start_ray(address: str | None, num_cpus: int | None, log, deterministic: bool = True) -> bool:
+    """Connect to ``address`` or start the embedded local instance. Returns True if we started it.
+    ``deterministic``: a trial of the run is (:func:`worker_runtime_env`)."""
     import ray
 
     if ray.is_initialized():
@@ -417,7 +436,7 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if address:
         log(f"joining the Ray cluster at {address}")
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=worker_runtime_env(deterministic))
         return False
     from ray._private import ray_constants
 
@@ -432,7 +451,7 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
     log(f"starting a local Ray instance ({cpus} CPUs, 127.0.0.1 only)")
     interrupts.pause_point("startup")
     ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+             log_to_driver=False, configure_logging=False, runtime_env=worker_runtime_env(deterministic))
     return True
 
 
@@ -637,7 +656,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                             log(f"ended {len(ended)} Ray process(es) a killed raygap run had left running "
                                 f"(pids {', '.join(map(str, ended))})")
                     try:
-                        started = _start_ray(address, num_cpus, log)
+                        started = _start_ray(address, num_cpus, log,
+                                             deterministic=any(s.config.train.deterministic for s in todo))
                     except SystemExit as e:         # ray.init's own SIGTERM handler calls sys.exit(15)
                         interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
                         raise KeyboardInterrupt("SIGTERM") from e

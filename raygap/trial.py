@@ -440,11 +440,16 @@ def configure_threads(cfg: TrialConfig, allotted_cpus: float | None = None) -> i
 
 def prepare_process(cfg: TrialConfig, allotted_cpus: float | None = None) -> int:
     """What a process does before it trains ``cfg`` (``run_trial`` here, the Tune trainable in
-    a Ray worker): torch's threads from the allotted CPUs, deterministic kernels. Returns the
+    a Ray worker): torch's threads from the allotted CPUs; ``train.deterministic``: deterministic
+    kernels (an op without one warns), and ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts (the
+    runner gives Ray's workers it too), with a warning where that comes too late. Returns the
     number of threads."""
+    from .system import deterministic_cublas
+
     n = configure_threads(cfg, allotted_cpus)
     if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_cublas(cuda_started=torch.cuda.is_initialized())
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)   # (a reused process too)
     return n
 
 
