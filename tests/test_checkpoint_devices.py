@@ -187,7 +187,9 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused_everywhere(tmp_path
     (d / "config.json").unlink(missing_ok=True)
     r = subprocess.run([sys.executable, "-m", "raygap", "train", str(c), "--out", str(d)], capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "(unreadable checkpoint)" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--out: its checkpoint.pt is not a raygap checkpoint that can be read safely (UnpicklingError" in r.stderr
+    assert "pass --fresh" in r.stderr
     assert not marker.exists()
 
 
