@@ -111,9 +111,8 @@ def _check_trial_dir(out: Path, key: str, device: str = "auto") -> None:
             ck = checkpoint.load(ck_path)         # (weights only: a file that would run code is refused)
         except Exception as e:  # noqa: BLE001 -- a truncated or foreign file
             raise ConfigError(f"its {CHECKPOINT} is not a raygap checkpoint that can be read safely "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): truncated, "
-                              "another program's, or written by an older raygap with objects torch's weights-only "
-                              "loader refuses", key="--out", file=str(out),
+                              f"({type(e).__name__}): truncated, another program's, or written by an older raygap "
+                              "with objects torch's weights-only loader refuses", key="--out", file=str(out),
                               hint="pass --fresh to discard it, or choose another --out") from None
         other, why = ck.get("key") or "(unknown)", checkpoint.unusable_on(ck, kind := device_kind(device))
     if other is not None and other != key:
