@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
         if removed:
             print(f"--fresh: removed {', '.join(removed)} from {out}", flush=True)
     else:
-        _check_trial_dir(out, key)
+        _check_trial_dir(out, key, cfg.train.device)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -94,13 +94,13 @@ def _remove_train_files(out: Path) -> list[str]:
     return removed
 
 
-def _check_trial_dir(out: Path, key: str) -> None:
-    """Refuse a trial directory holding another trial's checkpoint or config (exit 2)."""
-    import torch
+def _check_trial_dir(out: Path, key: str, device: str = "auto") -> None:
+    """Refuse a trial directory holding another trial's checkpoint or config, or a checkpoint that
+    cannot continue exactly on the device this trial trains on (``train.device``) (exit 2)."""
+    from . import checkpoint
+    from .trial import CHECKPOINT, device_kind
 
-    from .trial import CHECKPOINT
-
-    other = None
+    other = why = None
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         try:
@@ -110,12 +110,19 @@ def _check_trial_dir(out: Path, key: str) -> None:
     ck_path = out / CHECKPOINT
     if ck_path.is_file() and (other is None or other == key):
         try:
-            other = torch.load(ck_path, map_location="cpu", weights_only=False).get("key") or "(unknown)"
-        except Exception:  # noqa: BLE001 -- a truncated or foreign file
-            other = "(unreadable checkpoint)"
+            ck = checkpoint.load(ck_path)         # (weights only: a file that would run code is refused)
+        except Exception as e:  # noqa: BLE001 -- a truncated or foreign file
+            raise ConfigError(f"its {CHECKPOINT} is not a raygap checkpoint that can be read safely "
+                              f"({type(e).__name__}): truncated, another program's, or written by an older raygap "
+                              "with objects torch's weights-only loader refuses", key="--out", file=str(out),
+                              hint="pass --fresh to discard it, or choose another --out") from None
+        other, why = ck.get("key") or "(unknown)", checkpoint.unusable_on(ck, kind := device_kind(device))
     if other is not None and other != key:
         raise ConfigError(f"holds trial {other}, not this config's trial {key}: resuming it would mix two trials",
                           key="--out", file=str(out), hint="pass --fresh to discard it, or choose another --out")
+    if why is not None:
+        raise ConfigError(f"its checkpoint cannot be resumed here: {why}", key="--out", file=str(out),
+                          hint=f"pass --fresh to start over on {kind}, or resume it on a {ck['device']} machine")
 
 
 def _results_root(args) -> Path:

@@ -90,7 +90,8 @@ class TrainSection:
     checkpoint_every: int = F(5, range=(1, 100000),
                               help="write (and, in a grid, upload) the checkpoint every N epochs: a stopped run "
                                    "recomputes at most N - 1 epochs; a paper trial's checkpoint is ~100 MB")
-    deterministic: bool = F(True, help="deterministic kernels (CPU runs are bit-reproducible for a seed)")
+    deterministic: bool = F(True, help="deterministic kernels and cuBLAS workspace: bit-reproducible for a seed on "
+                                       "the CPU, on a GPU as docs/method.md says (\"What repeats on a GPU\")")
     channels_last: str = F("auto", choices=["auto", "on", "off"],
                            help="channels-last memory format for the conv encoders (faster convolutions on "
                                 "tensor cores); auto: on with CUDA, off on the CPU")

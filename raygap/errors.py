@@ -60,3 +60,8 @@ class CheckpointMismatch(RuntimeError):
 
 class DeviceUnavailable(RuntimeError):
     """A trial asks for CUDA (train.device=cuda, or a GPU share) where CUDA is unusable."""
+
+
+class CheckpointDeviceMismatch(CheckpointMismatch):
+    """A checkpoint written on one kind of device (cpu, cuda) met a trial on another: it cannot
+    continue exactly there (other kernels, other random generators), so it is not resumed."""

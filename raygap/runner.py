@@ -68,17 +68,30 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     import ray
     from ray import tune
 
+    from . import checkpoint
     from .config import resolve
-    from .errors import CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
+    from .errors import CheckpointDeviceMismatch, CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
     from .data.preload import release_device_memory
-    from .trial import CHECKPOINT, TrialDiverged, fit, load_data, pick_device, prepare_process
+    from .models.compiled import CompileLimitHit
+    from .trial import CHECKPOINT, TrialDiverged, device_kind, fit, load_data, pick_device, prepare_process
 
-    DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch)
-
-    import torch
+    DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch,
+                              CheckpointDeviceMismatch, CompileLimitHit)
 
     cfg = resolve(config["t"]["trial"])
     key = config["t"]["key"]
+    caught: list[str] = []                 # Python warnings raised in this trial, sent with the next report
+    seen: set[str] = set()
+
+    def catch(message, category, filename, lineno, file=None, line=None):
+        text = f"{category.__name__}: {str(message).splitlines()[0][:300]} ({Path(filename).name}:{lineno})"
+        if text not in seen:
+            seen.add(text)
+            caught.append(text)
+
+    warnings.showwarning = catch             # (this worker process runs this trial only)
+    prepare_process(cfg, cfg.resources.cpu)  # before anything here touches CUDA
+    kind = device_kind(cfg.train.device)     # where it trains (pick_device, below, says if it cannot)
     work = Path(tempfile.mkdtemp(prefix=f"raygap-{key}-"))
     resumed = None                                     # {"epoch", "uri", "history"} of the checkpoint resumed
     notes = []
@@ -92,7 +105,10 @@ def trainable(config: dict, shared: dict | None = None) -> None:
             c = c if not isinstance(c, str) else checkpoint_at(c)
             with c.as_directory() as d:
                 src = Path(d) / CHECKPOINT
-                state = torch.load(src, map_location="cpu", weights_only=False)   # a partial upload fails here
+                state = checkpoint.load(src)      # a partial upload fails here
+                if (why := checkpoint.unusable_on(state, kind)) is not None:   # it cannot continue exactly here
+                    notes.append(f"checkpoint {checkpoint_uri(c)} not usable ({why})")
+                    continue
                 shutil.copy2(src, work / CHECKPOINT)
             resumed = {"epoch": state["epoch"], "uri": checkpoint_uri(c), "history": state.get("history") or []}
             if state.get("key") != key:              # (fit checks it is the warm-up this trial may share)
@@ -106,24 +122,11 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         notes.append("started over")
     resumed_from = resumed["epoch"] if resumed else None
     resume_note = "; ".join(notes) or None
-    prepare_process(cfg, cfg.resources.cpu)
     node = ray.get_runtime_context().get_node_id()
     data_key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
-    bundle = (shared or {}).get(data_key)
-    bundle = bundle if bundle is not None else load_data(cfg)
+    bundle = (shared or {}).get(data_key)             # built once in the driver, or loaded below (inside the try)
 
     first = [True]
-    caught: list[str] = []                 # Python warnings raised in this trial, sent with the next report
-    seen: set[str] = set()
-
-    def catch(message, category, filename, lineno, file=None, line=None):
-        text = f"{category.__name__}: {str(message).splitlines()[0][:300]} ({Path(filename).name}:{lineno})"
-        if text not in seen:
-            seen.add(text)
-            caught.append(text)
-
-    warnings.showwarning = catch             # (this worker process runs this trial only)
-
     shared = cfg.warmup()
     warmup_out = config["t"].get("warmup_out") if shared else None
 
@@ -151,6 +154,8 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     t0 = time.perf_counter()
     try:
         try:
+            if bundle is None:                    # a bad data layout fails like any other deterministic failure
+                bundle = load_data(cfg)
             device = pick_device(cfg.train.device, gpu_share=cfg.resources.gpu)
             result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report, final_checkpoint=False,
                          keep_warmup=bool(warmup_out), gpu_share=min(1.0, cfg.resources.gpu or 1.0))
@@ -176,7 +181,8 @@ def trainable(config: dict, shared: dict | None = None) -> None:
         tune.report(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        release_device_memory(bundle)                  # Tune reuses this actor: the next trial gets the GPU back
+        if bundle is not None:
+            release_device_memory(bundle)              # Tune reuses this actor: the next trial gets the GPU back
 
 
 def keep_checkpoint(src: Path, uri: str) -> str:
@@ -402,8 +408,27 @@ class _NoTuneRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
-def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
-    """Connect to ``address`` or start the embedded local instance. Returns True if we started it."""
+def worker_runtime_env(deterministic: bool) -> dict | None:
+    """Ray's ``runtime_env`` for the run's worker processes: ``CUBLAS_WORKSPACE_CONFIG`` when a
+    trial is deterministic, so it is set before CUDA starts in every worker, on any node (a
+    joined cluster's workers do not inherit this driver's environment). None when no trial needs
+    it, or when the submitted job's own runtime_env sets it (Ray refuses a variable set twice)."""
+    from .system import CUBLAS_DETERMINISTIC, CUBLAS_ENV
+
+    if not deterministic:
+        return None
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        job = {}
+    if CUBLAS_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        return None
+    return {"env_vars": {CUBLAS_ENV: os.environ.get(CUBLAS_ENV, CUBLAS_DETERMINISTIC[0])}}
+
+
+def _start_ray(address: str | None, num_cpus: int | None, log, deterministic: bool = True) -> bool:
+    """Connect to ``address`` or start the embedded local instance. Returns True if we started it.
+    ``deterministic``: a trial of the run is (:func:`worker_runtime_env`)."""
     import ray
 
     if ray.is_initialized():
@@ -416,7 +441,7 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if address:
         log(f"joining the Ray cluster at {address}")
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=worker_runtime_env(deterministic))
         return False
     from ray._private import ray_constants
 
@@ -431,7 +456,7 @@ def _start_ray(address: str | None, num_cpus: int | None, log) -> bool:
     log(f"starting a local Ray instance ({cpus} CPUs, 127.0.0.1 only)")
     interrupts.pause_point("startup")
     ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+             log_to_driver=False, configure_logging=False, runtime_env=worker_runtime_env(deterministic))
     return True
 
 
@@ -636,7 +661,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                             log(f"ended {len(ended)} Ray process(es) a killed raygap run had left running "
                                 f"(pids {', '.join(map(str, ended))})")
                     try:
-                        started = _start_ray(address, num_cpus, log)
+                        started = _start_ray(address, num_cpus, log,
+                                             deterministic=any(s.config.train.deterministic for s in todo))
                     except SystemExit as e:         # ray.init's own SIGTERM handler calls sys.exit(15)
                         interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
                         raise KeyboardInterrupt("SIGTERM") from e

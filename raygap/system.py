@@ -60,3 +60,36 @@ def ffmpeg_exe() -> str | None:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except RuntimeError:                  # the wheel without a binary for this platform
         return None
+
+
+# cuBLAS repeats its results only with a fixed workspace configuration, which it reads when CUDA
+# starts in a process: ``:4096:8`` (or ``:16:8``, the other setting torch accepts as deterministic)
+CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+_cublas_late: list[str] = []          # why this process's cuBLAS may not repeat (said once set too late)
+
+
+def deterministic_cublas(cuda_started: bool) -> str | None:
+    """Set ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in this process's environment, unless it is set.
+    Where cuBLAS may still not repeat in this process -- the variable holds another value, or
+    CUDA had started (``cuda_started``) before it was set -- a RuntimeWarning says so (each time:
+    every trial it concerns reports it), and the reason is returned; else None."""
+    have = os.environ.get(CUBLAS_ENV)
+    problem = None
+    if have is None:
+        os.environ[CUBLAS_ENV] = CUBLAS_DETERMINISTIC[0]
+        if cuda_started:
+            _cublas_late.append(f"CUDA started in this process (pid {os.getpid()}) before {CUBLAS_ENV} was set: "
+                                f"its cuBLAS calls may not repeat (set {CUBLAS_ENV}={CUBLAS_DETERMINISTIC[0]} "
+                                "before the process starts)")
+    elif have not in CUBLAS_DETERMINISTIC:
+        problem = (f"{CUBLAS_ENV}={have!r} in the environment is not one of cuBLAS's deterministic settings "
+                   f"({', '.join(CUBLAS_DETERMINISTIC)}): this trial's cuBLAS calls may not repeat")
+    problem = problem or (_cublas_late[0] if _cublas_late else None)
+    if problem:
+        import warnings
+
+        with warnings.catch_warnings():           # not once per process: once per trial it concerns
+            warnings.simplefilter("always")
+            warnings.warn(problem, RuntimeWarning, stacklevel=3)
+    return problem

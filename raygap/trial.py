@@ -7,9 +7,13 @@ and test, a checkpoint, and a report. The epoch a result reports is the best on 
 validation split (``train.select``), never chosen on test; the last epoch is
 reported too.
 
-Checkpoints (``<checkpoint_dir>/checkpoint.pt``) carry the model, optimizer,
-scheduler, method state, RNG state and history, so a resumed trial ends with the same
-numbers as one never interrupted.
+Checkpoints (``<checkpoint_dir>/checkpoint.pt``, :mod:`raygap.checkpoint`) carry the model,
+optimizer, scheduler, method state, random states (CPU and, on a GPU, CUDA), history and the
+kind of device that wrote them. With ``train.deterministic`` a trial is bit-for-bit repeatable
+for a seed, and a resumed one (or one started from a shared warm-up) ends with the numbers of
+one never interrupted: on the CPU always; on a GPU on the same GPU model and software stack, as
+far as torch's deterministic kernels reach (docs/method.md, "What repeats on a GPU"). A resume
+or warm-up fork across CPU and GPU is refused (:class:`~raygap.errors.CheckpointDeviceMismatch`).
 """
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from . import data as _data  # noqa: F401  (registers datasets)
+from . import checkpoint
 from . import methods as _methods  # noqa: F401  (registers methods)
+from .checkpoint import CHECKPOINT, checkpoint_due  # noqa: F401  (raygap.trial.CHECKPOINT)
 from .config import TrialConfig, check_task
 from .data.base import DatasetBundle
 from .data.preload import place_splits
@@ -34,8 +40,6 @@ from .metrics import classification_metrics, regression_metrics
 from .methods.base import MethodContext, TrainState, scaler_found_inf
 from .models import build_model, compiled
 from .registry import DATASETS, METHODS
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class TrialDiverged(RuntimeError):
@@ -121,6 +125,12 @@ def device_name(device: torch.device) -> str:
         return f"{device} ({torch.cuda.get_device_name(device)})"
     except Exception:  # noqa: BLE001
         return str(device)
+
+
+def device_kind(name: str) -> str:
+    """``cpu`` or ``cuda``: the kind of device :func:`pick_device` gives for ``train.device`` ``name``
+    (``cpu`` where CUDA is unusable: pick_device then refuses a trial that needs a GPU)."""
+    return "cpu" if name == "cpu" or cuda_problem() is not None else "cuda"
 
 
 def pick_device(name: str, gpu_share: float = 0.0) -> torch.device:
@@ -278,21 +288,6 @@ def train_step(model, method, batch, st, optimizer, scaler, amp, device, sums: d
         sums[k] = sums.get(k, 0.0) + v.detach().float() * n
 
 
-def checkpoint_due(epoch: int, every: int, epochs: int, final: bool = False) -> bool:
-    """Whether a checkpoint is written after ``epoch`` (0-based): every ``every`` epochs; after
-    the last epoch only when ``final`` (``raygap train`` keeps the trained model; a grid's
-    result follows at once and its checkpoint would be deleted right after)."""
-    if epoch >= epochs - 1:
-        return final
-    return (epoch + 1) % every == 0
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- the loop
 def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
         checkpoint_dir: str | Path | None = None,
@@ -343,23 +338,22 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
     shown_device = device_name(device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     if ckpt_path and ckpt_path.exists():                       # resume
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = checkpoint.load(ckpt_path)                       # every tensor on the CPU, then where it belongs
         forked = (ck.get("key") != cfg.key() and shared is not None and ck.get("warmup_key") == shared[0]
                   and ck["epoch"] == shared[1] - 1)
         if ck.get("key") != cfg.key() and not forked:
             from .errors import CheckpointMismatch
             raise CheckpointMismatch(f"{ckpt_path} is trial {ck.get('key') or '(unknown)'}'s checkpoint, "
                                      f"not this config's ({cfg.key()})")
-        model.load_state_dict(ck["model"])
+        if (why := checkpoint.unusable_on(ck, device.type)) is not None:
+            from .errors import CheckpointDeviceMismatch
+            raise CheckpointDeviceMismatch(f"{ckpt_path}: {why}")
         st.optimizer = optimizer = new_optimizer()
-        optimizer.load_state_dict(ck["optimizer"])
         if scheduler is not None:
             scheduler = build_scheduler(cfg.optim, optimizer, T.epochs)
-            scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        method.load_state_dict(ck["method"])
-        st.history, st.train_indices = ck["history"], ck["train_indices"]
-        torch.set_rng_state(ck["rng_torch"])
+        checkpoint.restore(ck, device, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                           method=method)
+        st.history, st.train_indices = ck["history"], checkpoint.indices(ck["train_indices"])
         start = ck["epoch"] + 1
         warmup_from = ck["key"] if forked else ck.get("warmup_from")
         log(f"started from the shared warm-up of trial {ck['key']} ({ckpt_path}) at epoch {start}" if forked
@@ -409,12 +403,13 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
                                        or (keep_warmup and at_warmup_end)))
         if ckpt_now:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                          "scaler": scaler.state_dict(), "method": method.state_dict(),
-                          "history": st.history, "train_indices": st.train_indices,
-                          "rng_torch": torch.get_rng_state(), "key": cfg.key(),
-                          "warmup_key": shared[0] if at_warmup_end else None, "warmup_from": warmup_from}, ckpt_path)
+            checkpoint.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                             "scaler": scaler.state_dict(), "method": method.state_dict(),
+                             "history": st.history, "train_indices": checkpoint.indices(st.train_indices),
+                             **checkpoint.rng_states(device), "device": device.type, "key": cfg.key(),
+                             "warmup_key": shared[0] if at_warmup_end else None, "warmup_from": warmup_from},
+                            ckpt_path)
         if report is not None:
             report(record, ckpt_path.parent if ckpt_now else None)
         log(format_record(record, bundle.modality_names, select))
@@ -448,11 +443,16 @@ def configure_threads(cfg: TrialConfig, allotted_cpus: float | None = None) -> i
 
 def prepare_process(cfg: TrialConfig, allotted_cpus: float | None = None) -> int:
     """What a process does before it trains ``cfg`` (``run_trial`` here, the Tune trainable in
-    a Ray worker): torch's threads from the allotted CPUs, deterministic kernels. Returns the
+    a Ray worker): torch's threads from the allotted CPUs; ``train.deterministic``: deterministic
+    kernels (an op without one warns), and ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts (the
+    runner gives Ray's workers it too), with a warning where that comes too late. Returns the
     number of threads."""
+    from .system import deterministic_cublas
+
     n = configure_threads(cfg, allotted_cpus)
     if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_cublas(cuda_started=torch.cuda.is_initialized())
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)   # (a reused process too)
     return n
 
 

@@ -15,6 +15,7 @@ import argparse
 import numpy as np
 import torch
 
+from raygap.checkpoint import load as load_checkpoint
 from raygap.config import load_config
 from raygap.methods.gaps import GAPS, auroc, zscore_stats
 from raygap.mixtures import fit_mixture
@@ -58,7 +59,7 @@ def main():
     res = run_trial(cfg, checkpoint_dir=ckpt)
     T.fit = orig_fit
     bundle = captured["bundle"]
-    ck = torch.load(f"{ckpt}/checkpoint.pt", weights_only=False)
+    ck = load_checkpoint(f"{ckpt}/checkpoint.pt")
     from raygap.methods import Method
     from raygap.models import build_model
     model = build_model(bundle.modalities, bundle.num_classes, cfg.model)

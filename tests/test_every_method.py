@@ -1,5 +1,7 @@
 """Every registered method trains through ``fit()`` (``run_trial``), is interrupted after an
-epoch, resumes from its checkpoint and ends with exactly the history of an uninterrupted run.
+epoch, resumes from its checkpoint and ends with exactly the history of an uninterrupted run;
+the resumed epoch (the method acting, its state restored) uses no op that torch has no
+deterministic CUDA kernel for.
 A new method is picked up from the registry: if its defaults do not act within three epochs,
 give it the keys that make it act here."""
 import math
@@ -10,6 +12,7 @@ import raygap.methods  # noqa: F401  (registers the methods)
 from raygap.config import resolve
 from raygap.registry import METHODS
 from raygap.trial import run_trial
+from test_determinism import AtenOps
 
 FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2,
@@ -52,7 +55,9 @@ def test_every_method_trains_is_interrupted_and_resumes_exactly(tmp_path, name):
     with pytest.raises(Crash):
         run_trial(cfg, checkpoint_dir=tmp_path / "b", report=crash)
     seen = []
-    resumed = run_trial(cfg, checkpoint_dir=tmp_path / "b", report=lambda r, c: seen.append(r["epoch"]))
+    with AtenOps() as ops:         # every op of the epoch the method acts in: hooks, steps, evaluation
+        resumed = run_trial(cfg, checkpoint_dir=tmp_path / "b", report=lambda r, c: seen.append(r["epoch"]))
+    assert ops.nondeterministic_on_cuda() == []
     assert seen == [2]                                      # only the missing epoch ran
     assert strip(resumed.history) == strip(full.history)
     assert resumed.metrics == full.metrics

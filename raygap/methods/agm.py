@@ -181,6 +181,6 @@ class AGM(Method):
     def state_dict(self):
         return {"mean_score": {m: scalar(v).double() for m, v in self.mean_score.items()}, "steps": self.steps}
 
-    def load_state_dict(self, state):
-        self.mean_score = dict(state["mean_score"])
+    def load_state_dict(self, state):       # (a checkpoint loads to the CPU: the running means go to the device)
+        self.mean_score = {m: v.to(self.ctx.device) for m, v in state["mean_score"].items()}
         self.steps = int(state["steps"])

@@ -15,12 +15,12 @@ The readings of the paper this file implements are argued in docs/method.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..lazy import lazy
-from ..mixtures import fit_mixture
+from ..mixtures import MixtureFit, fit_mixture
 from ..params import F
 from ..registry import METHODS, MIXTURES
 from .base import Method, TrainState
@@ -268,11 +268,13 @@ class GapAdaptive(Method):
     # -- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"train_gaps": self.train_gaps.cpu(), "w0": self.w0.cpu(), "w1": self.w1.cpu(),
-                "mu_g": self.mu_g, "sigma_g": self.sigma_g, "u0": self.u0, "fit": self.fit,
+                "mu_g": self.mu_g, "sigma_g": self.sigma_g, "u0": self.u0,
+                "fit": None if self.fit is None else asdict(self.fit),     # plain values: weights_only loads it
                 "dom": self.dom, "weak": self.weak, "data_pct": self.data_pct}
 
     def load_state_dict(self, s: dict) -> None:
         dev = self.ctx.device
         self.train_gaps, self.w0, self.w1 = (s["train_gaps"].to(dev), s["w0"].to(dev), s["w1"].to(dev))
-        self.mu_g, self.sigma_g, self.u0, self.fit = s["mu_g"], s["sigma_g"], s["u0"], s["fit"]
+        self.mu_g, self.sigma_g, self.u0 = s["mu_g"], s["sigma_g"], s["u0"]
+        self.fit = None if s["fit"] is None else MixtureFit(**s["fit"])
         self.dom, self.weak, self.data_pct = s["dom"], s["weak"], s["data_pct"]

@@ -142,10 +142,15 @@ class OPMOGM(Method):
             rec[f"opm_drop_rate_{m}"] = float(o["dropped"].get(m, 0)) / max(o["samples"], 1)
         return rec
 
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "rng": self.rng.getstate()}
+    def state_dict(self) -> dict:          # (a generator's state is a CPU ByteTensor, whatever its device)
+        return {"gen": self.gen.get_state(), "gen_device": self.gen.device.type, "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict) -> None:
+        kind = state.get("gen_device", self.gen.device.type)
+        if kind != self.gen.device.type:       # a CPU (mt19937) and a CUDA (Philox) state are not interchangeable
+            from ..errors import CheckpointDeviceMismatch
+            raise CheckpointDeviceMismatch(f"opm_ogm: the drop-mask generator's state is a {kind} generator's; "
+                                           f"this trial draws on {self.gen.device.type}")
         if "gen" in state:
             self.gen.set_state(state["gen"])
         if "rng" in state:
