@@ -300,6 +300,27 @@ def test_a_device_mismatch_is_a_failure_the_runner_does_not_retry(tmp_path, monk
     assert failed["error"] == "CheckpointDeviceMismatch: x/checkpoint.pt: written on cuda, this trial trains on cpu"
 
 
+@pytest.mark.parametrize("where", ["load_data", "fit"])
+def test_a_bad_data_layout_or_a_compile_limit_hit_is_a_failure_the_runner_does_not_retry(where, monkeypatch):
+    """A dataset that cannot be loaded (raised while the trainable loads it, before fit) and a
+    compile-limit hit (raised in fit) fail the same way on every retry: reported as final."""
+    from raygap.errors import DataError
+    from raygap.models.compiled import CompileLimitHit
+    from raygap.runner import trainable
+
+    cfg = config("concat")
+    error = DataError("/data/cremad: no train.csv") if where == "load_data" else CompileLimitHit("f needed more")
+
+    def fail(*a, **kw):
+        raise error
+
+    monkeypatch.setattr(T, where, fail)
+    ray = FakeRay(monkeypatch)
+    trainable({"t": {"key": cfg.key(), "label": "x", "trial": cfg.to_dict()}})
+    (failed,) = [json.loads(r["failed_json"]) for r in ray.reports if "failed_json" in r]
+    assert failed["error"] == f"{type(error).__name__}: {error}"
+
+
 # ----------------------------------------------------------------------------- on a GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["ogm_ge", "opm_ogm", "gap_adaptive"])
