@@ -61,12 +61,13 @@ def test_every_method_trains_is_interrupted_and_resumes_exactly(tmp_path, name):
 
 
 # ----------------------------------------------------------------------------- every method acts
-# Every method but concat trains differently from concat by the epoch ACTS_AT says; a new method
-# must be listed here too. The epoch at which each method (FAST, its ACTS keys, seed 0) first trains differently, and the run
-# it equals in every epoch before that: concat on the method's fusion (None below), or, where the
-# method differs from concat from its first step by design, the run it does equal until it acts.
-# "Differently": its training loss or any tensor of its model after the epoch's training pass
-# differs, bit for bit, from that run's under the same seed, data and batches.
+# Every method but concat trains differently from concat by the epoch its ACTS keys make it act
+# (a new method must say here when). ACTS_AT: the epoch at which the method (FAST data, its ACTS
+# keys, seed 0) first trains differently, and the run it equals in every epoch before that:
+# concat on the method's fusion (None), or, where the method differs from concat from its first
+# step by design, the run it does equal until it acts. "Differently": its training loss or any
+# tensor of its model after the epoch's training pass differs, bit for bit, from that run's under
+# the same seed, data and batches.
 ACTS_AT = {
     "agm": (0, None),               # k_m scales each modality's feature gradient from the first batch
     "cpsl": (0, None),              # aux + statistical losses and the conflict penalty (vs concat on gated)
