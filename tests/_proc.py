@@ -122,10 +122,10 @@ def raygap(*args, timeout: float = 300, **kw) -> tuple[int, str, str]:
 @contextlib.contextmanager
 def mount_namespace(setup: str):
     """A private mount namespace, set up by the shell script ``setup`` (run as root, in it), held
-    open for the ``with`` block; yields the ``prefix`` that runs a :class:`Raygap` inside it. The
-    namespace's mounts are seen from outside under ``/proc/<pid>/root``. Skips the test where
-    ``unshare``/``nsenter`` or mount namespaces are missing; a failing ``setup`` fails it."""
-    import pytest
+    open for the ``with`` block; yields the ``prefix`` that runs a :class:`Raygap` inside it
+    (``nsenter`` into it). Skips the test where ``unshare``/``nsenter`` or mount namespaces are
+    missing; a failing ``setup`` fails it."""
+    import pytest                  # (here: _proc is also imported by plain child processes)
 
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
         pytest.skip("no unshare or nsenter")
@@ -138,6 +138,7 @@ def mount_namespace(setup: str):
         line = holder.stdout.readline().strip()
         if line != "ready":
             holder.kill()
+            holder.wait()
             raise AssertionError(f"the namespace's setup failed ({line!r}): {holder.stderr.read()[-2000:]}")
         yield ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--"]
     finally:

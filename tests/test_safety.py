@@ -82,7 +82,7 @@ def test_a_grid_that_never_ran_is_one_line(demo, tmp_path, capsys):
     other.write_text(yaml.safe_dump({"name": "never", "rows": {"A": {}}}))
     for verb in ("status", "export"):
         code, out, err = (raygap if verb == "status" else partial(cli, capsys))(verb, str(other), "--results",
-                                                                             str(results))
+                                                                               str(results))
         assert code == 2 and out == "" and err.count("\n") == 1, err
         assert "grid 'never' has never run" in err and "--profile" in err
     assert not (results / "never").exists()
