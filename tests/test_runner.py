@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
+import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -46,48 +46,120 @@ def run(path, results: Path, **kw):
     return grid, store, run_grid(grid, store, log=lambda s: None, **kw)
 
 
-def test_grid_runs_exports_reuses_and_runs_only_new_cells(local_ray, tmp_path):
-    rows = {"Concat": {"method": {"name": "concat"}}, "Control": {"method": {"name": "warmup_objective"}}}
-    g = write_grid(tmp_path / "tiny.yaml", "tiny", rows)
-    grid, store, s = run(g, tmp_path, tracker="tensorboard")
-    assert (s.total, s.reused, s.done, len(s.failed)) == (4, 0, 4, 0) and s.exit_code == 0
-    # --tracker tensorboard: Tune's TensorBoard logger, one event file per trial, in folders named
-    # like the trial (label, column, seed, key prefix); Tune's own CSV logger is off
-    events = sorted((tmp_path / "ray").glob("tiny-*/*/events.out.tfevents.*"))
-    names = sorted(p.parent.name for p in events)
-    assert len(events) == 4 and names[0].startswith("Concat-seed0-") and not list((tmp_path / "ray").rglob("progress.csv"))
-    from tensorboardX.proto import event_pb2   # the event file holds the epochs' scalars
-    tags = set()
-    import struct
-    data = events[0].read_bytes()
+# ----------------------------------------------------------------------------- one tiny grid
+ROWS = {"Concat": {"method": {"name": "concat"}}, "Control": {"method": {"name": "warmup_objective"}}}
+
+
+@pytest.fixture(scope="module")
+def tiny(local_ray, tmp_path_factory):
+    """One real run of a 2 x 2 grid (two rows, seeds 0 and 1) with ``--tracker tensorboard``; the
+    tests below read what it left, and those that run the grid again only add to its store."""
+    results = tmp_path_factory.mktemp("tiny")
+    path = write_grid(results / "tiny.yaml", "tiny", ROWS)
+    grid, store, summary = run(path, results, tracker="tensorboard")
+    return SimpleNamespace(path=path, results=results, grid=grid, store=store, summary=summary,
+                           experiments=sorted((results / "ray").glob("tiny-*")))
+
+
+def test_a_new_grid_runs_every_trial_once(tiny):
+    s = tiny.summary
+    assert (s.total, s.reused, s.launched, s.done, s.failed, s.unfinished) == (4, 0, 4, 4, {}, 0)
+    assert s.exit_code == 0
+
+
+def test_each_trial_stores_the_test_accuracy_of_the_epoch_validation_picked(tiny):
+    keys = [t.key for t in tiny.grid.trials]
+    assert len(set(keys)) == 4
+    for k in keys:
+        rec = tiny.store.get(k)
+        hist = rec["history"]
+        assert rec["status"] == "done" and [h["epoch"] for h in hist] == [0, 1]
+        best = max(range(2), key=lambda e: (hist[e]["val_acc"], -e))          # the first of ties
+        assert rec["metrics"]["acc"] == hist[best]["test_acc"] and rec["metrics"]["best_epoch"] == best
+        assert rec["metrics"]["acc"] > 0.2                     # 10 classes: it learned in two epochs
+
+
+def test_tensorboard_writes_one_event_file_per_trial_in_a_folder_named_like_it(tiny):
+    # Tune's TensorBoard logger, in folders named label-seed-key prefix; Tune's own CSV logger is off
+    (experiment,) = tiny.experiments
+    assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == sorted(
+        f"{t.label}-seed{t.seed}-{t.key[:8]}" for t in tiny.grid.trials)
+    for t in tiny.grid.trials:
+        assert len(list((experiment / f"{t.label}-seed{t.seed}-{t.key[:8]}").glob("events.out.tfevents.*"))) == 1
+    assert list((tiny.results / "ray").rglob("progress.csv")) == []
+
+
+def scalars(event_file: Path, tag: str) -> dict[int, float]:
+    """{step: value} of one scalar tag in a TensorBoard event file (TFRecord framing: length,
+    its CRC, the Event proto, its CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    out, data = {}, event_file.read_bytes()
     while data:
         n = struct.unpack("<Q", data[:8])[0]
         ev = event_pb2.Event.FromString(data[12:12 + n])
-        tags |= {v.tag for v in ev.summary.value}
+        out.update({ev.step: v.simple_value for v in ev.summary.value if v.tag == tag})
         data = data[12 + n + 4:]
-    assert any(t.endswith("val_acc") for t in tags), sorted(tags)[:20]
-    paths = export_grid(grid, store, tmp_path / "tiny")
-    table = Path(paths["table.md"] if "table.md" in paths else tmp_path / "tiny" / "table.md").read_text()
-    assert "Concat" in table and "Control" in table and "n=2" in table.replace(" ", "")
-    for k in {t.key for t in grid.trials}:
-        rec = store.get(k)
-        hist = rec["history"]
-        assert rec["status"] == "done" and [h["epoch"] for h in hist] == [0, 1]
-        # the stored result is the test accuracy of the epoch validation picked (the first of ties)
-        best = max(range(2), key=lambda e: (hist[e]["val_acc"], -e))
-        assert rec["metrics"]["acc"] == hist[best]["test_acc"] and rec["metrics"]["best_epoch"] == best
-        assert rec["metrics"]["acc"] > 0.2                     # 10 classes: it learned in two epochs
-    # a second run launches nothing
-    _, _, s2 = run(g, tmp_path)
-    assert (s2.launched, s2.reused) == (0, 4)
-    # an edited grid (one more seed) runs only the new cells
-    write_grid(g, "tiny", rows, seeds=(0, 1, 2))
-    _, _, s3 = run(g, tmp_path)
-    assert (s3.total, s3.reused, s3.launched, s3.done) == (6, 4, 2, 2)
-    # another grid sharing the Concat cells runs nothing for them
-    other = write_grid(tmp_path / "other.yaml", "other", {"Baseline": {"method": {"name": "concat"}}}, seeds=(0, 2))
-    _, _, s4 = run(other, tmp_path)
-    assert (s4.total, s4.reused, s4.launched) == (2, 2, 0)
+    return out
+
+
+def test_the_event_files_hold_every_epochs_validation_accuracy(tiny):
+    (experiment,) = tiny.experiments
+    for t in tiny.grid.trials:
+        (events,) = (experiment / f"{t.label}-seed{t.seed}-{t.key[:8]}").glob("events.out.tfevents.*")
+        hist = tiny.store.get(t.key)["history"]
+        # Tune's step is its training iteration (1, 2, ...); TensorBoard keeps float32
+        assert scalars(events, "ray/tune/val_acc") == {e + 1: struct.unpack("f", struct.pack("f", h["val_acc"]))[0]
+                                                       for e, h in enumerate(hist)}
+
+
+def test_export_writes_a_table_of_both_rows_over_both_seeds(tiny):
+    paths = export_grid(tiny.grid, tiny.store, tiny.results / "tiny")
+    assert paths["table.md"] == tiny.results / "tiny" / "table.md"
+    lines = paths["table.md"].read_text().splitlines()
+    sep = lines.index("|---|---:|---:|")                          # label, acc, macro_f1
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[sep + 1:sep + 3]]
+    assert [r[0] for r in body] == ["Concat", "Control"] and not lines[sep + 3].startswith("|")
+    assert [[c.endswith("(n=2)") for c in r[1:]] for r in body] == [[True, True], [True, True]], body
+
+
+def test_a_second_run_launches_nothing(tiny):
+    _, _, s = run(tiny.path, tiny.results)
+    assert (s.total, s.reused, s.launched, s.done, s.failed) == (4, 4, 0, 0, {}) and s.exit_code == 0
+
+
+def test_an_edited_grid_runs_only_its_new_cells(tiny):
+    more = write_grid(tiny.results / "tiny-3-seeds.yaml", "tiny", ROWS, seeds=(0, 1, 2))     # one more seed
+    grid, _, s = run(more, tiny.results)
+    assert (s.total, s.reused, s.launched, s.done, s.failed) == (6, 4, 2, 2, {}) and s.exit_code == 0
+    new = {t.key for t in grid.trials if t.seed == 2}
+    assert len(new) == 2 and all(tiny.store.get(k)["status"] == "done" for k in new)
+
+
+def test_another_grid_sharing_cells_runs_nothing_for_them(tiny):
+    other = write_grid(tiny.results / "other.yaml", "other", {"Baseline": {"method": {"name": "concat"}}})
+    _, _, s = run(other, tiny.results)
+    assert (s.total, s.reused, s.launched, s.done) == (2, 2, 0, 0) and s.exit_code == 0
+
+
+# ----------------------------------------------------------------------------- failures
+class KillsAtCheckpoint(Store):
+    """A store whose ``record_checkpoint`` (the driver registering a trial's checkpoint) SIGKILLs
+    the worker of trial ``key`` when its checkpoint of ``epoch`` is registered: Tune has that
+    checkpoint (it registers it right after its callbacks), the worker is waiting in its report
+    of that epoch, and nothing later was trained."""
+
+    def __init__(self, path, key: str, epoch: int):
+        super().__init__(path)
+        self.kill_key, self.kill_epoch, self.killed = key, epoch, None
+
+    def record_checkpoint(self, key, uri, epoch):
+        stale = super().record_checkpoint(key, uri, epoch)
+        if key == self.kill_key and epoch == self.kill_epoch and self.killed is None:
+            pid = self.get(key)["history"][-1]["worker_pid"]
+            os.kill(pid, signal.SIGKILL)
+            self.killed = (pid, uri)
+        return stale
 
 
 def test_killed_worker_resumes_and_a_diverging_trial_fails_alone(local_ray, tmp_path):
@@ -97,28 +169,17 @@ def test_killed_worker_resumes_and_a_diverging_trial_fails_alone(local_ray, tmp_
     grid = load_grid(g)
     key = next(t.key for t in grid.trials if t.label == "Concat")
     broken = next(t.key for t in grid.trials if t.label == "Broken")
-    store = Store(tmp_path / "store.sqlite")
-    out = {}
-    th = threading.Thread(target=lambda: out.setdefault("s", run_grid(grid, store, log=lambda s: None, max_failures=2)))
-    th.start()
-    reader = Store(tmp_path / "store.sqlite")
-    pid, deadline = None, time.time() + 240
-    while time.time() < deadline:
-        rec = reader.get(key)
-        hist = (rec or {}).get("history") or []
-        if rec and rec["status"] == "running" and len(hist) >= 3:
-            pid = hist[-1]["worker_pid"]
-            break
-        time.sleep(0.2)
-    assert pid, "the trial never reported three epochs"
-    os.kill(pid, signal.SIGKILL)
-    th.join(timeout=300)
-    s = out["s"]
+    store = KillsAtCheckpoint(tmp_path / "store.sqlite", key, epoch=2)
+    lines = []
+    s = run_grid(grid, store, log=lines.append, max_failures=2)
+    assert store.killed is not None, "the trial's checkpoint of epoch 2 was never registered"
     rec = store.get(key)
     assert s.done == 1 and list(s.failed) == [broken] and s.exit_code == 1 and rec["status"] == "done"
     assert [h["epoch"] for h in rec["history"]] == list(range(6))     # every epoch exactly once
-    # it resumed, not restarted (Tune may not have stored the very latest epoch's checkpoint yet)
-    assert rec["info"]["resumed_from_epoch"] >= 1
+    # it resumed from the checkpoint it was killed at, not restarted
+    assert rec["info"]["resumed_from_epoch"] == 2
+    assert [ln for ln in lines if "resumed after" in ln] == [
+        f"  Concat | - | seed 0: resumed after epoch 2 from {store.killed[1]}"]
     # the diverging trial failed alone, once (a deterministic failure is not retried), with one line
     bad = store.get(broken)
     assert bad["status"] == "failed" and bad["attempts"] == 1
@@ -164,17 +225,20 @@ def test_shared_warmups_train_once_and_change_no_number(local_ray, tmp_path):
     assert not [p for p in (tmp_path / "shared" / "ray" / "warmups").rglob("*") if p.is_file()]
 
 
-def test_resource_check_says_why_in_one_line(local_ray, tmp_path):
-    nodes = ray.nodes()
+def test_resource_check_says_why_in_one_line(local_ray, tmp_path, capsys):
+    nodes = ray.nodes()                                   # the fixture's one node: 2 CPUs, no GPU
     assert check_resources([{"cpu": 1, "gpu": 0}], nodes) is None
-    msg = check_resources([{"cpu": 1, "gpu": 0.5}], nodes)
-    assert "GPU" in msg and "PENDING" in msg and "\n" not in msg
+    why = ("on one node, but no node of the cluster has that, and no node type an autoscaler may add "
+           "(nodes: 2 CPU/0 GPU); such trials would stay PENDING forever")
+    assert check_resources([{"cpu": 1, "gpu": 0.5}], nodes) == f"a trial asks for 1 CPU + 0.5 GPU {why}"
     g = write_grid(tmp_path / "gpu.yaml", "gpu", {"Concat": {"method": {"name": "concat"}}}, seeds=(0,),
                    base={**BASE, "train": {**BASE["train"], "device": "auto"}})
     doc = yaml.safe_load(g.read_text())
     doc["resources"] = {"cpu": 1, "gpu": 1}
     g.write_text(yaml.safe_dump(doc))
+    capsys.readouterr()
     assert cli_main(["run", str(g), "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"raygap: error: {g}: resources: a trial asks for 1 CPU + 1 GPU {why}\n"
 
 
 # (a driver interrupted mid-grid, then the same command: tests/test_interrupts.py, through a real subprocess)

@@ -7,8 +7,7 @@ results, the umask, and the store faults (corrupt, truncated, locked, read-only,
 from __future__ import annotations
 
 import json
-import os
-from functools import partial
+import shlex
 import shutil
 import sqlite3
 import stat
@@ -16,23 +15,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 
-from _proc import ROOT, Raygap
+from _proc import Raygap, mount_namespace, raygap
 from raygap.cli import main as cli_main
 from raygap.store import Store
 
 # rows win over the profile: the demo profile's avdigits column, seeds [0, 1, 2] and CPU
 # resources, with one tiny epoch per trial
 ROW = {"method": {"name": "concat"}, "model": {"width": 4}, "train": {"epochs": 1, "batch_size": 256}}
-
-
-def raygap(*args, cwd=None, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raygap", *args], capture_output=True, text=True, cwd=cwd or ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +38,8 @@ def demo(tmp_path_factory):
     g.write_text(yaml.safe_dump({"name": "t3", "base": {"method": {"name": "concat"}}, "rows": {"Concat": ROW},
                                  "columns": {"data.name": ["cremad", "ave", "ks"]}, "seeds": [0, 1, 2],
                                  "metrics": ["acc"], "resources": {"cpu": 4, "gpu": 0.5}}))
-    r = raygap("run", str(g), "--profile", "demo", "--results", str(d / "results"), "--num-cpus", "2", timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    code, out, err = raygap("run", g, "--profile", "demo", "--results", d / "results", "--num-cpus", "2", timeout=600)
+    assert code == 0, out[-3000:] + err[-3000:]
     return g, d / "results"
 
 
@@ -60,10 +55,10 @@ def test_status_and_export_default_to_the_profile_the_grid_ran_with(demo, tmp_pa
     table = results / "t3" / "demo" / "table.csv"
     before = table.read_text()
     assert "(n=3)" in before and "–" not in before
-    r = raygap("status", str(g), "--results", str(results))
-    assert r.returncode == 0 and "total: 3 done, 0 running, 0 failed, 0 interrupted, 0 missing" in r.stdout
-    assert "profile demo: the settings t3 last ran with" in r.stderr
-    code, out, err = proc("export", str(g), "--results", str(results), "--format", "csv")
+    code, out, err = raygap("status", g, "--results", results)
+    assert code == 0 and "total: 3 done, 0 running, 0 failed, 0 interrupted, 0 missing" in out
+    assert "profile demo: the settings t3 last ran with" in err
+    code, out, err = raygap("export", g, "--results", results, "--format", "csv")
     assert code == 0 and out.strip() == before.strip() and "profile demo" in err
     assert table.read_text() == before
     # the grid's own (paper) settings are another table in another folder
@@ -73,17 +68,12 @@ def test_status_and_export_default_to_the_profile_the_grid_ran_with(demo, tmp_pa
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    """raygap's main() in this process (the checks below that a process boundary cannot change)."""
+    """raygap's main() in this process (the checks below that a process boundary cannot change);
+    the data-safety cases as a user meets them run ``raygap``, a real process."""
     capsys.readouterr()
     code = cli_main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def proc(*args) -> tuple[int, str, str]:
-    """A real `python -m raygap` process (the data-safety cases as a user meets them)."""
-    r = raygap(*args)
-    return r.returncode, r.stdout, r.stderr
 
 
 def test_a_grid_that_never_ran_is_one_line(demo, tmp_path, capsys):
@@ -91,8 +81,8 @@ def test_a_grid_that_never_ran_is_one_line(demo, tmp_path, capsys):
     other = tmp_path / "never.yaml"
     other.write_text(yaml.safe_dump({"name": "never", "rows": {"A": {}}}))
     for verb in ("status", "export"):
-        code, out, err = (proc if verb == "status" else partial(cli, capsys))(verb, str(other), "--results",
-                                                                             str(results))
+        code, out, err = (raygap if verb == "status" else partial(cli, capsys))(verb, str(other), "--results",
+                                                                               str(results))
         assert code == 2 and out == "" and err.count("\n") == 1, err
         assert "grid 'never' has never run" in err and "--profile" in err
     assert not (results / "never").exists()
@@ -104,7 +94,7 @@ def test_export_never_replaces_a_table_with_an_emptier_one(demo, tmp_path, capsy
     before = {p.name: p.read_text() for p in folder.glob("*.*")}
     key = load_keys(g, "demo")[0]
     Store(results / "store.sqlite").forget([key])          # one done trial less in the store
-    code, _, err = proc("export", str(g), "--results", str(results))
+    code, _, err = raygap("export", str(g), "--results", str(results))
     assert code == 2 and "they hold 3 done cell(s), this export 2 of 3; pass --force" in err
     assert err.count("\n") == 2 and "Traceback" not in err                   # the profile note, the refusal
     assert {p.name: p.read_text() for p in folder.glob("*.*")} == before
@@ -122,7 +112,7 @@ def test_a_dry_run_never_forgets(demo, tmp_path, capsys):
     g, results = copy_results(demo, tmp_path)
     db = results / "store.sqlite"
     before = db.read_bytes()
-    code, out, _ = proc("run", str(g), "--profile", "demo", "--results", str(results), "--dry-run", "--rerun", "all")
+    code, out, _ = raygap("run", str(g), "--profile", "demo", "--results", str(results), "--dry-run", "--rerun", "all")
     assert code == 0 and "would forget 3 stored trial(s)" in out and out.count(" rerun") == 3
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM trials WHERE status='done'").fetchone()[0] == 3
@@ -138,7 +128,7 @@ def test_figures_never_write_through_a_symlink(demo, tmp_path, capsys):
     victim.write_text("precious")
     png.unlink()
     png.symlink_to(victim)
-    assert proc("export", str(g), "--results", str(results))[0] == 0
+    assert raygap("export", str(g), "--results", str(results))[0] == 0
     assert victim.read_text() == "precious" and not png.is_symlink() and png.read_bytes()[:4] == b"\x89PNG"
     # a folder under results that leads out of it is refused, whole
     shutil.rmtree(figs)
@@ -156,14 +146,8 @@ def test_figures_never_write_through_a_symlink(demo, tmp_path, capsys):
 def test_exported_files_follow_the_umask(demo, tmp_path):
     g, results = copy_results(demo, tmp_path)
     shutil.rmtree(results / "t3" / "demo")
-    code = textwrap.dedent(f"""
-        import os, sys
-        os.umask(0o002)
-        from raygap.cli import main
-        sys.exit(main(["export", {str(g)!r}, "--results", {str(results)!r}]))
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 0, r.stderr
+    code, _, err = raygap("export", g, "--results", results, umask=0o002)
+    assert code == 0, err
     files = list((results / "t3" / "demo").rglob("*.*"))
     assert len(files) >= 6
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o664"}
@@ -181,18 +165,18 @@ def test_train_fresh_removes_only_its_own_files_and_refuses_a_foreign_checkpoint
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "sub").mkdir()
-    code, _, err = proc("train", str(cfg), "--out", str(out))
+    code, _, err = raygap("train", str(cfg), "--out", str(out))
     assert code == 0, err
     assert {p.name for p in out.iterdir()} == {"notes.txt", "sub", "config.json", "checkpoint.pt", "result.json"}
     # another config in the same folder: refused before anything is written
     other = tmp_path / "d.yaml"
     other.write_text(yaml.safe_dump({**TRAIN, "seed": 1}))
     before = (out / "result.json").read_bytes()
-    code, _, err = proc("train", str(other), "--out", str(out))
+    code, _, err = raygap("train", str(other), "--out", str(out))
     assert code == 2 and err.count("\n") == 1 and "--out: holds trial" in err and "pass --fresh" in err
     assert (out / "result.json").read_bytes() == before
     # --fresh: only raygap's files go
-    code, stdout, err = proc("train", str(other), "--out", str(out), "--fresh")
+    code, stdout, err = raygap("train", str(other), "--out", str(out), "--fresh")
     assert code == 0 and "--fresh: removed checkpoint.pt, config.json, result.json" in stdout, err
     assert (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir()
     assert json.loads((out / "result.json").read_text())["key"] == json.loads((out / "config.json").read_text())["key"]
@@ -205,7 +189,7 @@ def test_train_on_cuda_without_cuda_is_refused_at_load(tmp_path, capsys):
         pytest.skip("this machine has CUDA")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**TRAIN, "train": {**TRAIN["train"], "device": "cuda"}}))
-    code, _, err = proc("train", str(cfg), "--out", str(tmp_path / "o"))
+    code, _, err = raygap("train", str(cfg), "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "train.device: cuda, but" in err, err
     assert "nearest valid choice: auto" in err and not (tmp_path / "o").exists()
 
@@ -222,7 +206,7 @@ def test_a_corrupt_or_truncated_store_is_one_line(demo, tmp_path, capsys):
             p.unlink()
         db.write_bytes(damage)
         for i, args in enumerate((["status", str(g)], ["run", str(g), "--profile", "demo"])):
-            code, _, err = (proc if i == 0 else partial(cli, capsys))(*args, "--results", str(results))
+            code, _, err = (raygap if i == 0 else partial(cli, capsys))(*args, "--results", str(results))
             assert code == 2 and err.count("\n") == 1 and err.startswith(f"raygap: results error: {db}: "), err
             assert "not a readable SQLite trial store" in err and f"mv {db} {db}.bad" in err, err
 
@@ -248,50 +232,29 @@ def test_a_locked_store_is_waited_on_with_a_message(demo, tmp_path):
     assert code == 0 and "3 reused from the store" in out and "Traceback" not in out, out
 
 
-def _in_namespace(script: str) -> subprocess.CompletedProcess:
-    """Run a shell script as root in a private mount namespace (for read-only and full disks)."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare")
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"no mount namespaces here: {probe.stderr.decode().strip()}")
-    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
-
-
 def test_a_read_only_results_folder_can_still_be_inspected(demo, tmp_path):
     g, results = copy_results(demo, tmp_path)
-    py = sys.executable
-    r = _in_namespace(f"""
-        mount --bind {results} {results} && mount -o remount,ro,bind {results} || exit 97
-        touch {results}/probe 2>/dev/null && echo WRITABLE
-        {py} -m raygap status {g} --results {results} > {tmp_path}/status.out 2> {tmp_path}/status.err; echo "status=$?"
-        {py} -m raygap run {g} --profile demo --results {results} > {tmp_path}/run.out 2> {tmp_path}/run.err; echo "run=$?"
-    """)
-    assert "WRITABLE" not in r.stdout and "status=0" in r.stdout and "run=2" in r.stdout, r.stdout + r.stderr
-    assert "total: 3 done" in (tmp_path / "status.out").read_text()
-    err = (tmp_path / "run.err").read_text()
-    assert err.count("\n") == 1 and "read-only" in err and "Traceback" not in err, err
+    r = shlex.quote(str(results))
+    with mount_namespace(f"mount --bind {r} {r}\nmount -o remount,ro,bind {r} {r}\n"
+                         f"if touch {r}/probe 2>/dev/null; then echo {r} is writable; exit 1; fi") as inside:
+        code, out, err = raygap("status", g, "--results", results, prefix=inside)
+        assert code == 0 and "total: 3 done" in out, out + err
+        code, _, err = raygap("run", g, "--profile", "demo", "--results", results, prefix=inside)
+    assert code == 2 and err.count("\n") == 1 and "read-only" in err and "Traceback" not in err, err
 
 
 def test_a_full_disk_is_one_line_and_loses_nothing(demo, tmp_path):
     g, results = copy_results(demo, tmp_path)
     mnt = tmp_path / "small"
     mnt.mkdir()
-    py = sys.executable
     size = sum(p.stat().st_size for p in results.rglob("*") if p.is_file()) + 2_000_000
-    r = _in_namespace(f"""
-        mount -t tmpfs -o size={size} tmpfs {mnt} || exit 97
-        cp -a {results} {mnt}/results || exit 98
-        rm -rf {mnt}/results/t3/demo
-        head -c {size} /dev/zero > {mnt}/filler 2>/dev/null || true
-        {py} -m raygap export {g} --results {mnt}/results > {tmp_path}/export.out 2> {tmp_path}/export.err; echo "export=$?"
-        {py} -m raygap run {g} --profile demo --results {mnt}/results --rerun all > {tmp_path}/run.out 2> {tmp_path}/run.err; echo "run=$?"
-        {py} -c "import sqlite3; print('done=%d' % sqlite3.connect('{mnt}/results/store.sqlite').execute(\\"SELECT count(*) FROM trials WHERE status='done'\\").fetchone()[0])"
-    """)
-    assert "export=2" in r.stdout and "run=2" in r.stdout, r.stdout + r.stderr
-    for name in ("export", "run"):
-        err = (tmp_path / f"{name}.err").read_text()
-        errors = [ln for ln in err.splitlines() if "error" in ln]
-        assert len(errors) == 1 and "the disk is full" in errors[0] and "Traceback" not in err, err
-    assert "done=3" in r.stdout                          # nothing finished was lost
+    m, full = shlex.quote(str(mnt)), mnt / "results"
+    with mount_namespace(f"mount -t tmpfs -o size={size} tmpfs {m}\ncp -a {shlex.quote(str(results))} {m}/results\n"
+                         f"rm -rf {m}/results/t3/demo\nhead -c {size} /dev/zero > {m}/filler 2>/dev/null || true"
+                         ) as inside:
+        for args in (["export", g], ["run", g, "--profile", "demo", "--rerun", "all"]):
+            code, _, err = raygap(*args, "--results", full, prefix=inside)
+            errors = [ln for ln in err.splitlines() if "error" in ln]
+            assert code == 2 and len(errors) == 1 and "the disk is full" in errors[0] and "Traceback" not in err, err
+        code, out, err = raygap("status", g, "--results", full, prefix=inside)
+    assert code == 0 and "total: 3 done" in out, out + err                 # nothing finished was lost
