@@ -215,7 +215,9 @@ def placement(cfg, device: torch.device, smoke: bool) -> dict:
 def method_costs(configs: dict, bundle, device: torch.device, epochs: int) -> dict:
     """Per method: fit() of its config on ``bundle`` for ``epochs`` epochs (the first not
     counted); seconds per step sample and per evaluated sample, fit's start-up (call to the
-    first epoch hook); for concat a checkpoint after every epoch: save, copy, load seconds."""
+    first epoch hook), the first epoch's extra over the later ones (compilation when
+    ``train.compile`` is on, first kernel launches: once per trial); for concat a checkpoint
+    after every epoch: save, copy, load seconds."""
     from raygap.config import resolve
     from raygap.registry import METHODS
     from raygap.trial import CHECKPOINT, fit
@@ -245,8 +247,11 @@ def method_costs(configs: dict, bundle, device: torch.device, epochs: int) -> di
             evaluated = sum(sum(f * n[s] for s, f in e["eval"].items()) for e in ep)
             r = {"step": sum(e["train_s"] - e["hook_s"] for e in ep) / steps,
                  "eval": sum(e["eval_s"] for e in ep) / max(evaluated, 1),
-                 "startup": probe.first_hook_at - t_call, "ckpt": sum(e["ckpt_s"] for e in ep) / max(1, sum(e["ckpt"] for e in ep)),
+                 "startup": probe.first_hook_at - t_call,
+                 "ckpt": sum(e["ckpt_s"] for e in ep) / max(1, sum(e["ckpt"] for e in ep)),
                  "epochs": len(ep), "n": n}
+            e0, later = probe.epochs[0], [e["train_s"] + e["eval_s"] for e in ep]
+            r["first_extra"] = max(0.0, e0["train_s"] + e0["eval_s"] - sum(later) / len(later))   # compile, first launches
             path = Path(tmp) / CHECKPOINT
             if path.is_file():
                 t = time.perf_counter()

@@ -158,7 +158,8 @@ def tiny_bundle(n: dict, classes: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
 
     def split(k):
-        return TensorSplit({"audio": torch.randn(k, 1, 1, 1, generator=g), "visual": torch.randn(k, 1, 3, 1, 1, generator=g)},
+        return TensorSplit({"audio": torch.randn(k, 1, 1, 1, generator=g),
+                            "visual": torch.randn(k, 1, 3, 1, 1, generator=g)},
                            torch.arange(k) % classes, [str(i) for i in range(k)])
 
     specs = [ModalitySpec("audio", "spectrogram", (1, 1, 1)), ModalitySpec("visual", "frames", (1, 3, 1, 1))]
@@ -180,7 +181,8 @@ def replay(job: dict) -> dict:
     c = job["config"]
     n = job["n"]
     big = job.get("flagged") is not None            # the real-size replay: one training batch per epoch
-    cfg = resolve({**c, "resources": {"cpu": job["threads"], "gpu": 0}, "model": {**c["model"], "backbone": "small", "width": 4},
+    cfg = resolve({**c, "resources": {"cpu": job["threads"], "gpu": 0},
+                   "model": {**c["model"], "backbone": "small", "width": 4},
                    "train": {**c["train"], "device": "cpu", "threads": job["threads"], "channels_last": "off",
                              "compile": False, **({"batch_size": n["train"], "eval_batch_size": max(n.values())}
                                                   if big else {})}})

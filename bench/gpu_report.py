@@ -33,8 +33,8 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
     for sh in shapes:
         c, d = costs[sh]["concat"], M.DATASETS[sh[0]]
         clips = d["train"] + d["val"] + d["test"]
-        fixed[sh] = (pk[sh][1]["imports_s"] + pk[sh][1]["cuda_s"] + c["startup"] + place[sh]["seconds"]
-                     + eng["cache"]["load_per_clip"] * clips)
+        fixed[sh] = (pk[sh][1]["imports_s"] + pk[sh][1]["cuda_s"] + c["startup"] + c["first_extra"]
+                     + place[sh]["seconds"] + eng["cache"]["load_per_clip"] * clips)
         ckpt[sh] = c["ckpt"] + c.get("copy", 0.0)
         load[sh] = c.get("copy", 0.0) + c.get("load", 0.0)
     parts, lower, gflop, works = {}, [], 0.0, {1: [], 2: []}
@@ -75,13 +75,15 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
               f"evaluated sample ((e): {c['epochs']} epochs after the first, {c['n']['train']} training samples); "
               f"packing {', '.join(f'{k}: {g:.2f}x' for k, g in gains[sh].items())} ((d), overlap window)")
         print(f"{m} {label[sh]}: start-up {fixed[sh]:.1f} s = process + imports {pk[sh][1]['imports_s']:.1f} + CUDA "
-              f"{pk[sh][1]['cuda_s']:.1f} + fit() to its first epoch {c['startup']:.1f} + upload of the "
+              f"{pk[sh][1]['cuda_s']:.1f} + fit() to its first epoch {c['startup']:.1f} + the first epoch's extra "
+              f"{c['first_extra']:.1f} + upload of the "
               f"{place[sh]['gb']:.2f} GB training split ({place[sh]['where']}) {place[sh]['seconds']:.1f} + load_data "
               f"{eng['cache']['load_per_clip'] * 1e3:.2f} ms per clip ((b)'s layout) x the dataset's clips")
         print(f"{m} {label[sh]}: checkpoint {c.get('ckpt_mb', 0):.0f} MB: save {c['ckpt']:.2f} s + copy to storage "
               f"{c.get('copy', 0):.2f} s; a warm-up fork copies and loads it ({load[sh]:.2f} s) (local disk)")
     print(f"{m} every distinct trial's schedule (steps, method passes, checkpoints per epoch): (g) fit() replays "
-          f"({replay['replayed']} of {replay['sections']} sections{'' if not replay['mapped'] else ', the rest as their method'})")
+          f"({replay['replayed']} of {replay['sections']} sections"
+          + (", the rest as their method's first)" if replay["mapped"] else ")"))
     hosts = sorted(replay["host"].items(), key=lambda kv: -kv[1])[:3]
     print(f"{m} method host work per flagged epoch at real sizes ((g), {replay['window_threads']} threads, this CPU): "
           + ", ".join(f"{next(t.method for t in trials if t.section == s)} on {d} {v:.2f} s" for (s, d), v in hosts))
@@ -98,7 +100,9 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
     print(f"{a} data purification keeps the paper's Table VII share (an untrained replay's share means nothing)")
     print(f"{a} packed trials spread evenly over the GPUs, mixed shapes pack as each alone, host work slows "
           "with packing as device work does; Ray/Tune's own per-trial overhead and the driver's start: 0 (no Ray here)")
-    print(f"{a} compile: {'on for some trials, its cost inside fit() start-up and first epoch' if any(t.config.train.compile for t in trials) else 'off in the profile: 0 s'}")
+    compiles = any(t.config.train.compile for t in trials)
+    print(f"{m if compiles else a} compile: " + ("on for some trials: in the first epoch's extra over the later ones "
+                                                  "((e), once per trial)" if compiles else "off in the profile: 0 s"))
 
     total = parts["total"]
     share = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in parts.items() if k != "total")
@@ -111,9 +115,12 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
     print(f"estimate: {estimate / 3600:.2f} h ({cap} trials at once: GPU shares allow {args.gpus * per_gpu}, "
           f"{node_cpus:g} CPUs / {cpu_per_trial:g} allow {by_cpu}; batch 1: {len(works[1])} trials {spans[0] / 3600:.2f} h, "
           f"batch 2: {len(works[2])} trials {spans[1] / 3600:.2f} h; trial time alone: {share}){smoke}")
-    ratios = [f"(b)/(a) {eng['cache']['rate'] / a_train:.2f} (goal >= 0.90)", f"(b)/(c) {eng['cache']['rate'] / eng['files']['rate']:.2f}",
-              "deterministic on/off train " + ", ".join(f"{label[sh]} {pure[sh]['on'][0] / pure[sh]['off'][0]:.2f}" for sh in shapes),
-              f"{per_gpu} packed vs 1 " + ", ".join(f"{label[sh]} {gains[sh].get(per_gpu, float('nan')):.2f}" for sh in shapes),
+    b, c = eng["cache"]["rate"], eng["files"]["rate"]
+    ratios = [f"(b)/(a) {b / a_train:.2f} (goal >= 0.90)", f"(b)/(c) {b / c:.2f}",
+              "deterministic on/off train "
+              + ", ".join(f"{label[sh]} {pure[sh]['on'][0] / pure[sh]['off'][0]:.2f}" for sh in shapes),
+              f"{per_gpu} packed vs 1 "
+              + ", ".join(f"{label[sh]} {gains[sh].get(per_gpu, float('nan')):.2f}" for sh in shapes),
               f"estimate/lower bound {estimate / bound:.2f}"]
     if limit:
         ratios.append(f"lower bound/compute limit {bound / limit:.2f}")

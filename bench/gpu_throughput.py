@@ -67,7 +67,8 @@ def adjusted(cfg, args):
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="reduced shapes on the CPU: checks the bench, figures not meaningful")
+    ap.add_argument("--smoke", action="store_true",
+                    help="reduced shapes on the CPU: checks the bench, figures not meaningful")
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--steps", type=int, default=None, help="timed steps of (a) (default 20; --smoke 2)")
     ap.add_argument("--packs", default="", help="more numbers of packed trials for (d), besides 1 and the profile's")
@@ -84,7 +85,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--replay", choices=["full", "method"], default=None,
                     help="(g) every distinct section, or one per method (default: full; --smoke: method)")
     ap.add_argument("--replay-to", default=None, help="write (g) as JSON")
-    ap.add_argument("--replay-from", default=None, help="read (g) from a JSON --replay-to wrote (host work then as measured there)")
+    ap.add_argument("--replay-from", default=None,
+                    help="read (g) from a JSON --replay-to wrote (host work then as measured there)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers of (c), cache-building processes "
                     "(default min(4, CPUs); --smoke: 0)")
     ap.add_argument("--layout", default=None, help="generated CREMA-D layout (default results/bench/cremad-layout)")
@@ -205,7 +207,8 @@ def main() -> None:
         bundle = G.synthetic_bundle(cfg[sh], n, args.smoke)
         costs[sh] = G.method_costs(methods, bundle, device, 2 if args.smoke else 4)
         del bundle
-        print(f"  {label[sh]}: " + "; ".join(f"{m} {c['step'] * 1e3:.3f} | {c['eval'] * 1e3:.3f}" for m, c in costs[sh].items()))
+        print(f"  {label[sh]}: "
+              + "; ".join(f"{m} {c['step'] * 1e3:.3f} | {c['eval'] * 1e3:.3f}" for m, c in costs[sh].items()))
     took("(e)")
     place = {sh: G.placement(cfg[sh], device, args.smoke) for sh in shapes}
 
@@ -239,14 +242,17 @@ def main() -> None:
             gains[sh], pk[sh] = gains[cshape], pk[cshape]
     took("(d)")
     print("(f) fixed costs per trial: process start + imports and CUDA start (from (d)'s workers), fit() to its first "
-          "epoch (from (e)), the real-size training split's upload, a checkpoint (from (e)'s concat)")
+          "epoch and that epoch's extra over the later ones (from (e)'s concat), the real-size training split's upload, "
+          "a checkpoint (from (e)'s concat)")
     for sh in shapes:
         c, u = costs[sh]["concat"], place[sh]
         print(f"  {label[sh]}: process + imports {pk[sh][1]['imports_s']:.1f} s, CUDA {pk[sh][1]['cuda_s']:.1f} s, "
-              f"fit() set-up {c['startup']:.1f} s, upload {u['gb']:.2f} GB ({u['rows']} rows, {u['where']}) "
-              f"{u['seconds']:.1f} s, checkpoint {c.get('ckpt_mb', 0):.0f} MB save {c['ckpt']:.2f} s / copy "
-              f"{c.get('copy', 0):.2f} s / load {c.get('load', 0):.2f} s")
-    print(f"  load_data on (b)'s layout: {eng['cache']['load_per_clip'] * 1e3:.2f} ms per clip ({eng['cache']['clips']} clips)")
+              f"fit() set-up {c['startup']:.1f} s, first epoch's extra {c['first_extra']:.1f} s, upload "
+              f"{u['gb']:.2f} GB ({u['rows']} rows, {u['where']}) {u['seconds']:.1f} s, checkpoint "
+              f"{c.get('ckpt_mb', 0):.0f} MB save {c['ckpt']:.2f} s / copy {c.get('copy', 0):.2f} s / load "
+              f"{c.get('load', 0):.2f} s")
+    print(f"  load_data on (b)'s layout: {eng['cache']['load_per_clip'] * 1e3:.2f} ms per clip "
+          f"({eng['cache']['clips']} clips)")
 
     print("(g) schedule replay (fit() of every distinct section on a tiny model; host work at real sizes)")
     if args.replay_from:
@@ -256,7 +262,8 @@ def main() -> None:
                               one_per_method=(args.replay or ("method" if args.smoke else "full")) == "method",
                               size_scale=1 / 50 if args.smoke else 1.0, cap=12 if args.smoke else None)
         if args.replay_to:
-            Path(args.replay_to).write_text(json.dumps({**replay, "host": {"\t".join(k): v for k, v in replay["host"].items()}}))
+            host = {"\t".join(k): v for k, v in replay["host"].items()}
+            Path(args.replay_to).write_text(json.dumps({**replay, "host": host}))
     print(f"  {replay['replayed']} of {replay['sections']} sections replayed ({replay['mapped']} take their method's "
           f"first); {replay['windows']} real-size replays of host work ({replay['window_groups']} groups of alike "
           f"sections x their datasets, {replay['window_threads']} threads each)"
