@@ -196,14 +196,13 @@ def paper_trials(root: Path, profile: str = "paper") -> tuple[list[Trial], dict,
 
 # ----------------------------------------------------------------------------- one trial's cost
 def scaled_epochs(replay: list[dict], data_pct: float | None) -> list[dict]:
-    """The replayed epochs, with the training fraction of the epochs that report a data
-    percentage below 100 (data purification) set from the paper's figure for the cell: what
-    an untrained replay keeps says nothing about what a trained model keeps."""
+    """The replayed epochs, with the training share of the epochs in which the method chose
+    the training samples (``restricted``: data purification) set from the paper's figure for
+    the cell: what an untrained replay keeps says nothing about what a trained model keeps."""
     out = []
     for e in replay:
         e = dict(e)
-        pct = e.get("data_pct")
-        if data_pct is not None and pct is not None and pct < 100.0 and e["seen"] > 0:
+        if data_pct is not None and e.get("restricted") and e["seen"] > 0:
             f = (data_pct / 100.0) / e["seen"]
             e["seen"], e["step"] = e["seen"] * f, e["step"] * f
         out.append(e)

@@ -10,25 +10,28 @@ samples of every optimizer step (MLA's two per batch), ``predict_split`` the sam
 method's hooks run forward and over which split (PMR's prototypes, G-Blending's and D&R's
 passes, gap_adaptive's validation pass at the switch), ``_atomic_save`` the checkpoints, and
 ``evaluate`` the validation and test evaluations (in the replay replaced by that count: its
-metrics steer no schedule); the method's ``on_epoch_start`` / ``on_epoch_end`` are timed. The
-counts are kept as fractions of the split sizes, so they hold at the real sizes.
+metrics steer no schedule); the method's ``on_epoch_start`` / ``on_epoch_end`` are timed, and
+whether the method chose the training samples (``st.train_indices``: data purification) is
+noted. The counts are kept as fractions of the split sizes, so they hold at the real sizes.
 
 Host work in the hooks (mixture refits, k-means, prototypes) costs what it costs at the real
 split sizes: the epochs whose hooks spend host time at the tiny size are flagged, and a second
 replay per (section, dataset) at the dataset's real split sizes (the same tiny model, one
 training batch per epoch, the trial's CPU allotment) runs until it has passed two flagged
-epochs and times their host work (hook time less the forward passes inside).
+epochs and times their host work (hook time less the forward passes inside). Trials that
+share a warm-up start these replays from it, as the runner starts them: it is trained once
+per (warm-up, dataset), kept (``keep_warmup``), and the others fork from its end.
 
 The measurement runs of bench/gpu_measure.py use the same :class:`Probe` on the real model.
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 TINY = {"train": 60, "val": 12, "test": 12, "classes": 6}   # 10 per class: PMR's 10 % subset is exact
 HOST_FLOOR_S = 0.003          # flagged: an epoch's hooks spend more host time than this and 3x the quietest epoch's
@@ -52,7 +55,8 @@ class Probe:
         self._new()
 
     def _new(self):
-        self.cur = {"step": 0, "fwd": {}, "eval": {}, "ckpt": 0, "ckpt_s": 0.0, "hook_s": 0.0, "pass_s": 0.0}
+        self.cur = {"step": 0, "fwd": {}, "eval": {}, "ckpt": 0, "ckpt_s": 0.0, "hook_s": 0.0, "pass_s": 0.0,
+                    "restricted": False}
 
     def split_name(self, split) -> str:
         for name in ("train", "val", "test"):
@@ -69,7 +73,7 @@ class Probe:
              "ckpt": c["ckpt"], "ckpt_s": c["ckpt_s"], "host_s": max(0.0, c["hook_s"] - c["pass_s"]),
              "hook_s": c["hook_s"], "train_s": float(record["train_seconds"]),
              "eval_s": float(record["epoch_seconds"]) - float(record["train_seconds"]),
-             "data_pct": record.get("report_data_pct")}
+             "data_pct": record.get("report_data_pct"), "restricted": c["restricted"]}
         self.epochs.append(e)
         self._new()
         return e
@@ -128,6 +132,7 @@ def instrumented(probe: Probe, method_cls, *, stub_eval: bool, write_checkpoints
             try:
                 return inner(self, st, *a, **kw)
             finally:
+                probe.cur["restricted"] = st.train_indices is not None   # the method chose the samples
                 probe.inside_hook = False
                 probe.sync()
                 probe.cur["hook_s"] += time.perf_counter() - t
@@ -167,44 +172,64 @@ def tiny_bundle(n: dict, classes: int, seed: int = 0):
                          split(n["train"]), split(n["val"]), split(n["test"]))
 
 
+def replay_config(c: dict, threads: int, n: dict | None = None):
+    """The trial's config as replayed: the tiny model on the CPU with ``threads``, seed 0;
+    with ``n`` (a real-size replay) one training and one evaluation batch per split."""
+    from raygap.config import resolve
+
+    big = {"batch_size": n["train"], "eval_batch_size": max(n.values())} if n else {}
+    return resolve({**c, "seed": 0, "resources": {"cpu": threads, "gpu": 0},
+                    "model": {**c["model"], "backbone": "small", "width": 4},
+                    "train": {**c["train"], "device": "cpu", "threads": threads, "channels_last": "off",
+                              "compile": False, **big}})
+
+
 def replay(job: dict) -> dict:
-    """One fit() of ``job["config"]`` on a tiny bundle of ``job["n"]`` sizes. With
-    ``job["flagged"]`` (epochs), stops after ``WINDOW_FLAGGED`` of them and returns their mean
-    host seconds; else returns every epoch, host work flagged."""
+    """One fit() of ``job["config"]`` on a tiny bundle of ``job["n"]`` sizes.
+
+    * plain: every epoch (``cap``: the first ``cap`` only), host work flagged;
+    * ``keep`` (a path): a shared warm-up's leader: runs to the warm-up's end, keeps its
+      checkpoint there (fit's ``keep_warmup``, as the runner asks for it);
+    * ``flagged`` (epochs): a real-size replay, started from the ``resume`` checkpoint when
+      given (fit's shared warm-up fork), until ``WINDOW_FLAGGED`` flagged epochs have passed;
+      returns their mean host seconds."""
+    import shutil
+
     import torch
 
-    from raygap.config import resolve
     from raygap.registry import METHODS
-    from raygap.trial import fit
+    from raygap.trial import CHECKPOINT, fit
 
     torch.set_num_threads(job["threads"])
-    c = job["config"]
     n = job["n"]
-    big = job.get("flagged") is not None            # the real-size replay: one training batch per epoch
-    cfg = resolve({**c, "resources": {"cpu": job["threads"], "gpu": 0},
-                   "model": {**c["model"], "backbone": "small", "width": 4},
-                   "train": {**c["train"], "device": "cpu", "threads": job["threads"], "channels_last": "off",
-                             "compile": False, **({"batch_size": n["train"], "eval_batch_size": max(n.values())}
-                                                  if big else {})}})
+    real = "flagged" in job or "keep" in job
+    cfg = replay_config(job["config"], job["threads"], n if real else None)
     bundle = tiny_bundle(n, job["classes"])
     probe = Probe(bundle)
     flagged = sorted(job.get("flagged") or [])[:WINDOW_FLAGGED]
-
-    def report(record, ckpt_dir):
-        probe.end_epoch(record)
-        if (flagged and record["epoch"] >= flagged[-1]) or (job.get("cap") and record["epoch"] >= job["cap"] - 1):
-            raise Stop
+    until = cfg.warmup()[1] - 1 if "keep" in job else None
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="raygap-replay-") as tmp, \
-            instrumented(probe, METHODS.get(cfg.method.name).obj, stub_eval=True, write_checkpoints=False):
+            instrumented(probe, METHODS.get(cfg.method.name).obj, stub_eval=True, write_checkpoints=real):
+        def report(record, ckpt_dir):
+            probe.end_epoch(record)
+            e = record["epoch"]
+            if until is not None and e >= until:
+                shutil.copyfile(Path(tmp) / CHECKPOINT, job["keep"])
+                raise Stop
+            if (flagged and e >= flagged[-1]) or (job.get("cap") and e >= job["cap"] - 1):
+                raise Stop
+
+        if job.get("resume"):
+            shutil.copyfile(job["resume"], Path(tmp) / CHECKPOINT)
         try:
             fit(cfg, bundle, device=torch.device("cpu"), checkpoint_dir=tmp, report=report,
                 final_checkpoint=False, keep_warmup=cfg.warmup() is not None)
         except Stop:
             pass
     wall = time.perf_counter() - t0
-    if big:
+    if real:
         got = [e["host_s"] for e in probe.epochs if e["epoch"] in set(flagged)]
         return {"host_s": sum(got) / len(got) if got else 0.0, "seconds": wall}
     quiet = min(e["host_s"] for e in probe.epochs)
@@ -213,21 +238,37 @@ def replay(job: dict) -> dict:
     return {"epochs": probe.epochs, "seconds": wall}
 
 
+_LIMITS = None
+
+
 def _limit_threads(n: int) -> None:
+    """A replay process runs with a trial's threads: torch's (in ``replay``), OpenMP's, BLAS's."""
+    global _LIMITS
     os.environ["OMP_NUM_THREADS"] = str(n)
     try:
         from threadpoolctl import threadpool_limits
-
-        global _LIMITS
-        _LIMITS = threadpool_limits(limits=n)        # numpy's / sklearn's BLAS and OpenMP pools
-    except ImportError:
-        pass
+    except ImportError:                               # (sklearn brings it; without it: the env var only)
+        return
+    _LIMITS = threadpool_limits(limits=n)             # numpy's / scipy's / sklearn's pools
 
 
 def run_pool(jobs: list[dict], workers: int, threads: int) -> list[dict]:
-    if workers <= 1 or len(jobs) <= 1:
+    """``replay`` of every job, ``workers`` processes at a time, each limited to ``threads``."""
+    if workers <= 1 or len(jobs) <= 1:                # here, the limits put back afterwards
+        import torch
+
+        env, torch_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
         _limit_threads(threads)
-        return [replay(j) for j in jobs]
+        try:
+            return [replay(j) for j in jobs]
+        finally:
+            if _LIMITS is not None:
+                _LIMITS.restore_original_limits()
+            if env is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env
+            torch.set_num_threads(torch_threads)
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
@@ -240,11 +281,12 @@ def replay_all(trials, sizes: dict, *, cpus: int, cpu_per_trial: float, one_per_
     """Schedules of every section of ``trials`` and host seconds per flagged epoch for every
     (section, dataset) whose flagged epochs spend ``WINDOW_MIN_S`` or more at the tiny size.
 
-    Sections whose tiny replays look alike (the same method, flagged epochs and host time to
-    a factor of two) share one real-size replay per dataset. ``one_per_method``: replay only
-    the first section of each method (the others take its schedule: counted in the result);
-    ``size_scale`` shrinks the real sizes; ``cap``: replays stop after that many epochs and
-    the last epoch stands for the rest (both --smoke only)."""
+    Real-size replays of trials that share a warm-up start from it, as the runner starts them:
+    the warm-up is trained once per (warm-up, dataset) and the others fork from its end.
+    ``one_per_method``: replay only the first section of each method (the others take its
+    schedule and host work: counted in the result); ``size_scale`` shrinks the real sizes;
+    ``cap``: replays stop after that many epochs and the last epoch stands for the rest (both
+    --smoke only)."""
     sections: dict[str, object] = {}
     for t in trials:
         sections.setdefault(t.section, t)
@@ -259,39 +301,42 @@ def replay_all(trials, sizes: dict, *, cpus: int, cpu_per_trial: float, one_per_
     for s, ep in sched.items():                      # (cap) the last replayed epoch stands for the rest
         ep.extend({**ep[-1], "epoch": e} for e in range(len(ep), chosen[s].epochs))
     tiny_s = time.perf_counter() - t0
-    mapped = 0
-    for s, t in sections.items():
-        if s not in sched:
-            sched[s] = next(sched[c] for c, u in chosen.items() if u.method == t.method)
-            mapped += 1
-    groups: dict[tuple, list[str]] = {}
-    for s, t in chosen.items():
-        flagged = [e for e in sched[s] if e["host"]]
-        if sum(e["host_s"] for e in flagged) >= WINDOW_MIN_S:
-            typical = sorted(e["host_s"] for e in flagged)[len(flagged) // 2]
-            sig = (t.method, tuple(e["epoch"] for e in flagged), round(math.log2(typical)))
-            groups.setdefault(sig, []).append(s)
-    datasets = {s: sorted({t.dataset for t in trials if t.section == s}) for s in sections}
+    lead = {s: s if s in chosen else next(c for c, u in chosen.items() if u.method == t.method)
+            for s, t in sections.items()}
+    mapped = sum(1 for s, c in lead.items() if s != c)
+    for s in sections:
+        sched[s] = sched[lead[s]]
+
     threads = max(1, min(int(cpu_per_trial), cpus))
-    pairs, jobs = [], []
-    for sig, members in groups.items():
-        lead = chosen[members[0]]
-        for d in sorted({d for m in members for d in datasets[m]}):
-            n = {k: max(TINY[k], int(round(sizes[d][k] * size_scale))) for k in ("train", "val", "test")}
-            pairs.append((sig, d))
-            jobs.append({"config": lead.config.to_dict(), "n": n, "classes": sizes[d]["classes"], "threads": threads,
-                         "flagged": list(sig[1])})
+    windows, leaders = {}, {}                        # (section, dataset) -> job; (warm-up, dataset) -> job
+    keep = tempfile.TemporaryDirectory(prefix="raygap-warmups-")
+    for t in trials:
+        s, d = t.section, t.dataset
+        flagged = [e for e in sched[s] if e["host"]]
+        if s not in chosen or (s, d) in windows or sum(e["host_s"] for e in flagged) < WINDOW_MIN_S:
+            continue
+        n = {k: max(TINY[k], int(round(sizes[d][k] * size_scale))) for k in ("train", "val", "test")}
+        job = {"config": t.config.to_dict(), "n": n, "classes": sizes[d]["classes"], "threads": threads,
+               "flagged": [e["epoch"] for e in flagged]}
+        w = replay_config(job["config"], threads, n).warmup()
+        if w is not None and job["flagged"][0] >= w[1]:
+            path = os.path.join(keep.name, f"{w[0]}-{d}.pt")
+            leaders.setdefault((w[0], d), {**{k: v for k, v in job.items() if k != "flagged"}, "keep": path})
+            job["resume"] = path
+        windows[(s, d)] = job
     t1 = time.perf_counter()
-    got = dict(zip(pairs, (r["host_s"] for r in run_pool(jobs, max(1, cpus // threads), threads))))
+    with keep:
+        run_pool(list(leaders.values()), max(1, cpus // threads), threads)
+        got = dict(zip(windows, (r["host_s"] for r in run_pool(list(windows.values()), max(1, cpus // threads),
+                                                                  threads))))
     host = {}
     for t in trials:
-        s = t.section if t.section in chosen else next(c for c, u in chosen.items() if u.method == t.method)
-        sig = next((g for g, members in groups.items() if s in members), None)
-        if sig is not None:
-            host[(t.section, t.dataset)] = got[(sig, t.dataset)]
+        s = lead[t.section]
+        if (s, t.dataset) in got:
+            host[(t.section, t.dataset)] = got[(s, t.dataset)]
         elif any(e["host"] for e in sched[s]):        # a few ms at the tiny size: counted as measured there
             flagged = [e["host_s"] for e in sched[s] if e["host"]]
             host[(t.section, t.dataset)] = sum(flagged) / len(flagged)
     return {"schedules": sched, "host": host, "replayed": len(chosen), "sections": len(sections), "mapped": mapped,
-            "windows": len(pairs), "window_groups": len(groups), "tiny_seconds": tiny_s,
+            "windows": len(windows), "warmups": len(leaders), "tiny_seconds": tiny_s,
             "window_seconds": time.perf_counter() - t1, "window_threads": threads}

@@ -72,7 +72,7 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
               f"{off[1]:.1f} off ((a): {args.steps or (2 if args.smoke else 20)} timed steps after 3, synchronised)")
         c = costs[sh]["concat"]
         print(f"{m} {label[sh]}: fit() concat {c['step'] * 1e3:.3f} ms per step sample, {c['eval'] * 1e3:.3f} ms per "
-              f"evaluated sample ((e): {c['epochs']} epochs after the first, {c['n']['train']} training samples); "
+              f"evaluated sample ((e): {c['epochs']} epoch(s) after the first, {c['n']['train']} training samples); "
               f"packing {', '.join(f'{k}: {g:.2f}x' for k, g in gains[sh].items())} ((d), overlap window)")
         print(f"{m} {label[sh]}: start-up {fixed[sh]:.1f} s = process + imports {pk[sh][1]['imports_s']:.1f} + CUDA "
               f"{pk[sh][1]['cuda_s']:.1f} + fit() to its first epoch {c['startup']:.1f} + the first epoch's extra "
@@ -84,9 +84,14 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
     print(f"{m} every distinct trial's schedule (steps, method passes, checkpoints per epoch): (g) fit() replays "
           f"({replay['replayed']} of {replay['sections']} sections"
           + (", the rest as their method's first)" if replay["mapped"] else ")"))
-    hosts = sorted(replay["host"].items(), key=lambda kv: -kv[1])[:3]
-    print(f"{m} method host work per flagged epoch at real sizes ((g), {replay['window_threads']} threads, this CPU): "
-          + ", ".join(f"{next(t.method for t in trials if t.section == s)} on {d} {v:.2f} s" for (s, d), v in hosts))
+    most: dict = {}                                 # the largest per method and dataset
+    for t in trials:
+        v = replay["host"].get((t.section, t.dataset))
+        if v is not None and v > most.get((t.method, t.dataset), -1.0):
+            most[(t.method, t.dataset)] = v
+    print(f"{m} method host work per flagged epoch at real sizes ((g), {replay['window_threads']} threads, this CPU), "
+          "the most per method and dataset: "
+          + ", ".join(f"{mt} on {d} {v:.2f} s" for (mt, d), v in sorted(most.items(), key=lambda kv: -kv[1])[:6]))
     print(f"{m if args.node_cpus is None else a} node CPUs {node_cpus:g}"
           + (f" (this machine's {cpus} per device x {args.gpus})" if args.node_cpus is None else " (--node-cpus)"))
     print(f"{a} FLOPs per sample: field facts (ResNet-18 10.9 GFLOP per 224^2 frame per step, 10.0 per 257x188 "

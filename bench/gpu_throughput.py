@@ -151,7 +151,18 @@ def main() -> None:
           f"{torch.backends.cudnn.version() if device.type == 'cuda' else '-'}; {cpus} usable CPUs"
           + ("; --smoke: small shapes on the CPU, figures not meaningful" if args.smoke else ""))
 
-    trials, groups, naive = M.paper_trials(ROOT, args.profile)
+    if args.gpus < 1 or (args.node_cpus is not None and args.node_cpus <= 0):
+        refuse(f"--gpus {args.gpus} / --node-cpus {args.node_cpus}: a node needs at least one GPU and some CPUs")
+    from raygap.errors import ConfigError
+
+    try:
+        trials, groups, naive = M.paper_trials(ROOT, args.profile)
+    except ConfigError as e:
+        refuse(f"--profile {args.profile}: {e}")
+    unknown = sorted({t.dataset for t in trials} - set(M.DATASETS))
+    if unknown:
+        refuse(f"--profile {args.profile}: its trials train on {', '.join(unknown)}; the projection knows the split "
+               f"sizes of {', '.join(M.DATASETS)} only (nearest: --profile paper)")
     t0 = trials[0].config.train
     shares = {(t.gpu, t.cpu) for t in trials}
     if len(shares) != 1:
@@ -265,8 +276,8 @@ def main() -> None:
             host = {"\t".join(k): v for k, v in replay["host"].items()}
             Path(args.replay_to).write_text(json.dumps({**replay, "host": host}))
     print(f"  {replay['replayed']} of {replay['sections']} sections replayed ({replay['mapped']} take their method's "
-          f"first); {replay['windows']} real-size replays of host work ({replay['window_groups']} groups of alike "
-          f"sections x their datasets, {replay['window_threads']} threads each)"
+          f"first); {replay['windows']} real-size replays of host work (sections x datasets, {replay['warmups']} shared "
+          f"warm-ups trained once for them, {replay['window_threads']} threads each)"
           + (" [--smoke: 12 epochs, the last standing for the rest; sizes / 50]" if args.smoke else ""))
     took("(g)")
 

@@ -49,6 +49,7 @@ def test_gpu_throughput_smoke_runs_without_ray(tmp_path):
     assert distinct > 100 and [int(x) for x in m.groups()] == [
         distinct, cells, len(groups), deferred, epochs_not_trained_again(groups), plain,
         plain - epochs_not_trained_again(groups), distinct - deferred, deferred], out
+    assert re.search(r"^device: CPU \(cpu\); torch .*; \d+ usable CPUs; --smoke: small shapes", out, re.M), out
     assert re.search(r"^profile paper: train\.amp none, deterministic True, .* resources\.gpu 0\.5 \(2 trials per GPU\), "
                      r"resources\.cpu 4$", out, re.M), out
     for shape in (r"cremad 1 frame\(s\)", r"ave 4 frame\(s\)", r"ks 3 frame\(s\)"):    # (a): on and off, same shape
@@ -63,6 +64,8 @@ def test_gpu_throughput_smoke_runs_without_ray(tmp_path):
                      rf"  \(c\) file pipeline +{NUM} +\(c\)/\(a\) {NUM}", out, re.M), out
     assert re.search(rf"^  cremad 1 frame\(s\): 1 trial\(s\) +{NUM} \(1\.00x of 1, window {NUM} s\); 2 trial\(s\) +{NUM} "
                      rf"\({NUM}x of 1, window {NUM} s\)$", out, re.M), out
+    assert re.search(r"^  ave 4 frame\(s\): as cremad 1 frame\(s\) \[--smoke measures one shape\]\n"
+                     r"  ks 3 frame\(s\): as cremad 1 frame\(s\)", out, re.M), out
     for shape in (r"cremad 1 frame\(s\)", r"ave 4 frame\(s\)", r"ks 3 frame\(s\)"):    # (f)
         assert re.search(rf"^  {shape}: process \+ imports {NUM} s, CUDA {NUM} s, fit\(\) set-up {NUM} s, first epoch's "
                          rf"extra {NUM} s, upload {NUM} GB \(\d+ rows, streamed\) {NUM} s, checkpoint \d+ MB save {NUM} s / "
@@ -156,10 +159,13 @@ def test_trial_seconds_adds_every_part_by_hand():
 
 
 def test_purified_epochs_train_the_papers_share():
-    ep = [{"seen": 1.0, "step": 1.0, "data_pct": 100.0}, {"seen": 0.4, "step": 0.4, "data_pct": 40.0}]
+    # an untrained replay may keep every sample (1.0) or some (0.4): the paper's share replaces either
+    ep = [{"seen": 1.0, "step": 1.0, "restricted": False}, {"seen": 1.0, "step": 1.0, "restricted": True},
+          {"seen": 0.4, "step": 0.4, "restricted": True}]
     out = M.scaled_epochs(ep, 86.04)
-    assert out[0]["seen"] == 1.0 and out[1]["seen"] == pytest.approx(0.8604) and out[1]["step"] == pytest.approx(0.8604)
-    assert M.scaled_epochs(ep, None)[1]["seen"] == 0.4
+    assert out[0]["seen"] == 1.0 and [e["seen"] for e in out[1:]] == pytest.approx([0.8604] * 2)
+    assert out[2]["step"] == pytest.approx(0.8604)
+    assert M.scaled_epochs(ep, None)[2]["seen"] == 0.4
 
 
 def test_paper_trials_defer_warmup_members_as_the_runner_does():
@@ -209,3 +215,16 @@ def test_data_path_smoke_measures_both_pipelines(tmp_path):
         assert re.search(rf"^{re.escape(line)} +{NUM} samples/s per core", out, re.M), out
     assert (tmp_path / "l" / "raygap-cache" / "cremad22050-frames1-side32" / "manifest.json").is_file()
     assert re.search(rf"^ratios: cache/host streamed vs files {NUM}x .* host side streamed {NUM} samples/s", out, re.M), out
+
+
+def test_real_size_replays_fork_from_a_shared_warmup_trained_once():
+    """Two Table III trials share their warm-up: it is trained once at the real-size replay's
+    sizes and both time their refits from its end, as the runner runs them."""
+    trials, _, _ = M.paper_trials(ROOT)
+    two = [t for t in trials if t.dataset == "cremad" and t.config.seed == 0 and t.method == "gap_adaptive"
+           and t.label in ("Ours (Prob Gap)", "Ours w/o |g_i|² (β=0)")]
+    assert len(two) == 2 and two[0].config.warmup() == two[1].config.warmup()
+    r = R.replay_all(two, M.DATASETS, cpus=1, cpu_per_trial=1, size_scale=0.02, cap=12)
+    assert (r["replayed"], r["warmups"], r["windows"]) == (2, 1, 2)
+    assert all(len(ep) == 100 for ep in r["schedules"].values())       # 12 replayed, the last for the rest
+    assert all(r["host"][(t.section, "cremad")] > 0 for t in two)
