@@ -116,7 +116,8 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
     print(f"compute limit: {lim} ({gflop / 1e6:.1f} PFLOP of model steps on {args.gpus} x {name}"
           + (f" at {peak[0]:g} TFLOPS {precision})" if peak else ")") + smoke)
     print(f"lower bound: {bound / 3600:.2f} h (pure model steps at (a)'s rates, perfect packing: {cap} trials at once, "
-          f"each at its one-trial rate; no start-up, checkpoints, method extras or data pipeline){smoke}")
+          f"each at its one-trial rate; no start-up, checkpoints, method extras or data pipeline)"
+          + ("; the compute limit, above it, is the stronger bound" if limit and bound < limit else "") + smoke)
     print(f"estimate: {estimate / 3600:.2f} h ({cap} trials at once: GPU shares allow {args.gpus * per_gpu}, "
           f"{node_cpus:g} CPUs / {cpu_per_trial:g} allow {by_cpu}; batch 1: {len(works[1])} trials {spans[0] / 3600:.2f} h, "
           f"batch 2: {len(works[2])} trials {spans[1] / 3600:.2f} h; trial time alone: {share}){smoke}")

@@ -31,7 +31,7 @@ def test_gpu_throughput_smoke_runs_without_ray(tmp_path):
 
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--smoke", "--peak-tflops", "2",
                         "--layout", str(tmp_path / "layout"), "--replay-to", str(tmp_path / "replay.json")],
-                       capture_output=True, text=True, env=NO_RAY, timeout=3000, cwd=ROOT)
+                       capture_output=True, text=True, env=NO_RAY, timeout=1800, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     grids = [ROOT / "grids" / f"table{n}.yaml" for n in range(2, 8)]
