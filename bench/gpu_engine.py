@@ -21,7 +21,6 @@ from gpu_measure import sync, threads_for
 from gpu_replay import Stop
 
 
-
 def make_layout(root: Path, clips_per_class: int, workers: int, smoke: bool, image_size: int) -> Path:
     from raygap.data import cache as tc
     from raygap.data.base import DataCommon
@@ -42,10 +41,10 @@ def make_layout(root: Path, clips_per_class: int, workers: int, smoke: bool, ima
 
 def batches_alone(split, batch: int, device: torch.device) -> float:
     """Samples/s of the cache split's training batches (order, gather, crop, flip, resize,
-    normalise on the device) without the model: the first pass warms up, three are timed."""
+    normalise on the device) without the model, placed where fit() placed them: the first
+    pass warms up, three are timed."""
     from raygap.trial import iterate
 
-    split.place(device)
     gen = torch.Generator()
     n, t0 = 0, 0.0
     for rep in range(4):
@@ -59,9 +58,11 @@ def batches_alone(split, batch: int, device: torch.device) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def engine(cfg, pipeline: str, root: Path, device: torch.device, epochs: int, workers: int) -> dict:
-    """Training samples/s of fit()'s epochs 1.. (of ``epochs``) with ``pipeline``; seconds of
-    load_data per clip; (cache) the batches alone."""
+def engine(cfg, pipeline: str, root: Path, device: torch.device, epochs: int, workers: int,
+           gpu_share: float) -> dict:
+    """Training samples/s of fit()'s epochs 1.. (of ``epochs``) with ``pipeline``, the trial
+    holding ``gpu_share`` of the device; seconds of load_data per clip; (cache) the batches
+    alone, after fit(), where it placed them."""
     from raygap.config import resolve
     from raygap.trial import fit, load_data, prepare_process
 
@@ -74,8 +75,6 @@ def engine(cfg, pipeline: str, root: Path, device: torch.device, epochs: int, wo
     load_s = time.perf_counter() - t0
     clips = len(bundle.train) + len(bundle.val) + len(bundle.test)
     out = {"load_per_clip": load_s / clips, "clips": clips}
-    if pipeline == "cache":
-        out["alone"] = batches_alone(bundle.train, cfg.train.batch_size, device)
     hist = []
 
     def report(record, ckpt_dir):
@@ -84,9 +83,12 @@ def engine(cfg, pipeline: str, root: Path, device: torch.device, epochs: int, wo
             raise Stop
 
     try:
-        fit(cfg, bundle, device=device, report=report, final_checkpoint=False)
+        fit(cfg, bundle, device=device, report=report, final_checkpoint=False, gpu_share=gpu_share)
     except Stop:
         pass
+    if pipeline == "cache":
+        out["alone"] = batches_alone(bundle.train, cfg.train.batch_size, device)
+        out["placed"] = "resident" if bundle.train.resident is not None else "streamed"
     hist = hist[1:]
     out["rate"] = sum(h["train_n"] for h in hist) / sum(h["train_seconds"] for h in hist)
     return out

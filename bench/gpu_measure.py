@@ -17,9 +17,10 @@ between ``torch.cuda.synchronize`` calls, after warm-up iterations that are not 
 * :func:`method_costs` -- (e): ``raygap.trial.fit`` of a grid's trial on that bundle for a few
   epochs, instrumented (bench/gpu_replay.py's Probe): seconds per training-step sample, per
   evaluated sample, fit's start-up, and the checkpoint it writes.
-* :func:`packed` / :func:`worker` -- (d): k trials as separate processes on the one device,
-  each running fit() and reporting the time of every epoch's end on the system's monotonic
-  clock; the aggregate rate is taken over the window in which all k run.
+* :func:`packed` / :func:`worker` -- (d): trials as separate processes on the one device,
+  started together, each running fit() and reporting the time of every epoch's end on the
+  system's monotonic clock; released stage by stage (1, then 2, ... running), each stage's
+  aggregate rate from the whole epochs inside it.
 * :func:`placement` -- the upload of a real-size training split (``CacheSplit.place``).
 """
 from __future__ import annotations
@@ -94,16 +95,21 @@ def _model(cfg, bundle_specs, classes, device):
     T = cfg.train
     if T.channels_last == "on" or (T.channels_last == "auto" and device.type == "cuda"):
         model.to(memory_format=torch.channels_last)
-    if T.compile:
-        for sub in [*model.encoders.values(), model.fusion]:
-            sub.compile(dynamic=False)
+    if T.compile:                                  # as fit(): two batch shapes compiled, the rest eager
+        from raygap.models import compiled
+
+        compiled.compile_fixed_shapes(model, T.batch_size, T.eval_batch_size)
     return model, build_optimizer(cfg.optim, model.parameters())
 
 
-def pure_rates(cfg, device: torch.device, steps: int, smoke: bool, warmup: int = 3) -> dict:
-    """{"on": (train, eval), "off": (train, eval)} samples/s at ``cfg``'s shape, precision, layout."""
+def pure_rates(cfg, device: torch.device, steps: int, smoke: bool, warmup: int = 3, rounds: int = 2) -> dict:
+    """{"on": (train, eval, flags), "off": (...)} samples/s at ``cfg``'s shape, precision and
+    layout, the deterministic flag on and off measured side by side: one model, ``rounds``
+    rounds in ABBA order (on, off, off, on, ...: neither always first), each mode's first
+    round after ``warmup`` uncounted steps (its own kernels), later rounds after one; the
+    mean over rounds. ``flags``: torch's settings as read back in that mode."""
     from raygap.data.base import ModalitySpec
-    from raygap.methods.base import MethodContext
+    from raygap.methods.base import MethodContext, TrainState
     from raygap.registry import METHODS
     from raygap.trial import autocast, train_step
 
@@ -112,37 +118,43 @@ def pure_rates(cfg, device: torch.device, steps: int, smoke: bool, warmup: int =
     frames, size, classes = int(cfg.data.num_frames), int(cfg.data.image_size), M.DATASETS[d]["classes"]
     specs = [ModalitySpec("audio", "spectrogram", (1, F_, W_)), ModalitySpec("visual", "frames", (frames, 3, size, size))]
     defaults = trial_flags()
-    out = {}
-    for mode in ("on", "off"):
-        set_deterministic(cfg, mode == "on", defaults)
-        torch.manual_seed(0)
-        model, opt = _model(cfg, specs, classes, device)
-        method = METHODS.get("concat").obj(None, MethodContext(["audio", "visual"], classes, 1, cfg, device))
-        scaler = torch.amp.GradScaler(device.type, enabled=(T.amp == "fp16"))
-
-        def batch(b):
-            return {"audio": torch.randn(b, 1, F_, W_, device=device),
-                    "visual": torch.randn(b, frames, 3, size, size, device=device),
-                    "label": torch.randint(0, classes, (b,), device=device), "index": torch.arange(b, device=device)}
-
-        tb, eb, sums = batch(T.batch_size), batch(T.eval_batch_size), {}
-
-        def train():
-            train_step(model, method, tb, None, opt, scaler, T.amp, device, sums)
-
-        @torch.no_grad()
-        def evaluate():
-            with autocast(device, T.amp):
-                method.predict(model, eb).fused.float()
-
-        model.train()
-        tr = rate(train, steps, T.batch_size, device, warmup)
-        model.eval()
-        ev = rate(evaluate, max(1, steps // 2), T.eval_batch_size, device, warmup)
-        out[mode] = (tr, ev, trial_flags())
-        del model, opt, tb, eb
     set_deterministic(cfg, bool(T.deterministic), defaults)
-    return out
+    torch.manual_seed(0)
+    model, opt = _model(cfg, specs, classes, device)
+    method = METHODS.get("concat").obj(None, MethodContext(["audio", "visual"], classes, 1, cfg, device))
+    scaler = torch.amp.GradScaler(device.type, enabled=(T.amp == "fp16"))
+
+    def batch(b):
+        return {"audio": torch.randn(b, 1, F_, W_, device=device),
+                "visual": torch.randn(b, frames, 3, size, size, device=device),
+                "label": torch.randint(0, classes, (b,), device=device), "index": torch.arange(b, device=device)}
+
+    tb, eb, sums = batch(T.batch_size), batch(T.eval_batch_size), {}
+    st = TrainState(0, int(T.epochs), model, opt, lambda: opt, None, device, predict_split=None, log=lambda s: None)
+
+    def train():
+        train_step(model, method, tb, st, opt, scaler, T.amp, device, sums)
+
+    @torch.no_grad()
+    def evaluate():
+        with autocast(device, T.amp):
+            method.predict(model, eb).fused.float()
+
+    got: dict = {"on": [], "off": []}
+    flags: dict = {}
+    for r in range(rounds):
+        for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
+            set_deterministic(cfg, mode == "on", defaults)
+            first = not got[mode]
+            model.train()
+            tr = rate(train, steps, T.batch_size, device, warmup if first else 1)
+            model.eval()
+            ev = rate(evaluate, max(1, steps // 2), T.eval_batch_size, device, warmup if first else 1)
+            got[mode].append((tr, ev))
+            flags[mode] = trial_flags()
+    del model, opt, tb, eb
+    set_deterministic(cfg, bool(T.deterministic), defaults)
+    return {m: (sum(g[0] for g in v) / len(v), sum(g[1] for g in v) / len(v), flags[m]) for m, v in got.items()}
 
 
 def rate(fn, steps: int, batch: int, device: torch.device, warmup: int) -> float:
@@ -192,8 +204,13 @@ def synthetic_bundle(cfg, n: dict, smoke: bool, seed: int = 0, same_rows: bool =
                          splits["test"], info={"pipeline": "cache (synthetic arrays in memory)"})
 
 
-def placement(cfg, device: torch.device, smoke: bool) -> dict:
-    """Upload of a training split of the dataset's real size: where it lands, seconds, GB."""
+def placement(cfg, device: torch.device, smoke: bool, gpu_share: float) -> dict:
+    """Upload of a training split of the dataset's real size: where it lands (on CUDA, resident
+    when it fits the slice ``gpu_share`` of the device's memory, less what this process holds:
+    ``raygap.data.preload.budget_now``; a trial's own budget also keeps its training step's
+    memory free), seconds, GB."""
+    from raygap.data import preload
+
     n = {k: M.DATASETS[cfg.data.name][k] for k in ("train", "val", "test")}
     if smoke:
         n = {k: max(8, v // 50) for k, v in n.items()}
@@ -203,7 +220,11 @@ def placement(cfg, device: torch.device, smoke: bool) -> dict:
         torch.cuda.empty_cache()                 # the free memory a fresh trial's process sees
     sync(device)
     t0 = time.perf_counter()
-    where = split.place(device)
+    resident = None
+    if device.type == "cuda":
+        b = preload.budget_now(device, share=gpu_share)
+        resident = preload.assign({"train": split.nbytes()}, b.budget, split.preload, b.explain())["train"]
+    where = split.place(device, resident=resident)
     sync(device)
     out = {"where": where, "seconds": time.perf_counter() - t0, "gb": split.nbytes() / 1e9, "rows": n["train"]}
     split.resident = None
@@ -212,12 +233,14 @@ def placement(cfg, device: torch.device, smoke: bool) -> dict:
     return out
 
 
-def method_costs(configs: dict, bundle, device: torch.device, epochs: int) -> dict:
+def method_costs(configs: dict, bundle, device: torch.device, epochs: int, gpu_share: float) -> dict:
     """Per method: fit() of its config on ``bundle`` for ``epochs`` epochs (the first not
     counted); seconds per step sample and per evaluated sample, fit's start-up (call to the
     first epoch hook), the first epoch's extra over the later ones (compilation when
     ``train.compile`` is on, first kernel launches: once per trial); for concat a checkpoint
-    after every epoch: save, copy, load seconds."""
+    after every epoch: save, copy, load seconds. ``gpu_share``: the trial's ``resources.gpu``
+    (its slice of the device for fit()'s preload budget)."""
+    from raygap import checkpoint
     from raygap.config import resolve
     from raygap.registry import METHODS
     from raygap.trial import CHECKPOINT, fit
@@ -238,7 +261,8 @@ def method_costs(configs: dict, bundle, device: torch.device, epochs: int) -> di
             t_call = time.perf_counter()
             with instrumented(probe, METHODS.get(name).obj, stub_eval=False, write_checkpoints=True):
                 try:
-                    fit(cfg, bundle, device=device, checkpoint_dir=tmp, report=report, final_checkpoint=False)
+                    fit(cfg, bundle, device=device, checkpoint_dir=tmp, report=report, final_checkpoint=False,
+                        gpu_share=gpu_share)
                 except Stop:
                     pass
             ep = probe.epochs[1:] or probe.epochs
@@ -258,7 +282,7 @@ def method_costs(configs: dict, bundle, device: torch.device, epochs: int) -> di
                 shutil.copyfile(path, Path(tmp) / "copy.pt")
                 r["copy"] = time.perf_counter() - t
                 t = time.perf_counter()
-                torch.load(Path(tmp) / "copy.pt", map_location="cpu", weights_only=False)
+                checkpoint.load(Path(tmp) / "copy.pt")          # as a resume or a warm-up fork reads it
                 r["load"] = time.perf_counter() - t
                 r["ckpt_mb"] = path.stat().st_size / 1e6
         out[name] = r
@@ -268,8 +292,9 @@ def method_costs(configs: dict, bundle, device: torch.device, epochs: int) -> di
 # ----------------------------------------------------------------------------- packing
 def worker(spec: dict) -> None:
     """One packed trial (a process of its own): fit() on the synthetic bundle; after epoch 0
-    says READY and waits for a line on stdin (all start together), then notes the monotonic
-    time and the cumulative training samples at every epoch's end; prints them as JSON."""
+    says READY and waits for a line on stdin (its release), then notes the monotonic time and
+    the cumulative training samples at every epoch's end (``EPOCH time`` on stdout) until the
+    file ``spec["stop"]`` exists; prints its points as JSON."""
     from raygap.config import resolve
     from raygap.trial import fit, prepare_process
 
@@ -284,6 +309,7 @@ def worker(spec: dict) -> None:
         sync(device)
     cuda_s = time.monotonic() - t
     bundle = synthetic_bundle(cfg, spec["n"], spec["smoke"])
+    stop = Path(spec["stop"])
     points: list = []
 
     def report(record, ckpt_dir):
@@ -293,47 +319,86 @@ def worker(spec: dict) -> None:
             points.append((time.monotonic(), 0.0))
             return
         points.append((time.monotonic(), points[-1][1] + record["train_n"]))
-        if record["epoch"] >= spec["epochs"]:
+        print(f"EPOCH {points[-1][0]!r}", flush=True)
+        if stop.exists():
             raise Stop
 
     with tempfile.TemporaryDirectory(prefix="raygap-pack-") as tmp:
         try:
-            fit(cfg, bundle, device=device, checkpoint_dir=tmp, report=report, final_checkpoint=False)
+            fit(cfg, bundle, device=device, checkpoint_dir=tmp, report=report, final_checkpoint=False,
+                gpu_share=spec["gpu_share"])
         except Stop:
             pass
     print(json.dumps({"points": points, "imports_s": t_imported - spec["t_spawn"], "cuda_s": cuda_s}), flush=True)
 
 
-def packed(cfg, k: int, n: dict, device: str, epochs: int, smoke: bool) -> dict:
-    """Aggregate training samples/s of ``k`` trials packed on the device, over the window all run."""
+def packed(cfg, ks: list[int], n: dict, device: str, epochs: int, smoke: bool, gpu_share: float) -> dict:
+    """{k: aggregate training samples/s of k trials packed on the device, ...} for every k of
+    ``ks``, side by side in one set of max(ks) processes started together (as a node's trials
+    start): each trains its first epoch (first launches, compile) and waits; then, stage by
+    stage, more are released until k run, and a stage lasts until each running one has ended
+    ``epochs`` + 1 epochs in it. A stage's rate: :func:`gpu_model.stage_rate` over its window
+    (from its first release to the next stage's). Each process holds ``gpu_share`` of the device
+    (the profile's ``resources.gpu``), 1/max(ks) where that many do not fit in it."""
+    K = max(ks)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     script = str(Path(__file__).with_name("gpu_throughput.py"))
-    procs, errs = [], []
+    procs, errs, ends = [], [], []
+    tmp = tempfile.TemporaryDirectory(prefix="raygap-packed-")
+    stop = Path(tmp.name) / "stop"
+
+    def failed(i: int, line: str) -> RuntimeError:
+        procs[i].kill()
+        procs[i].wait(60)
+        errs[i].seek(0)
+        return RuntimeError(f"packed worker {i} stopped ({line.strip()[:200]!r}): {errs[i].read()[-2000:]}")
+
+    def read(i: int) -> None:
+        line = procs[i].stdout.readline()
+        if not line.startswith("EPOCH "):
+            raise failed(i, line)
+        ends[i].append(float(line.split()[1]))
+
     try:
-        for _ in range(k):
-            spec = {"config": cfg.to_dict(), "n": n, "device": device, "epochs": epochs, "smoke": smoke,
-                    "threads": threads_for(cfg, k), "t_spawn": time.monotonic()}
-            err = tempfile.TemporaryFile(mode="w+")
-            errs.append(err)
+        for _ in range(K):
+            spec = {"config": cfg.to_dict(), "n": n, "device": device, "smoke": smoke, "stop": str(stop),
+                    "threads": threads_for(cfg, K), "gpu_share": min(gpu_share, 1.0 / K), "t_spawn": time.monotonic()}
+            errs.append(tempfile.TemporaryFile(mode="w+"))
+            ends.append([])
             procs.append(subprocess.Popen([sys.executable, script, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT))
-        for p, err in zip(procs, errs):
-            if p.stdout.readline().strip() != "READY":
-                p.wait(60)
-                err.seek(0)
-                raise RuntimeError(f"a packed worker failed before measuring: {err.read()[-2000:]}")
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        got = [json.loads(p.stdout.readline()) for p in procs]
+                                          stdout=subprocess.PIPE, stderr=errs[-1], text=True, env=env, cwd=ROOT))
+        for i, p in enumerate(procs):
+            if (line := p.stdout.readline()).strip() != "READY":
+                raise failed(i, line)
+        starts, running = [], 0
+        for k in sorted(ks):
+            starts.append(time.monotonic())
+            for p in procs[running:k]:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            running = k
+            for i in range(k):
+                while sum(1 for t in ends[i] if t > starts[-1]) < epochs + 1:
+                    read(i)
+        starts.append(time.monotonic())
+        stop.touch()
+        got = []
+        for i, p in enumerate(procs):
+            while (line := p.stdout.readline()).startswith("EPOCH "):
+                pass
+            if not line.startswith("{"):
+                raise failed(i, line)
+            got.append(json.loads(line))
     finally:
         for p in procs:
             try:
-                p.wait(600)
+                p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
         for e in errs:
             e.close()
-    agg, t0, t1 = M.overlap_rate([g["points"] for g in got])
-    return {"rate": agg, "window": t1 - t0, "imports_s": float(np.mean([g["imports_s"] for g in got])),
-            "cuda_s": float(np.mean([g["cuda_s"] for g in got])), "threads": threads_for(cfg, k)}
+        tmp.cleanup()
+    fixed = {"imports_s": float(np.mean([g["imports_s"] for g in got])),
+             "cuda_s": float(np.mean([g["cuda_s"] for g in got])), "threads": threads_for(cfg, K), "together": K}
+    return {k: {"rate": M.stage_rate([g["points"] for g in got[:k]], t0, t1), "window": t1 - t0, **fixed}
+            for k, t0, t1 in zip(sorted(ks), starts, starts[1:])}

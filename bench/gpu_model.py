@@ -6,8 +6,8 @@
   others are deferred to a second batch that starts at epoch W (``raygap.runner.plan_warmups``
   on a fresh store).
 * FLOPs per sample (field facts) and device peaks (vendor datasheets) for the compute limit.
-* :func:`overlap_rate` -- the aggregate rate of packed processes over the window in which all
-  of them run.
+* :func:`stage_rate` -- the aggregate rate of packed processes over a window in which all of
+  them run, from their whole epochs inside it.
 * :func:`trial_seconds` / :func:`trial_lower` / :func:`trial_gflop` -- one trial's cost from
   its replayed schedule (bench/gpu_replay.py) and the measured unit costs.
 * :func:`makespan` -- the node's wall time for a batch of trials: the runner's queue on
@@ -69,24 +69,20 @@ def peak_tflops(device_name: str, precision: str) -> tuple[float, str] | None:
     return None
 
 
-def overlap_rate(series: list[list[tuple[float, float]]]) -> tuple[float, float, float]:
-    """Aggregate rate of processes over the window where all of them run.
+def stage_rate(series: list[list[tuple[float, float]]], t0: float, t1: float) -> float:
+    """Aggregate rate of processes that all run throughout [t0, t1].
 
-    ``series[p]``: process p's points ``(time, cumulative samples)`` on one clock, time
-    increasing; between two points its progress is taken as linear. The window is
-    [latest first point, earliest last point]. Returns (samples/s, window start, window end)."""
-    t0 = max(s[0][0] for s in series)
-    t1 = min(s[-1][0] for s in series)
-    if t1 <= t0:
-        raise ValueError(f"the processes never ran at the same time (window {t0:.3f} .. {t1:.3f})")
-
-    def at(s, t):
-        for (ta, na), (tb, nb) in zip(s, s[1:]):
-            if ta <= t <= tb:
-                return na + (nb - na) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
-        raise ValueError(f"time {t} outside the series")
-
-    return sum(at(s, t1) - at(s, t0) for s in series) / (t1 - t0), t0, t1
+    ``series[p]``: process p's points ``(time, cumulative samples)`` at its epoch ends, on one
+    clock. Each process counts only its whole epochs inside the window (an epoch from point a
+    to point b with t0 <= a and b <= t1: its rate is measured while all of them ran); the
+    aggregate is the sum of those rates. Raises where a process has no whole epoch inside."""
+    total = 0.0
+    for p, s in enumerate(series):
+        inside = [(tb - ta, nb - na) for (ta, na), (tb, nb) in zip(s, s[1:]) if ta >= t0 and tb <= t1]
+        if not inside:
+            raise ValueError(f"process {p} has no whole epoch inside the window {t0:.3f} .. {t1:.3f}")
+        total += sum(n for _, n in inside) / sum(d for d, _ in inside)
+    return total
 
 
 def slots(gpus: int, gpu_share: float, node_cpus: float, cpu_per_trial: float) -> tuple[int, int, int]:

@@ -8,7 +8,7 @@ backbone): the schedule, not the numbers. The loop is instrumented, not re-imple
 it runs, its module-level helpers are wrapped (:class:`Probe`): ``train_step`` counts the
 samples of every optimizer step (MLA's two per batch), ``predict_split`` the samples a
 method's hooks run forward and over which split (PMR's prototypes, G-Blending's and D&R's
-passes, gap_adaptive's validation pass at the switch), ``_atomic_save`` the checkpoints, and
+passes, gap_adaptive's validation pass at the switch), ``raygap.checkpoint.save`` the checkpoints, and
 ``evaluate`` the validation and test evaluations (in the replay replaced by that count: its
 metrics steer no schedule); the method's ``on_epoch_start`` / ``on_epoch_end`` are timed, and
 whether the method chose the training samples (``st.train_indices``: data purification) is
@@ -82,9 +82,11 @@ class Probe:
 @contextmanager
 def instrumented(probe: Probe, method_cls, *, stub_eval: bool, write_checkpoints: bool):
     """Wrap raygap.trial's helpers and the method's epoch hooks for the duration."""
+    import raygap.checkpoint as C
     import raygap.trial as T
 
-    saved = {k: getattr(T, k) for k in ("train_step", "predict_split", "evaluate", "_atomic_save")}
+    saved = {k: getattr(T, k) for k in ("train_step", "predict_split", "evaluate")}
+    saved["save"] = C.save
     own = {k: method_cls.__dict__.get(k) for k in ("on_epoch_start", "on_epoch_end")}
 
     def train_step(model, method, batch, st, *a, **kw):
@@ -117,7 +119,7 @@ def instrumented(probe: Probe, method_cls, *, stub_eval: bool, write_checkpoints
         probe.cur["ckpt"] += 1
         if write_checkpoints:
             t = time.perf_counter()
-            saved["_atomic_save"](obj, path)
+            saved["save"](obj, path)
             probe.cur["ckpt_s"] += time.perf_counter() - t
 
     def timed(name):
@@ -140,13 +142,13 @@ def instrumented(probe: Probe, method_cls, *, stub_eval: bool, write_checkpoints
 
     hooks = {k: timed(k) for k in own}
     try:
-        T.train_step, T.predict_split, T.evaluate, T._atomic_save = train_step, predict_split, evaluate, atomic_save
+        T.train_step, T.predict_split, T.evaluate, C.save = train_step, predict_split, evaluate, atomic_save
         for k, h in hooks.items():
             setattr(method_cls, k, h)
         yield probe
     finally:
         for k, v in saved.items():
-            setattr(T, k, v)
+            setattr(C if k == "save" else T, k, v)
         for k, v in own.items():
             if v is None:
                 delattr(method_cls, k)

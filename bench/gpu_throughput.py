@@ -12,9 +12,9 @@ and CPUs (``resources.cpu``) per trial, and the runner's shared warm-ups
     deterministic flag on and off (its cost, issue 22 item 8).
 (b)/(c) the real loop (``load_data`` + ``fit``) on a generated CREMA-D layout with the tensor
     cache (b) and the file pipeline (c), against (a).
-(d) packing: 1 and the profile's number of trials per device (and ``--packs``) as separate
-    processes, each running fit() on the cache pipeline; aggregate rate over the window in
-    which all run.
+(d) packing: 1 and the profile's number of trials per device (and ``--packs``), separate
+    processes started together, each running fit() on the cache pipeline, released stage by
+    stage; each stage's aggregate rate from the whole epochs inside it.
 (e) per-method costs: fit() of each method of the grids on the cache pipeline (bench/gpu_measure.py).
 (f) fixed costs: process start, CUDA start, fit's start-up, a real-size split's upload,
     checkpoint save / copy / load.
@@ -52,7 +52,8 @@ SMOKE_N = {"train": 16, "val": 8, "test": 8}
 
 
 def adjusted(cfg, args):
-    """The trial's config as measured here: ``--amp`` over the profile's, --smoke's small shapes."""
+    """The trial's config as measured here: ``--amp`` over the profile's, --smoke's small shapes
+    (and one torch thread: a shared CPU that runs other work makes torch's thread pool wait on it)."""
     from raygap.config import resolve
 
     d = cfg.to_dict()
@@ -61,7 +62,7 @@ def adjusted(cfg, args):
     if args.smoke:
         d["model"] = {**d["model"], **SMOKE["model"]}
         d["data"]["image_size"] = SMOKE["image_size"]
-        d["train"].update(batch_size=SMOKE["batch"], eval_batch_size=SMOKE["eval_batch"])
+        d["train"].update(batch_size=SMOKE["batch"], eval_batch_size=SMOKE["eval_batch"], threads=1)
     return resolve(d)
 
 
@@ -134,7 +135,7 @@ def main() -> None:
     import gpu_measure as G
     import gpu_replay as R
     from gpu_engine import engine, make_layout
-    from raygap.system import usable_cpus
+    from raygap.system import deterministic_cublas, usable_cpus
 
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
     if args.amp == "fp16" and device.type != "cuda":
@@ -142,15 +143,9 @@ def main() -> None:
     extra_packs = [int(k) for k in args.packs.split(",") if k.strip()]
     if any(k < 1 for k in extra_packs):
         refuse(f"--packs {args.packs}: numbers of trials must be at least 1")
-    steps = args.steps or (2 if args.smoke else 20)
+    steps = args.steps or (1 if args.smoke else 20)
     workers = args.workers if args.workers is not None else (0 if args.smoke else min(4, os.cpu_count() or 1))
     cpus = usable_cpus()
-    devices = torch.cuda.device_count() if device.type == "cuda" else 1
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name} ({device}); torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
-          f"{torch.backends.cudnn.version() if device.type == 'cuda' else '-'}; {cpus} usable CPUs"
-          + ("; --smoke: small shapes on the CPU, figures not meaningful" if args.smoke else ""))
-
     if args.gpus < 1 or (args.node_cpus is not None and args.node_cpus <= 0):
         refuse(f"--gpus {args.gpus} / --node-cpus {args.node_cpus}: a node needs at least one GPU and some CPUs")
     from raygap.errors import ConfigError
@@ -168,6 +163,13 @@ def main() -> None:
     if len(shares) != 1:
         refuse(f"profile {args.profile}: trials ask for different resources ({sorted(shares)}); the projection takes one")
     gpu_share, cpu_per_trial = shares.pop()
+    if any(t.config.train.deterministic for t in trials):   # as prepare_process, before CUDA starts here
+        deterministic_cublas(cuda_started=torch.cuda.is_initialized())
+    devices = torch.cuda.device_count() if device.type == "cuda" else 1
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name} ({device}); torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+          f"{torch.backends.cudnn.version() if device.type == 'cuda' else '-'}; {cpus} usable CPUs"
+          + ("; --smoke: small shapes on the CPU, one thread, figures not meaningful" if args.smoke else ""))
     per_gpu_profile = M.slots(1, gpu_share, 1e9, 1)[1]
     deferred = sum(1 for t in trials if t.start)
     plain = sum(t.epochs for t in trials)
@@ -196,12 +198,14 @@ def main() -> None:
           "train | eval forward (eval mode, eval batch)")
     pure = {}
     for sh in shapes:
-        pure[sh] = G.pure_rates(cfg[sh], device, steps, args.smoke)
+        pure[sh] = G.pure_rates(cfg[sh], device, steps, args.smoke, warmup=1 if args.smoke else 3)
         on, off = pure[sh]["on"], pure[sh]["off"]
         print(f"  {label[sh]:16s} deterministic on {on[0]:8.1f} | {on[1]:8.1f}   off {off[0]:8.1f} | {off[1]:8.1f}   "
               f"deterministic cost: on/off train {on[0] / off[0]:.2f}x, eval {on[1] / off[1]:.2f}x")
     flags = pure[next(iter(shapes))]["on"][2]
     print("  trial flags (set by prepare_process, read back): " + ", ".join(f"{k} {v}" for k, v in flags.items()))
+    print("  off (torch's defaults, read back): " + ", ".join(f"{k} {v}" for k, v in pure[next(iter(shapes))]["off"][2].items())
+          + " (CUBLAS_WORKSPACE_CONFIG cannot be unset once CUDA has started: off keeps the trial's cuBLAS workspace)")
     took("(a)")
 
     first = next(iter(shapes))
@@ -216,43 +220,44 @@ def main() -> None:
                 methods.setdefault(t.method, adjusted(t.config, args))
         n = SMOKE_N if args.smoke else MEASURE_N
         bundle = G.synthetic_bundle(cfg[sh], n, args.smoke)
-        costs[sh] = G.method_costs(methods, bundle, device, 2 if args.smoke else 4)
+        costs[sh] = G.method_costs(methods, bundle, device, 2 if args.smoke else 4, gpu_share)
         del bundle
         print(f"  {label[sh]}: "
               + "; ".join(f"{m} {c['step'] * 1e3:.3f} | {c['eval'] * 1e3:.3f}" for m, c in costs[sh].items()))
     took("(e)")
-    place = {sh: G.placement(cfg[sh], device, args.smoke) for sh in shapes}
+    place = {sh: G.placement(cfg[sh], device, args.smoke, gpu_share) for sh in shapes}
 
     layout = Path(args.layout or ROOT / "results" / "bench" / ("cremad-layout-smoke" if args.smoke else "cremad-layout"))
     cshape = next(sh for sh in shapes if sh[0] == "cremad")
     make_layout(layout, 4 if args.smoke else args.clips_per_class, workers, args.smoke, int(cfg[cshape].data.image_size))
     print(f"(b)/(c) engine epoch on a generated CREMA-D layout ({layout}), the profile's concat trial, training samples/s")
-    eng = {p: engine(cfg[cshape], p, layout, device, 2 if args.smoke else 4, workers) for p in ("cache", "files")}
+    eng = {p: engine(cfg[cshape], p, layout, device, 2 if args.smoke else 4, workers, gpu_share) for p in ("cache", "files")}
     a_train = pure[cshape]["on" if cfg[cshape].train.deterministic else "off"][0]
-    print(f"  (b0) cache batches alone (no model) {eng['cache']['alone']:8.1f}")
+    print(f"  (b0) cache batches alone (no model; {eng['cache']['placed']}, as fit() placed them) {eng['cache']['alone']:8.1f}")
     print(f"  (b) cache pipeline {eng['cache']['rate']:8.1f}   (b)/(a) {eng['cache']['rate'] / a_train:.2f}")
     print(f"  (c) file pipeline  {eng['files']['rate']:8.1f}   (c)/(a) {eng['files']['rate'] / a_train:.2f}   "
           f"({workers} DataLoader workers)")
     took("real-size uploads, layout, (b)/(c)")
 
     packs = sorted({1, per_gpu_profile, *extra_packs})
-    print(f"(d) packed trials on one device: k processes each running fit() (concat, tensor cache on the device), "
-          f"aggregate training samples/s over the window in which all k run")
+    print(f"(d) packed trials on one device: {max(packs)} processes started together, each running fit() (concat, "
+          f"tensor cache on the device), released stage by stage until {', '.join(map(str, packs))} run; aggregate "
+          "training samples/s from each one's whole epochs inside its stage")
     pk, gains = {}, {}
     for sh in shapes:
         if args.smoke and sh != cshape:
             continue
-        pk[sh] = {k: G.packed(cfg[sh], k, SMOKE_N if args.smoke else PACK_N, str(device), 3 if args.smoke else 8,
-                              args.smoke) for k in packs}
+        pk[sh] = G.packed(cfg[sh], packs, SMOKE_N if args.smoke else PACK_N, str(device), 1 if args.smoke else 4,
+                          args.smoke, gpu_share)
         gains[sh] = {k: pk[sh][k]["rate"] / pk[sh][1]["rate"] for k in packs}
-        print(f"  {label[sh]}: " + "; ".join(f"{k} trial(s) {pk[sh][k]['rate']:8.1f} ({gains[sh][k]:.2f}x of 1, window "
+        print(f"  {label[sh]}: " + "; ".join(f"{k} trial(s) {pk[sh][k]['rate']:8.1f} ({gains[sh][k]:.2f}x of 1, stage "
                                             f"{pk[sh][k]['window']:.1f} s)" for k in packs))
     for sh in shapes:                               # (--smoke measures one shape)
         if sh not in pk:
             print(f"  {label[sh]}: as {label[cshape]} [--smoke measures one shape]")
             gains[sh], pk[sh] = gains[cshape], pk[cshape]
     took("(d)")
-    print("(f) fixed costs per trial: process start + imports and CUDA start (from (d)'s workers), fit() to its first "
+    print("(f) fixed costs per trial: process start + imports and CUDA start (from (d)'s workers, started together), fit() to its first "
           "epoch and that epoch's extra over the later ones (from (e)'s concat), the real-size training split's upload, "
           "a checkpoint (from (e)'s concat)")
     for sh in shapes:
@@ -269,7 +274,7 @@ def main() -> None:
     if args.replay_from:
         replay = load_replay(args.replay_from, trials)
     else:
-        replay = R.replay_all(trials, M.DATASETS, cpus=cpus, cpu_per_trial=cpu_per_trial,
+        replay = R.replay_all(trials, M.DATASETS, cpus=1 if args.smoke else cpus, cpu_per_trial=cpu_per_trial,
                               one_per_method=(args.replay or ("method" if args.smoke else "full")) == "method",
                               size_scale=1 / 50 if args.smoke else 1.0, cap=12 if args.smoke else None)
         if args.replay_to:
@@ -277,7 +282,7 @@ def main() -> None:
             Path(args.replay_to).write_text(json.dumps({**replay, "host": host}))
     print(f"  {replay['replayed']} of {replay['sections']} sections replayed ({replay['mapped']} take their method's "
           f"first); {replay['windows']} real-size replays of host work (sections x datasets, {replay['warmups']} shared "
-          f"warm-ups trained once for them, {replay['window_threads']} threads each)"
+          f"warm-ups trained once for them, {replay['window_threads']} thread(s) each)"
           + (" [--smoke: 12 epochs, the last standing for the rest; sizes / 50]" if args.smoke else ""))
     took("(g)")
 

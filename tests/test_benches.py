@@ -31,7 +31,7 @@ def test_gpu_throughput_smoke_runs_without_ray(tmp_path):
 
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--smoke", "--peak-tflops", "2",
                         "--layout", str(tmp_path / "layout"), "--replay-to", str(tmp_path / "replay.json")],
-                       capture_output=True, text=True, env=NO_RAY, timeout=1800, cwd=ROOT)
+                       capture_output=True, text=True, env=NO_RAY, timeout=540, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     grids = [ROOT / "grids" / f"table{n}.yaml" for n in range(2, 8)]
@@ -60,10 +60,12 @@ def test_gpu_throughput_smoke_runs_without_ray(tmp_path):
                "gap_adaptive", "warmup_objective")
     line = re.search(r"^  cremad 1 frame\(s\): (.*)$", out[out.index("(e) per-method"):], re.M).group(1)
     assert [p.split()[0] for p in line.split("; ")] == list(methods), line      # (e): every method of the grids
-    assert re.search(rf"^  \(b0\) cache batches alone \(no model\) +{NUM}\n  \(b\) cache pipeline +{NUM} +\(b\)/\(a\) {NUM}\n"
+    assert re.search(rf"^  \(b0\) cache batches alone \(no model; streamed, as fit\(\) placed them\) +{NUM}\n  \(b\) cache pipeline +{NUM} +\(b\)/\(a\) {NUM}\n"
                      rf"  \(c\) file pipeline +{NUM} +\(c\)/\(a\) {NUM}", out, re.M), out
-    assert re.search(rf"^  cremad 1 frame\(s\): 1 trial\(s\) +{NUM} \(1\.00x of 1, window {NUM} s\); 2 trial\(s\) +{NUM} "
-                     rf"\({NUM}x of 1, window {NUM} s\)$", out, re.M), out
+    assert re.search(r"^\(d\) packed trials on one device: 2 processes started together, .* released stage by stage "
+                     r"until 1, 2 run;", out, re.M), out
+    assert re.search(rf"^  cremad 1 frame\(s\): 1 trial\(s\) +{NUM} \(1\.00x of 1, stage {NUM} s\); 2 trial\(s\) +{NUM} "
+                     rf"\({NUM}x of 1, stage {NUM} s\)$", out, re.M), out
     assert re.search(r"^  ave 4 frame\(s\): as cremad 1 frame\(s\) \[--smoke measures one shape\]\n"
                      r"  ks 3 frame\(s\): as cremad 1 frame\(s\)", out, re.M), out
     for shape in (r"cremad 1 frame\(s\)", r"ave 4 frame\(s\)", r"ks 3 frame\(s\)"):    # (f)
@@ -116,17 +118,17 @@ def test_device_peaks_name_the_precision_and_the_part():
     assert M.peak_tflops("CPU", "fp32") is None
 
 
-def test_packed_rate_is_taken_over_the_window_all_processes_run():
-    # A runs alone for 1 s at 30/s, then at 10/s once B (10/s) has started; both run over [1, 3]
-    a = [(0.0, 0.0), (1.0, 30.0), (3.0, 50.0)]
-    b = [(1.0, 0.0), (3.0, 20.0)]
-    rate, t0, t1 = M.overlap_rate([a, b])
-    assert (t0, t1) == (1.0, 3.0) and rate == pytest.approx(20.0)
-    assert 50.0 / 3.0 + 20.0 / 2.0 == pytest.approx(26.667, abs=1e-3)     # what summing each one's own rate gave
-    c = [(0.0, 0.0), (1.0, 5.0), (2.0, 10.0)]                             # linear inside an interval
-    assert M.overlap_rate([c, [(0.5, 0.0), (1.5, 2.0)]])[0] == pytest.approx((7.5 - 2.5 + 2.0) / 1.0)
+def test_packed_rate_counts_each_process_whole_epochs_inside_its_stage():
+    # A runs alone at 30/s over [0, 2]; B is released at 2; from then on each makes 10/s
+    a = [(0.0, 0.0), (1.0, 30.0), (2.0, 60.0), (3.0, 70.0), (4.0, 80.0)]
+    b = [(2.0, 0.0), (3.0, 10.0), (4.0, 20.0)]
+    assert M.stage_rate([a], 0.0, 2.0) == pytest.approx(30.0)
+    assert M.stage_rate([a, b], 2.0, 4.0) == pytest.approx(10.0 + 10.0)
+    # A's epoch from 1 to 2 straddles a window opening at 1.5 (B not yet running): left out
+    assert M.stage_rate([a, b], 1.5, 4.0) == pytest.approx(20.0)
+    assert (30.0 + 30.0 + 10.0 + 10.0) / 4.0 + 20.0 / 2.0 == pytest.approx(30.0)   # what a rate over all of A gave
     with pytest.raises(ValueError):
-        M.overlap_rate([[(0.0, 0.0), (1.0, 1.0)], [(2.0, 0.0), (3.0, 1.0)]])
+        M.stage_rate([a, b], 0.0, 0.5)
 
 
 def test_concurrency_is_capped_by_the_cpus_too():
@@ -192,10 +194,11 @@ def test_replay_counts_the_loops_own_steps_passes_and_checkpoints():
     first = {}
     for t in trials:
         first.setdefault(t.method, t)
-    before = (T.train_step, T.predict_split, T.evaluate, T._atomic_save, PMR.__dict__.get("on_epoch_end"))
+    before = (T.train_step, T.predict_split, T.evaluate, C.save, PMR.__dict__.get("on_epoch_end"))
+    import raygap.checkpoint as C
     got = {m: R.replay({"config": first[m].config.to_dict(), "n": R.TINY, "classes": 6, "threads": 1,
                         "cap": 12 if m == "gap_adaptive" else 5})["epochs"] for m in ("mla", "pmr", "gap_adaptive")}
-    assert (T.train_step, T.predict_split, T.evaluate, T._atomic_save, PMR.__dict__.get("on_epoch_end")) == before
+    assert (T.train_step, T.predict_split, T.evaluate, C.save, PMR.__dict__.get("on_epoch_end")) == before
     assert [e["step"] for e in got["mla"]] == [2.0] * 5 and [e["seen"] for e in got["mla"]] == [1.0] * 5
     assert [e["fwd"] for e in got["pmr"]] == [{"train": 0.1}] * 5
     assert all(e["eval"] == {"val": 1.0, "test": 1.0} for e in got["pmr"])
