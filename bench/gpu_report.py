@@ -60,20 +60,24 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
     peak = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else M.peak_tflops(name, precision)
     limit = gflop / (args.gpus * peak[0] * 1e3) if peak else None
 
-    print("projection inputs ([measured] how; [assumed] why):")
+    print("projection inputs ([measured]: in this run, how; [assumed]: the value and its source):")
     m, a = "  [measured]", "  [assumed] "
     print(f"{m} trials, cells, warm-up groups, batches: raygap.grid.load_grid of grids/table2-7.yaml under "
           f"--profile {args.profile}, raygap.config.warmup_groups / epochs_not_trained_again")
     print(f"{m} precision {amp}, deterministic, channels_last, compile, batch sizes, epochs, checkpoint interval, "
           "frames, image size, packing, CPUs per trial: each trial's resolved config")
+    steps, warm = args.steps or (1 if args.smoke else 20), 1 if args.smoke else 3
     for sh in shapes:
         on, off = pure[sh]["on"], pure[sh]["off"]
         print(f"{m} {label[sh]}: pure step {on[0]:.1f} | eval {on[1]:.1f} samples/s deterministic on, {off[0]:.1f} | "
-              f"{off[1]:.1f} off ((a): {args.steps or (2 if args.smoke else 20)} timed steps after 3, synchronised)")
+              f"{off[1]:.1f} off ((a): one model, on and off alternated ABBA, {steps} timed steps a round after "
+              f"{warm} (1 in later rounds), synchronised)")
         c = costs[sh]["concat"]
         print(f"{m} {label[sh]}: fit() concat {c['step'] * 1e3:.3f} ms per step sample, {c['eval'] * 1e3:.3f} ms per "
-              f"evaluated sample ((e): {c['epochs']} epoch(s) after the first, {c['n']['train']} training samples); "
-              f"packing {', '.join(f'{k}: {g:.2f}x' for k, g in gains[sh].items())} ((d), overlap window)")
+              f"evaluated sample ((e): {c['epochs']} epoch(s) after the first, {c['n']['train']} training samples)")
+        own = sh == cshape or pk[sh] is not pk[cshape]
+        print(f"{m if own else a} {label[sh]}: packing {', '.join(f'{k}: {g:.2f}x' for k, g in gains[sh].items())} "
+              + ("((d), whole epochs inside each stage)" if own else f"({label[cshape]}'s (d): --smoke measures one shape)"))
         print(f"{m} {label[sh]}: start-up {fixed[sh]:.1f} s = process + imports {pk[sh][1]['imports_s']:.1f} + CUDA "
               f"{pk[sh][1]['cuda_s']:.1f} + fit() to its first epoch {c['startup']:.1f} + the first epoch's extra "
               f"{c['first_extra']:.1f} + upload of the "
@@ -81,24 +85,33 @@ def project(args, trials, shapes, label, cfg, pure, costs, place, eng, pk, gains
               f"{eng['cache']['load_per_clip'] * 1e3:.2f} ms per clip ((b)'s layout) x the dataset's clips")
         print(f"{m} {label[sh]}: checkpoint {c.get('ckpt_mb', 0):.0f} MB: save {c['ckpt']:.2f} s + copy to storage "
               f"{c.get('copy', 0):.2f} s; a warm-up fork copies and loads it ({load[sh]:.2f} s) (local disk)")
-    print(f"{m} every distinct trial's schedule (steps, method passes, checkpoints per epoch): (g) fit() replays "
-          f"({replay['replayed']} of {replay['sections']} sections"
-          + (", the rest as their method's first)" if replay["mapped"] else ")"))
+    src = (f"{a} read from --replay-from {args.replay_from} (measured by the run that wrote it, on its CPUs)"
+           if args.replay_from else None)
+    print(f"{src or m} every distinct trial's schedule (steps, method passes, checkpoints per epoch): (g) fit() "
+          f"replays ({replay['replayed']} of {replay['sections']} sections)")
+    if replay["mapped"]:
+        print(f"{a} {replay['mapped']} sections take the schedule and host work of their method's first section "
+              "(--replay method" + (", the --smoke default)" if args.smoke else ")"))
     most: dict = {}                                 # the largest per method and dataset
     for t in trials:
         v = replay["host"].get((t.section, t.dataset))
         if v is not None and v > most.get((t.method, t.dataset), -1.0):
             most[(t.method, t.dataset)] = v
-    print(f"{m} method host work per flagged epoch at real sizes ((g), {replay['window_threads']} threads, this CPU), "
-          "the most per method and dataset: "
+    print(f"{a if args.replay_from else m} method host work per flagged epoch at real sizes ((g), "
+          f"{replay['window_threads']} threads, " + ("that run's CPU" if args.replay_from else "this CPU")
+          + "), the most per method and dataset: "
           + ", ".join(f"{mt} on {d} {v:.2f} s" for (mt, d), v in sorted(most.items(), key=lambda kv: -kv[1])[:6]))
-    print(f"{m if args.node_cpus is None else a} node CPUs {node_cpus:g}"
-          + (f" (this machine's {cpus} per device x {args.gpus})" if args.node_cpus is None else " (--node-cpus)"))
+    print(f"{a} node CPUs {node_cpus:g}"
+          + (f" (this machine's {cpus} usable per visible device x {args.gpus}; --node-cpus gives the node's)"
+             if args.node_cpus is None else " (--node-cpus)"))
     print(f"{a} FLOPs per sample: field facts (ResNet-18 10.9 GFLOP per 224^2 frame per step, 10.0 per 257x188 "
           "spectrogram, other spectrograms scaled by area, a forward pass a third)")
     print(f"{a} peak: " + (f"{peak[0]:g} TFLOPS {precision} dense per device ({peak[1]})" if peak else
                           f"none known for {name} at {precision} (--peak-tflops gives one)"))
-    print(f"{a} split sizes: the official split files, validation 10 % of train; YouTube frames 640x360")
+    print(f"{a} split sizes (train / val / test): " + ", ".join(
+        f"{d} {v['train']} / {v['val']} / {v['test']}" for d, v in M.DATASETS.items())
+        + " (the official split files, validation 10 % of train where there is none; docs/datasets.md); "
+        "YouTube frames 640x360")
     print(f"{a} a method's step costs the same in every epoch (measured in its first epochs: gap_adaptive's "
           "adaptive-stage steps as its warm-up steps); methods measured on "
           + ("every shape" if args.method_shapes == "all" else f"{label[first]}, other shapes scaled by concat's"))

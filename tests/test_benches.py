@@ -28,6 +28,7 @@ def test_gpu_throughput_smoke_runs_without_ray(tmp_path):
     import ray: the GPU machine has none, and its packed workers and replay pool inherit that)."""
     from raygap.config import epochs_not_trained_again, warmup_groups
     from raygap.grid import count_trials, load_grid
+    from raygap.system import usable_cpus
 
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--smoke", "--peak-tflops", "2",
                         "--layout", str(tmp_path / "layout"), "--replay-to", str(tmp_path / "replay.json")],
@@ -76,12 +77,19 @@ def test_gpu_throughput_smoke_runs_without_ray(tmp_path):
     assert re.search(r"^  \d+ of (\d+) sections replayed \(\d+ take their method's first\); \d+ real-size replays", out, re.M), out
     inputs = out[out.index("projection inputs"):out.index("compute limit:")]
     assert len(re.findall(r"^  \[measured\] ", inputs, re.M)) >= 12 and len(re.findall(r"^  \[assumed\]  ", inputs, re.M)) >= 6
-    for what in ("start-up", "checkpoint", "method host work", r"node CPUs 16 \(this machine's 2 per device x 8\)"):
-        assert re.search(what, inputs), what
+    node, cap = 8 * usable_cpus(), min(16, 8 * usable_cpus() // 4)     # 8 GPUs x this machine's CPUs; 4 per trial
+    for what in (r"^  \[measured\] cremad 1 frame\(s\): start-up", r"^  \[measured\] ave 4 frame\(s\): checkpoint",
+                 r"^  \[measured\] method host work", r"^  \[measured\] cremad 1 frame\(s\): packing 1: 1\.00x, 2: ",
+                 r"^  \[assumed\]  ks 3 frame\(s\): packing .*--smoke measures one shape",
+                 r"^  \[assumed\]  \d+ sections take the schedule and host work of their method's first section",
+                 r"^  \[assumed\]  split sizes \(train / val / test\): cremad 6028 / 670 / 744, ave 3339 / 402 / 402, "
+                 r"ks 13319 / 1480 / 2597",
+                 rf"^  \[assumed\]  node CPUs {node} \(this machine's {usable_cpus()} usable per visible device x 8; "):
+        assert re.search(what, inputs, re.M), what
     assert re.search(r"peak: 2 TFLOPS fp32 dense per device \(--peak-tflops\)", inputs), inputs
     assert re.search(rf"^compute limit: {NUM} h \({NUM} PFLOP of model steps on 8 x CPU at 2 TFLOPS fp32\)", out, re.M), out
-    assert re.search(rf"^lower bound: {NUM} h \(pure model steps .* perfect packing: 4 trials at once", out, re.M), out
-    est = re.search(rf"^estimate: {NUM} h \(4 trials at once: GPU shares allow 16, 16 CPUs / 4 allow 4; batch 1: "
+    assert re.search(rf"^lower bound: {NUM} h \(pure model steps .* perfect packing: {cap} trials at once", out, re.M), out
+    est = re.search(rf"^estimate: {NUM} h \({cap} trials at once: GPU shares allow 16, {node} CPUs / 4 allow {node // 4}; batch 1: "
                     rf"{distinct - deferred} trials {NUM} h, batch 2: {deferred} trials {NUM} h; trial time alone: steps", out, re.M)
     assert est, out
     assert re.search(rf"^ratios: \(b\)/\(a\) {NUM} \(goal >= 0\.90\); \(b\)/\(c\) {NUM}; deterministic on/off train "
@@ -187,6 +195,7 @@ def test_replay_counts_the_loops_own_steps_passes_and_checkpoints():
     """The replay reads the schedule off the real fit(): MLA's two optimizer steps per batch,
     PMR's prototype pass over 10 % of train, gap_adaptive's validation pass and refits from
     the switch on, a checkpoint every 5 epochs; the loop's helpers are restored afterwards."""
+    import raygap.checkpoint as C
     import raygap.trial as T
     from raygap.methods.pmr import PMR
 
@@ -195,7 +204,6 @@ def test_replay_counts_the_loops_own_steps_passes_and_checkpoints():
     for t in trials:
         first.setdefault(t.method, t)
     before = (T.train_step, T.predict_split, T.evaluate, C.save, PMR.__dict__.get("on_epoch_end"))
-    import raygap.checkpoint as C
     got = {m: R.replay({"config": first[m].config.to_dict(), "n": R.TINY, "classes": 6, "threads": 1,
                         "cap": 12 if m == "gap_adaptive" else 5})["epochs"] for m in ("mla", "pmr", "gap_adaptive")}
     assert (T.train_step, T.predict_split, T.evaluate, C.save, PMR.__dict__.get("on_epoch_end")) == before
