@@ -343,7 +343,7 @@ def packed(cfg, ks: list[int], n: dict, device: str, epochs: int, smoke: bool, g
     K = max(ks)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     script = str(Path(__file__).with_name("gpu_throughput.py"))
-    procs, errs, ends = [], [], []
+    procs, errs, ends, got = [], [], [], []
     tmp = tempfile.TemporaryDirectory(prefix="raygap-packed-")
     stop = Path(tmp.name) / "stop"
 
@@ -382,7 +382,6 @@ def packed(cfg, ks: list[int], n: dict, device: str, epochs: int, smoke: bool, g
                     read(i)
         starts.append(time.monotonic())
         stop.touch()
-        got = []
         for i, p in enumerate(procs):
             while (line := p.stdout.readline()).startswith("EPOCH "):
                 pass
@@ -391,6 +390,8 @@ def packed(cfg, ks: list[int], n: dict, device: str, epochs: int, smoke: bool, g
             got.append(json.loads(line))
     finally:
         for p in procs:
+            if len(got) < K:                          # failed: the others may wait on stdin or train on
+                p.kill()
             try:
                 p.wait(60)
             except subprocess.TimeoutExpired:
