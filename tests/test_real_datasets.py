@@ -20,6 +20,7 @@ import raygap.data  # noqa: F401  (registers the datasets)
 from raygap.data import media
 from raygap.data import prepare as prep
 from raygap.data.base import DataCommon
+from raygap.data.prepare import layouts
 from raygap.errors import DataError
 from raygap.registry import DATASETS
 from raygap.system import ffmpeg_exe
@@ -325,22 +326,22 @@ def test_ks_numeric_classes_carving_shapes_and_precomputed_audio(ks_root):
 
 # ----------------------------------------------------------------------------- prepare
 def test_cremad_label_parsing_and_generated_split():
-    assert prep.cremad_label("1001_DFA_ANG_XX") == "ANG"
+    assert layouts.cremad_label("1001_DFA_ANG_XX") == "ANG"
     with pytest.raises(ValueError):
-        prep.cremad_label("1001_DFA_XYZ_XX")
+        layouts.cremad_label("1001_DFA_XYZ_XX")
     with pytest.raises(ValueError):
-        prep.cremad_label("notaclip")
+        layouts.cremad_label("notaclip")
     clips = [f"{a}_{s}_{e}_XX" for a in range(1001, 1011) for s in ("DFA", "IEO") for e in EMOTIONS]
-    train, test = prep.cremad_split_rows(clips, seed=0)
+    train, test = layouts.cremad_split_rows(clips, seed=0)
     assert len(train) + len(test) == 120 and not {c for c, _ in train} & {c for c, _ in test}
     assert [y for _, y in test].count("ANG") == 2 and len(test) == 12   # 744/7442 of 20 per emotion, stratified
     assert all(c.split("_")[2] == y for c, y in train + test)
-    assert prep.cremad_split_rows(clips, seed=0) == (train, test)
-    assert prep.cremad_split_rows(clips, seed=1) != (train, test)
+    assert layouts.cremad_split_rows(clips, seed=0) == (train, test)
+    assert layouts.cremad_split_rows(clips, seed=1) != (train, test)
     # the paper's proportions on CREMA-D's class sizes: 1087 NEU + 5 x 1271 -> 744 test
     sizes = [1087] + [1271] * 5
     full = [f"{1001 + i % 91}_{i:05d}_{e}_XX" for e, n in zip(EMOTIONS, sizes) for i in range(n)]
-    train, test = prep.cremad_split_rows(full)
+    train, test = layouts.cremad_split_rows(full)
     assert (len(train), len(test)) == (6698, 744)
 
 
