@@ -7,9 +7,12 @@ from ..errors import ConfigError
 
 
 def cmd_prepare(args) -> int:
-    from ..data.prepare import main_prepare
+    """0 when every clip is ready, 1 when some failed or lack source media (listed in
+    OUT_DIR/prepare_failures.txt); bad input is one line from :func:`raygap.cli.main` (exit 2)."""
+    from ..data.prepare import prepare
 
-    return main_prepare(args.dataset, args.raw_dir, args.out_dir, dict(key_values(args.option, "--option")))
+    report = prepare(args.dataset, args.raw_dir, args.out_dir, dict(key_values(args.option, "--option")))
+    return 1 if (report["failed"] or report["missing_source"]) else 0
 
 
 def cmd_cache(args) -> int:

@@ -23,16 +23,17 @@ when complete, and clips that fail are listed in ``OUT_DIR/prepare_failures.txt`
 Options common to all: ``workers=N`` (parallel ffmpeg processes), ``overwrite=true``.
 
 One module a job: ``options`` (what ``--option`` accepts), ``layouts`` (each dataset's download
-read into a plan), ``jobs`` (extracting and copying, one clip at a time), and here the verb.
+read into a plan), ``jobs`` (extracting and copying, one clip at a time), and here
+:func:`prepare`, which puts them together (the ``raygap prepare`` verb calls it).
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
+from typing import Any
 
-from ...errors import ConfigError, DataError
+from ...errors import DataError
 from .jobs import find_ffmpeg, run_jobs
 from .layouts import PLANNERS
 from .options import parse_options
@@ -41,9 +42,10 @@ FAILURES_FILE = "prepare_failures.txt"
 REPORT_FILE = "prepare_report.json"
 
 
-def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print,
-            **options) -> dict:
-    """Build ``dataset``'s layout in ``out_dir`` from the downloads in ``raw_dir``.
+def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike,
+            options: dict[str, Any] | None = None, log=print) -> dict:
+    """Build ``dataset``'s layout in ``out_dir`` from the downloads in ``raw_dir``, with
+    ``options`` (``--option``'s strings, or typed values; checked by :func:`parse_options`).
 
     Returns a report -- clips, split-list rows, jobs run, outputs kept, clips without
     source media, failures -- also written to ``out_dir/prepare_report.json``; clips with
@@ -86,17 +88,3 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
         report["cache"] = [str(p) for p in build_dataset(dataset, entry.params(), str(out),
                                                          workers=opts["workers"], log=log)]
     return report
-
-
-def main_prepare(dataset: str, raw_dir: str, out_dir: str, options: dict) -> int:
-    """The ``raygap prepare`` verb: 0 when every clip is ready, 1 when some failed or lack
-    source media (listed in OUT_DIR/prepare_failures.txt), 2 on bad input (one line)."""
-    try:
-        report = prepare(dataset, raw_dir, out_dir, **(options or {}))
-    except ConfigError as e:
-        print(f"raygap: error: {e.line()}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        print(f"raygap: data error: {e}", file=sys.stderr)
-        return 2
-    return 1 if (report["failed"] or report["missing_source"]) else 0
