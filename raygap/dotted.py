@@ -1,8 +1,9 @@
 """Dotted keys (``method.rho``): the one way a key is named across the nested mappings of a
 trial config, a grid layer and ``--set``.
 
-:func:`parse_set` reads ``--set KEY=VALUE`` items, :func:`set_dotted` and :func:`get_dotted`
-write and read one key, :func:`deep_merge` lays one layer over another (a dotted key in a
+:func:`key_values` splits command-line ``KEY=VALUE`` items (``--set``, ``--option``),
+:func:`parse_set` reads ``--set``'s values as YAML, :func:`set_dotted` and :func:`get_dotted` write
+and read one key, :func:`deep_merge` lays one layer over another (a dotted key in a
 layer sets that one key), and :func:`flatten` is the inverse: every leaf under its dotted key.
 Problems are one :class:`~raygap.errors.ConfigError` line naming the key.
 """
@@ -16,13 +17,22 @@ import yaml
 from .errors import ConfigError
 
 
-def parse_set(items: list[str] | None) -> list[tuple[str, Any]]:
-    """``["method.rho=0.9", ...]`` -> [("method.rho", 0.9)], values parsed as YAML."""
+def key_values(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
+    """Command-line ``KEY=VALUE`` items (``--set``, ``--option``) -> [(KEY, VALUE)] as typed, split
+    at the first ``=``; an item without one is one line naming ``flag``."""
     out = []
     for it in items or []:
         if "=" not in it:
-            raise ConfigError(f"--set expects KEY=VALUE, got {it!r}", key="--set")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {it!r}", key=flag)
         k, v = it.split("=", 1)
+        out.append((k, v))
+    return out
+
+
+def parse_set(items: list[str] | None) -> list[tuple[str, Any]]:
+    """``["method.rho=0.9", ...]`` -> [("method.rho", 0.9)], values parsed as YAML."""
+    out = []
+    for k, v in key_values(items, "--set"):
         try:
             val = yaml.safe_load(v) if v != "" else ""
         except yaml.YAMLError:

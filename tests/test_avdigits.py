@@ -11,20 +11,9 @@ import pytest
 import torch
 
 import raygap.data  # noqa: F401  (registers the datasets)
-from raygap.data.avdigits import (
-    ALPHABET,
-    CLASS_NAMES,
-    PAD,
-    TEXT_DIM,
-    TEXT_LEN,
-    AVDigitsParams,
-    build,
-    decode_text,
-    load_bank,
-    load_images,
-    regression_target,
-    typo,
-)
+from raygap.data.avdigits import AVDigitsParams, build, regression_target
+from raygap.data.avdigits.sources import CLASS_NAMES, load_bank, load_images
+from raygap.data.avdigits.text import ALPHABET, PAD, TEXT_DIM, TEXT_LEN, decode_text, typo
 from raygap.data.base import DataCommon, TensorSplit
 from raygap.registry import DATASETS
 

@@ -17,9 +17,11 @@ import torch
 from PIL import Image
 
 import raygap.data  # noqa: F401  (registers the datasets)
+from raygap.cli import main as cli_main
 from raygap.data import media
 from raygap.data import prepare as prep
 from raygap.data.base import DataCommon
+from raygap.data.prepare import layouts
 from raygap.errors import DataError
 from raygap.registry import DATASETS
 from raygap.system import ffmpeg_exe
@@ -324,23 +326,29 @@ def test_ks_numeric_classes_carving_shapes_and_precomputed_audio(ks_root):
 
 
 # ----------------------------------------------------------------------------- prepare
+def prepare_cli(dataset: str, raw, out, **options) -> int:
+    """``raygap prepare DATASET RAW OUT --option KEY=VALUE ...`` in this process: its exit code."""
+    return cli_main(["prepare", dataset, str(raw), str(out),
+                     *(w for k, v in options.items() for w in ("--option", f"{k}={v}"))])
+
+
 def test_cremad_label_parsing_and_generated_split():
-    assert prep.cremad_label("1001_DFA_ANG_XX") == "ANG"
+    assert layouts.cremad_label("1001_DFA_ANG_XX") == "ANG"
     with pytest.raises(ValueError):
-        prep.cremad_label("1001_DFA_XYZ_XX")
+        layouts.cremad_label("1001_DFA_XYZ_XX")
     with pytest.raises(ValueError):
-        prep.cremad_label("notaclip")
+        layouts.cremad_label("notaclip")
     clips = [f"{a}_{s}_{e}_XX" for a in range(1001, 1011) for s in ("DFA", "IEO") for e in EMOTIONS]
-    train, test = prep.cremad_split_rows(clips, seed=0)
+    train, test = layouts.cremad_split_rows(clips, seed=0)
     assert len(train) + len(test) == 120 and not {c for c, _ in train} & {c for c, _ in test}
     assert [y for _, y in test].count("ANG") == 2 and len(test) == 12   # 744/7442 of 20 per emotion, stratified
     assert all(c.split("_")[2] == y for c, y in train + test)
-    assert prep.cremad_split_rows(clips, seed=0) == (train, test)
-    assert prep.cremad_split_rows(clips, seed=1) != (train, test)
+    assert layouts.cremad_split_rows(clips, seed=0) == (train, test)
+    assert layouts.cremad_split_rows(clips, seed=1) != (train, test)
     # the paper's proportions on CREMA-D's class sizes: 1087 NEU + 5 x 1271 -> 744 test
     sizes = [1087] + [1271] * 5
     full = [f"{1001 + i % 91}_{i:05d}_{e}_XX" for e, n in zip(EMOTIONS, sizes) for i in range(n)]
-    train, test = prep.cremad_split_rows(full)
+    train, test = layouts.cremad_split_rows(full)
     assert (len(train), len(test)) == (6698, 744)
 
 
@@ -358,7 +366,7 @@ def test_prepare_cremad_without_ffmpeg_when_frames_exist(tmp_path, capsys):
     clips = _cremad_raw(raw)
     for c in clips:                                   # frames already extracted: no ffmpeg needed
         write_frames(out / "Image-01-FPS" / c)
-    assert prep.main_prepare("cremad", str(raw), str(out), {"seed": "3"}) == 0
+    assert prepare_cli("cremad", raw, out, seed=3) == 0
     assert sorted(p.stem for p in (out / "AudioWAV").glob("*.wav")) == sorted(clips)
     b = build("cremad", out)
     assert len(b.train) + len(b.val) + len(b.test) == 12 and len(b.test) >= 1
@@ -370,16 +378,29 @@ def test_prepare_reports_missing_ffmpeg_and_bad_options(tmp_path, monkeypatch, c
     _cremad_raw(raw)
     monkeypatch.setattr(shutil, "which", lambda name: None)          # no system ffmpeg ...
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)         # ... and no bundled one
-    assert prep.main_prepare("cremad", str(raw), str(out), {}) == 2
+    assert prepare_cli("cremad", raw, out) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "ffmpeg not found" in err and "pip install imageio-ffmpeg" in err
     assert "apt-get install ffmpeg" in err
     assert not (out / "train.csv").exists()                      # failed before writing anything
-    assert prep.main_prepare("cremad", str(raw), str(out), {"sed": "1"}) == 2
+    assert prepare_cli("cremad", raw, out, sed=1) == 2
     assert "nearest: 'seed'" in capsys.readouterr().err
-    assert prep.main_prepare("kss", str(raw), str(out), {}) == 2
-    assert prep.main_prepare("ks", str(tmp_path / "absent"), str(out), {}) == 2
+    assert prepare_cli("kss", raw, out) == 2
+    assert prepare_cli("ks", tmp_path / "absent", out) == 2
 
+
+
+def test_an_option_named_like_an_argument_of_prepare_is_an_unknown_option(tmp_path, capsys):
+    # `--option log=1` once replaced prepare()'s log function ('str' object is not callable) and
+    # `--option raw_dir=x` collided with its argument: tracebacks. They are options like any other.
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _cremad_raw(raw)
+    for key in ("log", "dataset", "raw_dir", "out_dir"):
+        assert cli_main(["prepare", "cremad", str(raw), str(out), "--option", f"{key}=1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"raygap: error: --option {key}: unknown option for cremad (options: workers, "
+                              "overwrite, cache, train_csv, test_csv, seed, test_fraction) (nearest: '")
+        assert err.count("\n") == 1 and not out.exists()
 
 # ----------------------------------------------------------------------------- prepare, end to end
 FFMPEG = ffmpeg_exe()
@@ -415,7 +436,7 @@ def test_prepare_end_to_end_with_ffmpeg(tmp_path):
             rows["my_test.txt" if j == 2 else "my_train.txt"].append(f"{clip},10,{k}")
     for fname, r in rows.items():
         (raw / fname).write_text("\n".join(r) + "\n")
-    assert prep.main_prepare("ks", str(raw), str(out), {"workers": "2"}) == 0
+    assert prepare_cli("ks", raw, out, workers=2) == 0
     wav = out / "Audio" / "id00_0.wav"
     assert sf.info(str(wav)).samplerate == 16000 and sf.info(str(wav)).channels == 1
     assert len(media.list_frames(out / "Image-01-FPS" / "id00_0")) == 3          # 1 fps over 3 s
@@ -434,7 +455,7 @@ def test_prepare_end_to_end_with_ffmpeg(tmp_path):
             lists[fname].append(f"{cls}&{vid}&good&1&3")
     for fname, r in lists.items():
         (raw / fname).write_text("\n".join(r) + "\n")
-    assert prep.main_prepare("ave", str(raw), str(out), {}) == 0
+    assert prepare_cli("ave", raw, out) == 0
     assert len(media.list_frames(out / "Image-01-FPS-SE" / "a00")) == 2          # seconds 1..3 of 4
     b = build("ave", out)
     assert tuple(b.val[0]["audio"].shape) == (1, 257, 1004) and tuple(b.val[0]["visual"].shape) == (4, 3, SIZE, SIZE)
@@ -447,7 +468,7 @@ def test_prepare_end_to_end_with_ffmpeg(tmp_path):
         make_video(raw / "VideoFlash" / f"{c}.flv", 2, 440)
     (raw / "train.csv").write_text("".join(f"{c},{c.split('_')[2]}\n" for c in clips[:3] + ["1003_DFA_NEU_XX"]))
     (raw / "test.csv").write_text(f"{clips[3]},{clips[3].split('_')[2]}\n")
-    assert prep.main_prepare("cremad", str(raw), str(out), {}) == 1
+    assert prepare_cli("cremad", raw, out) == 1
     assert "1003_DFA_NEU_XX" in (out / "prepare_failures.txt").read_text()
     b = build("cremad", out, on_bad_media="skip")
     assert b.info["skipped_total"] == 1 and len(b.test) == 1

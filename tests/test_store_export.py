@@ -315,7 +315,7 @@ def test_paper_grid_exports_with_skipped_rows(tmp_path):
 
 
 def test_accuracy_figure_draws_a_regression_history_and_a_figure_error_costs_one_line(tmp_path, capsys):
-    from raygap import cli
+    from raygap.cli.grids import draw_figures
     from raygap.figures import trial_figures
     hist = [{"epoch": e, "val_mae": 1.0 - 0.1 * e, "val_mae_text": 0.9 - 0.1 * e, "val_corr": 0.1 * e}
             for e in range(3)]
@@ -324,7 +324,7 @@ def test_accuracy_figure_draws_a_regression_history_and_a_figure_error_costs_one
 
     class Broken:
         grid = property(lambda self: 1 / 0)
-    assert cli._figures(Broken(), tmp_path / "f") == []
+    assert draw_figures(Broken(), tmp_path / "f") == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "figures not drawn: ZeroDivisionError" in err
 

@@ -1,0 +1,4 @@
+"""``python -m raygap.cli``: the same as ``raygap`` and ``python -m raygap``."""
+from . import entry
+
+entry()

@@ -1,0 +1,110 @@
+"""What the grid verbs (``run``, ``status``, ``export``, ``report``) share: the grid a command
+names and the profile it reads, its results folder and trial store, its table folder, and the
+figures step that must neither cost the tables nor fail silently."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, StoreError
+
+RESULTS = "results"             # the default --results folder
+
+
+def results_root(args) -> Path:
+    root = Path(args.results)
+    if root.exists() and not root.is_dir():
+        raise ConfigError("is a file, not a folder", key="--results", file=str(root))
+    return root
+
+
+def open_store(args, readonly: bool = False):
+    """The results folder's trial store; one to read where there is none yet: an empty one
+    (:class:`~raygap.store.EmptyStore`), nothing created."""
+    from ..store import EmptyStore, Store
+
+    db = results_root(args) / "store.sqlite"
+    return EmptyStore(db) if readonly and not db.exists() else Store(db, readonly=readonly)
+
+
+def grid_of(args, profile=None, sets=None, use_args=True):
+    from ..grid import load_grid
+
+    return load_grid(args.grid, profile=getattr(args, "profile", None) if use_args else profile,
+                     sets=getattr(args, "set", None) if use_args else sets,
+                     skip_missing=getattr(args, "skip_missing", False))
+
+
+def grid_for_reading(args):
+    """(grid, store) for status / export: the profile and --set given, else those the grid
+    last ran with (said on stderr); a grid that never ran is one line (exit 2)."""
+    if args.profile is not None or args.set:
+        grid = grid_of(args)
+        return grid, open_store(args, readonly=True)
+    plain = grid_of(args)
+    store = open_store(args, readonly=True)
+    last = store.last_run(plain.name)
+    if last is None:
+        raise ConfigError(f"grid {plain.name!r} has never run with --results {args.results}, so there is no "
+                          "profile to default to", file=args.grid,
+                          hint=f"run it first (raygap run {args.grid} --profile demo) or pass --profile NAME")
+    grid = grid_of(args, profile=last["profile"], sets=last["sets"] or None, use_args=False)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["started"])) if last.get("started") else "?"
+    what = f"profile {last['profile']}" if last["profile"] else "no profile (the grid's own settings)"
+    sets = f" with --set {' '.join(last['sets'])}" if last["sets"] else ""
+    print(f"raygap: {what}{sets}: the settings {plain.name} last ran with ({when}); pass --profile to choose",
+          file=sys.stderr)
+    return grid, store
+
+
+def nothing_ran(args, grid, store) -> None:
+    """``export`` / ``report`` where no trial store exists: one line naming it and the run to
+    start (exit 2), before anything is written."""
+    from ..store import EmptyStore
+
+    if isinstance(store, EmptyStore):
+        run = ["raygap", "run", args.grid, *(["--profile", args.profile] if args.profile else []),
+               *[w for item in args.set or [] for w in ("--set", item)],
+               *(["--results", args.results] if args.results != RESULTS else [])]
+        raise StoreError(store.path, f"no trial of grid {grid.name!r} has run here (no trial store)",
+                         f"run it first: {shlex.join(run)}")
+
+
+def table_folder(args, grid, create: bool = True) -> Path:
+    from ..atomic import results_dir
+
+    try:
+        return results_dir(results_root(args), grid.name, grid.variant, create=create)
+    except StoreError as e:
+        if Path(e.path).name == grid.name and "is a file" in e.problem:
+            raise ConfigError(f"{grid.name!r} names {e.path}, which is a file, so the grid's tables cannot go there",
+                              file=args.grid, key="name", hint=f"rename the grid (e.g. {grid.name}_grid)") from None
+        raise
+
+
+class FiguresFailed(list):
+    """No figures: drawing them raised (the tables are written already). Falsy, like no figures;
+    the command exits 1 and says where the traceback is."""
+
+
+def draw_figures(table, out_dir: Path) -> list:
+    """The grid's figures. Drawing them must not cost the tables (written before), and must not
+    fail silently either: an error is one line naming the file with its full traceback, and the
+    command's exit code becomes 1 (``FiguresFailed``)."""
+    import traceback
+
+    from ..atomic import atomic_write
+    from ..figures import grid_figures
+
+    try:
+        return grid_figures(table, out_dir)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 -- reported below and in the exit code, not swallowed
+        tb = out_dir / "error.txt"
+        atomic_write(tb, traceback.format_exc())
+        print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(traceback: {tb})", file=sys.stderr)
+        return FiguresFailed()

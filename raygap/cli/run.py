@@ -1,0 +1,107 @@
+"""``raygap run``: a grid's missing trials as Ray Tune trials, then its tables and figures;
+``--dry-run`` lists the trials and what is done, ``--rerun`` runs stored ones again."""
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import interrupts
+from ..errors import ConfigError
+from .grids import FiguresFailed, draw_figures, grid_of, open_store, table_folder
+
+
+def _rerun_keys(args, grid, store=None) -> list[str]:
+    """The keys of the grid's trials that ``--rerun`` names (hash prefixes, ``all``, ``stale``)."""
+    from ..status import stale_trials
+
+    prefixes = [p.strip() for item in args.rerun or [] for p in item.split(",") if p.strip()]
+    for p in prefixes:
+        if p not in ("all", "stale") and not all(c in "0123456789abcdef" for c in p):
+            raise ConfigError(f"{p!r} is not a trial hash (hex digits, as in --dry-run), 'all' or 'stale'",
+                              key="--rerun", hint="e.g. --rerun 3fa2 --rerun all")
+    stale = {k for ks in stale_trials(grid, store).values() for k in ks} if "stale" in prefixes and store else set()
+    keys = sorted({s.key for s in grid.trials
+                   if any(p == "all" or (p == "stale" and s.key in stale) or (p != "stale" and s.key.startswith(p))
+                          for p in prefixes)})
+    if prefixes == ["stale"] and not keys:
+        print("--rerun stale: no stored trial of this grid ran with other code of its method", file=sys.stderr)
+        return []
+    if prefixes and not keys:
+        raise ConfigError(f"--rerun {' '.join(prefixes)} matches no trial of this grid", file=args.grid,
+                          hint="the hashes are listed by --dry-run")
+    return keys
+
+
+def cmd_run(args) -> int:
+    from ..export import ExportRefused, write_tables
+    from ..status import describe, stale_lines, stale_trials
+    from ..table import read_table
+
+    grid = grid_of(args)
+    table_dir = table_folder(args, grid, create=not args.dry_run)
+    for label, reason in grid.skipped:
+        print(f"skipped row {label!r}: {reason}")
+    if args.dry_run:                    # reads only: no store is created, nothing is forgotten
+        store = open_store(args, readonly=True)
+        keys = _rerun_keys(args, grid, store)
+        print(describe(grid, store, rerun=set(keys)))
+        for line in stale_lines(stale_trials(grid, store)):
+            print(f"raygap: {line}", file=sys.stderr)
+        if keys:
+            print(f"--rerun: would forget {len(keys)} stored trial(s) and run them again (dry run: nothing changed)")
+        return 0
+    store = open_store(args)
+    keys = _rerun_keys(args, grid, store)
+    for line in stale_lines({m: [k for k in ks if k not in keys] for m, ks in stale_trials(grid, store).items()
+                             if any(k not in keys for k in ks)}):
+        print(f"raygap: {line}", file=sys.stderr)
+    if keys:
+        n = store.forget(keys)
+        print(f"--rerun: {n} stored trial(s) set aside (kept in the store's `forgotten` table) to run again")
+    from ..progress import Progress
+    from ..runner import LOOPBACK_ENV, run_grid, tracker_problem     # (importing it does not import Ray)
+
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        # Ray reads this when it is imported: an embedded instance then binds 127.0.0.1 only
+        os.environ[LOOPBACK_ENV] = "0"
+
+    problem = tracker_problem(args.tracker)
+    if problem:
+        raise ConfigError(problem, key="--tracker")
+
+    progress = Progress(verbosity=1 + args.verbose - args.quiet, every=args.progress_every)
+    summary = run_grid(grid, store, address=args.address, storage=args.storage,
+                       max_failures=args.max_failures, num_cpus=args.num_cpus,
+                       log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
+                       share_warmups=not args.no_shared_warmups)
+    with interrupts.protected("export"):
+        table = read_table(grid, store, table_dir)
+        try:
+            paths = write_tables(table, table_dir, force=args.force)
+            written = "tables: " + ", ".join(str(p) for p in paths.values())
+        except ExportRefused as e:
+            written = f"tables not replaced: {e}"
+        figures = draw_figures(table, table_dir / "figures")
+    print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
+          f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
+    print(written)
+    if figures:
+        drawn = getattr(figures, "drawn", len(figures))
+        kept = f"; {len(figures) - drawn} unchanged, kept" if drawn < len(figures) else ""
+        print(f"figures: {len(figures)} in {table_dir / 'figures'} ({drawn} drawn{kept})")
+    if summary.unfinished:
+        marked = (f" ({summary.marked_interrupted} marked interrupted in the store)"
+                  if summary.marked_interrupted else "")
+        print(f"raygap: interrupted ({summary.interrupted or 'SIGINT'}): {summary.unfinished} trial(s) not "
+              f"finished{marked}; run the same command again to finish them (finished trials are kept)",
+              file=sys.stderr)
+    elif interrupts.interrupted():
+        print(f"raygap: {interrupts.last_signal()} received after every trial had finished: the run is complete "
+              "and its tables are written", file=sys.stderr)
+    if summary.failed:
+        print(f"raygap: {len(summary.failed)} trial(s) failed:", file=sys.stderr)
+        for key, err in summary.failed.items():
+            print(f"  {key}: {err}", file=sys.stderr)
+    if isinstance(figures, FiguresFailed):
+        return summary.exit_code or 1
+    return summary.exit_code

@@ -1,0 +1,90 @@
+"""``raygap prepare DATASET RAW_DIR OUT_DIR [--option KEY=VALUE ...]``: build the layout that the
+``cremad``, ``ave`` and ``ks`` loaders read (docs/datasets.md) from the public downloads.
+
+* **cremad** -- RAW_DIR holds ``AudioWAV/*.wav`` and ``VideoFlash/*.flv`` (the CREMA-D
+  repository). WAVs are copied unchanged to ``AudioWAV/`` (the loader resamples them), frames
+  are extracted at 1 fps to ``Image-01-FPS/<clip>/%05d.jpg``, and ``train.csv`` / ``test.csv``
+  (``clip,LABEL``; the label is the clip name's third field) are copied from
+  ``train_csv=`` / ``test_csv=`` or from RAW_DIR when it has them, else generated: a
+  stratified, seeded split holding out 744/7442 of the clips (the paper's 6698 / 744).
+* **ave** -- RAW_DIR holds ``AVE/<vid>.mp4``, ``trainSet.txt``, ``valSet.txt``, ``testSet.txt``
+  (and ``Annotations.txt``). Frames at 1 fps *within the event segment* go to
+  ``Image-01-FPS-SE/<vid>/``, the clip's audio as 16 kHz mono WAV to ``Audio/<vid>.wav``; the
+  lists are copied.
+* **ks** -- RAW_DIR holds ``<clip>.mp4`` files (searched recursively, so class sub-folders
+  are fine) and ``my_train.txt`` / ``my_test.txt`` (or ``train_list=`` / ``test_list=``).
+  Frames at 1 fps go to ``Image-01-FPS/<clip>/``, audio as 16 kHz mono WAV to
+  ``Audio/<clip>.wav``; the lists (and ``classes.txt`` if present) are copied.
+
+Video decoding uses the system's ``ffmpeg`` from PATH (``apt-get install ffmpeg``); it is only
+needed when frames or audio are still to be extracted. Outputs already present are kept
+(``overwrite=true`` redoes them), every output is written under a temporary name and renamed
+when complete, and clips that fail are listed in ``OUT_DIR/prepare_failures.txt`` (exit 1).
+Options common to all: ``workers=N`` (parallel ffmpeg processes), ``overwrite=true``.
+
+One module a job: ``options`` (what ``--option`` accepts), ``layouts`` (each dataset's download
+read into a plan), ``jobs`` (extracting and copying, one clip at a time), and here
+:func:`prepare`, which puts them together (the ``raygap prepare`` verb calls it).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ...errors import DataError
+from .jobs import find_ffmpeg, run_jobs
+from .layouts import PLANNERS
+from .options import parse_options
+
+FAILURES_FILE = "prepare_failures.txt"
+REPORT_FILE = "prepare_report.json"
+
+
+def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike,
+            options: dict[str, Any] | None = None, log=print) -> dict:
+    """Build ``dataset``'s layout in ``out_dir`` from the downloads in ``raw_dir``, with
+    ``options`` (``--option``'s strings, or typed values; checked by :func:`parse_options`).
+
+    Returns a report -- clips, split-list rows, jobs run, outputs kept, clips without
+    source media, failures -- also written to ``out_dir/prepare_report.json``; clips with
+    problems are listed in ``out_dir/prepare_failures.txt``."""
+    opts = parse_options(dataset, options)
+    raw = Path(raw_dir).expanduser()
+    out = Path(out_dir).expanduser()
+    if not raw.is_dir():
+        raise DataError(f"{raw}: raw download folder missing")
+    plan = PLANNERS[dataset](raw, out, opts)
+    for note in plan.notes:
+        log(f"{dataset}: {note}")
+    if any(j.needs_ffmpeg for j in plan.jobs):
+        find_ffmpeg()                     # fail before writing anything
+    out.mkdir(parents=True, exist_ok=True)
+    failures = run_jobs(plan.jobs, opts["workers"], log=log)
+    plan.write_lists()
+
+    report = {
+        "dataset": dataset, "raw_dir": str(raw), "out_dir": str(out),
+        "clips": len(plan.clips), "lists": plan.lists, "jobs": len(plan.jobs),
+        "kept_existing": plan.kept, "missing_source": plan.missing, "failed": failures,
+    }
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    problems = plan.missing + failures
+    failures_path = out / FAILURES_FILE
+    if problems:
+        failures_path.write_text("".join(f"{line}\n" for line in problems))
+    elif failures_path.exists():
+        failures_path.unlink()
+    lists = ", ".join(f"{k} {v} rows" for k, v in plan.lists.items())
+    log(f"{dataset}: {len(plan.clips)} clips ({lists}); {len(plan.jobs) - len(failures)} outputs written, "
+        f"{plan.kept} kept, {len(problems)} problems"
+        + (f" (listed in {failures_path})" if problems else "") + f" -> {out}")
+    if opts["cache"] and len(plan.clips) > len(problems):
+        from ...registry import DATASETS
+        from ..cache import build_dataset
+
+        entry = DATASETS.get(dataset)
+        report["cache"] = [str(p) for p in build_dataset(dataset, entry.params(), str(out),
+                                                         workers=opts["workers"], log=log)]
+    return report
