@@ -30,9 +30,9 @@ from pathlib import Path
 
 from . import interrupts
 from .errors import ConfigError
+from .trialfiles import CHECKPOINT
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-CHECKPOINT_FILE = "checkpoint.pt"     # (raygap.trial.CHECKPOINT; the driver side does not import torch)
 
 
 @dataclass
@@ -73,7 +73,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     from .errors import CheckpointDeviceMismatch, CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
     from .data.preload import release_device_memory
     from .models.compiled import CompileLimitHit
-    from .trial import CHECKPOINT, TrialDiverged, device_kind, fit, load_data, pick_device, prepare_process
+    from .trial import TrialDiverged, device_kind, fit, load_data, pick_device, prepare_process
 
     DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch,
                               CheckpointDeviceMismatch, CompileLimitHit)
@@ -193,9 +193,9 @@ def keep_checkpoint(src: Path, uri: str) -> str:
 
     fs, path, _ = _fs_path(uri)
     fs.create_dir(path, recursive=True)
-    tmp = f"{path}/{CHECKPOINT_FILE}.part"
+    tmp = f"{path}/{CHECKPOINT}.part"
     pyarrow.fs.copy_files(str(src), tmp, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
-    fs.move(tmp, f"{path}/{CHECKPOINT_FILE}")
+    fs.move(tmp, f"{path}/{CHECKPOINT}")
     return uri
 
 
