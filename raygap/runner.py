@@ -265,13 +265,10 @@ def delete_checkpoint(uri: str | None) -> None:
 
 
 # ----------------------------------------------------------------------------- driver side
-def _shown_metric(record: dict, prefix: str = "") -> str:
-    """The metric a progress line shows: accuracy, or MAE for a regression target."""
-    return "acc" if f"{prefix}acc" in record or f"{prefix}mae" not in record else "mae"
-
-
 def _store_callback(store, summary: RunSummary, progress):
     from ray.tune import Callback
+
+    from .metrics import shown_metric
 
     log = progress.note
 
@@ -349,7 +346,7 @@ def _store_callback(store, summary: RunSummary, progress):
                 rec["worker_pid"], rec["worker_node"] = result.get("pid"), result.get("node")
                 hist[:] = [h for h in hist if h["epoch"] < rec["epoch"]] + [rec]   # a restart replays epochs
                 store.record_epoch(key, hist)
-                name = _shown_metric(rec, "val_")
+                name = shown_metric(rec, "val_")
                 progress.epoch(key, self._label(trial), int(rec["epoch"]), name, rec.get("val_" + name, float("nan")),
                                rec.get("epoch_seconds", float("nan")), rec.get("device", ""))
             if "final_json" in result:
@@ -358,7 +355,7 @@ def _store_callback(store, summary: RunSummary, progress):
                 delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
                 summary.done += 1
-                progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := _shown_metric(fin['metrics']))} "
+                progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := shown_metric(fin['metrics']))} "
                                          f"{fin['metrics'].get(name, float('nan')):.4f} on {fin['info'].get('device', '?')}")
             if "failed_json" in result:
                 failed = json.loads(result["failed_json"])

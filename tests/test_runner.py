@@ -245,7 +245,7 @@ def test_resource_check_says_why_in_one_line(local_ray, tmp_path, capsys):
 
 
 def test_progress_lines_show_mae_for_a_regression_target():
-    from raygap.runner import _shown_metric
+    from raygap.metrics import shown_metric as _shown_metric
     assert _shown_metric({"val_acc": 0.9, "val_loss": 0.3}, "val_") == "acc"
     assert _shown_metric({"val_mae": 0.8, "val_corr": 0.5}, "val_") == "mae"
     assert _shown_metric({"mae": 0.8, "acc2": 0.7}) == "mae"
