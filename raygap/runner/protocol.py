@@ -15,7 +15,8 @@ kind          what it holds, and when it is sent
               None): the last report, instead of an exception Tune would retry
 ``resumed``   with the first epoch after a resume or a start from a shared warm-up: ``{"epoch",
               "uri", "history", "warmup_from"?, "note"}``, or only ``{"note"}`` (no checkpoint used)
-``warnings``  the Python warnings raised in the trial since the last report, one line each
+``warnings``  the Python warnings raised in the trial since the last report, one line each (with
+              any report: an epoch's, the final or the failed one)
 ``warmup``    with the epoch that ends a shared warm-up its leader kept: ``{"wkey", "epoch", "uri"}``
 ============  =====================================================================================
 

@@ -51,6 +51,12 @@ def trainable(config: dict, shared: dict | None = None) -> None:
             seen.add(text)
             caught.append(text)
 
+    def pending() -> list[str] | None:
+        """The warnings not sent yet (None: none), to go with the next report."""
+        said = list(caught)
+        caught.clear()
+        return said or None
+
     warnings.showwarning = catch             # (this worker process runs this trial only)
     prepare_process(cfg, cfg.resources.cpu)  # before anything here touches CUDA
     kind = device_kind(cfg.train.device)     # where it trains (pick_device, below, says if it cannot)
@@ -78,12 +84,10 @@ def trainable(config: dict, shared: dict | None = None) -> None:
                         "uri": keep_checkpoint(Path(ckpt_dir) / CHECKPOINT, warmup_out)}
             except Exception as e:  # noqa: BLE001 -- the others then train their own warm-up; said
                 caught.append(f"could not keep the shared warm-up at {warmup_out}: {type(e).__name__}: {e}"[:300])
-        said = list(caught)
-        caught.clear()
         # the first epoch after a resume says from where
         came = {**(resumed or {}), "note": resume_note} if first[0] and (resumed or resume_note) else None
         first[0] = False
-        metrics = encode(os.getpid(), node, warmup=kept, record=record, warnings=said or None, resumed=came)
+        metrics = encode(os.getpid(), node, warmup=kept, record=record, warnings=pending(), resumed=came)
         if ckpt_dir is not None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
         else:
@@ -108,10 +112,10 @@ def trainable(config: dict, shared: dict | None = None) -> None:
                 Path(trace).write_text(traceback.format_exc())
             except Exception:  # noqa: BLE001 -- the one-line error is still reported
                 trace = None
-            tune.report(encode(os.getpid(), node, failed={
+            tune.report(encode(os.getpid(), node, warnings=pending(), failed={   # (a warning may say why)
                 "error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": trace}))
             return
-        tune.report(encode(os.getpid(), node, final={"metrics": result.metrics, "history": result.history, "info": {
+        tune.report(encode(os.getpid(), node, warnings=pending(), final={"metrics": result.metrics, "history": result.history, "info": {
             **result.info, "node": node, "pid": os.getpid(), "resumed_from_epoch": resumed_from,
             **({"resume_note": resume_note} if resume_note else {}),
             "wall_seconds": time.perf_counter() - t0}}))
