@@ -2,10 +2,14 @@
 
 * One trial, one run: each trial is claimed in the store before it is launched, on a lease a
   thread renews while this driver lives (:class:`_Renewer`); trials another live driver holds
-  are waited for (:func:`_wait_for_others`), then counted as reused.
+  are waited for (:func:`_wait_for_others`: the store looked at every WAIT_POLL_S, a line a
+  minute), then counted as reused; trials another raygap command took out of the store
+  meanwhile are added back, said in one line (:func:`_add_back`), not asked for in a loop.
 * Each batch is one Tune experiment (:func:`raygap.runner.batch.tune_batch`); the first starts
-  or joins Ray (:mod:`raygap.runner.cluster`) while the in-memory data is built; a later batch
-  holds the trials that waited for a shared warm-up (:mod:`raygap.runner.warmups`).
+  or joins Ray (:mod:`raygap.runner.cluster`), an embedded instance while the in-memory data is
+  built (:mod:`raygap.runner.shared_data`; a joined cluster's once it can run the batch: a
+  refused run builds nothing); a later batch holds the trials that waited for a shared warm-up
+  (:mod:`raygap.runner.warmups`).
 * The driver is the only writer of the trial store (:mod:`raygap.runner.callback`), so a driver
   killed mid-grid loses nothing that finished and the next run launches only what is missing.
 * Stopping (:mod:`raygap.interrupts`): a signal at start-up or while Tune runs ends the run
@@ -55,7 +59,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     are ``interrupted`` in the store, its claims are released, Ray is down and no process
     is left behind.
     """
-    from ..store import owner_alive, this_process_owner
+    from ..store import this_process_owner
 
     t0 = time.perf_counter()
     store.register(grid)
@@ -82,7 +86,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     mine: set[str] = set()              # every trial this driver claimed (released at the end)
     attempted: set[str] = set()         # launched here, or settled by another driver: not launched (again)
     renewer = _Renewer(store, owner)
-    builder = None
+    builder = None                      # the in-memory data (one machine), built once
+    ready = several = False             # Ray started or joined; its nodes on more than one machine
+    refused = False                     # stopped by an error before any trial launched
     lone: set[str] = set()              # warm-ups whose leader ran here without keeping one
     try:
         import ray
@@ -95,61 +101,62 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
             deferred, forks, keeps = (plan_warmups(left, store.records(s.key for s in left),
                                                    store.warmups({w[0] for s in left if (w := s.config.warmup())}),
                                                    lone) if share_warmups else (set(), {}, {}))
-            claimed, held = store.claim([s.key for s in left if s.key not in deferred], owner, LEASE_S)
+            asked = [s.key for s in left if s.key not in deferred]     # (never empty: a deferral has a leader)
+            claimed, held = store.claim(asked, owner, LEASE_S)
             mine |= set(claimed)
             renewer.keys = set(mine)
             batch = [s for s in left if s.key in set(claimed)]
-            if not batch and not held and deferred:      # (their leader settled meanwhile) plan again
-                continue
+            if not batch and not held:
+                # none to launch, none to wait for: those asked for were done meanwhile by another run (not
+                # left at the next look), or taken out of the store by another raygap command (--rerun)
+                _add_back(store, left, asked, log)
+                continue                     # (plan again: the deferred trials' leader settled meanwhile)
             if batch:
-                if builder is None:
+                if not ready:                # the first batch: start or join Ray, check its storage
                     starting = not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
-                    # an embedded instance: build the in-memory data while Ray starts
-                    builder = DataBuilder(batch if starting else [], log)
-                    if starting:             # what a raygap run killed here (SIGKILL, OOM) left running
-                        ended = interrupts.end_leftovers(results_folder, owner_alive)
-                        if ended:
-                            log(f"ended {len(ended)} Ray process(es) a killed raygap run had left running "
-                                f"(pids {', '.join(map(str, ended))})")
-                    try:
-                        started = start_ray(address, num_cpus, log,
-                                             deterministic=any(s.config.train.deterministic for s in todo))
-                    except SystemExit as e:         # ray.init's own SIGTERM handler calls sys.exit(15)
-                        interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
-                        raise KeyboardInterrupt("SIGTERM") from e
-                    interrupts.install()            # ray.init replaced raygap's SIGTERM handler with its own
-                    if started:
-                        interrupts.record_children(results_folder, owner)
-                        renewer.ledger = results_folder
+                    if starting:             # an embedded instance: the in-memory data built while Ray starts
+                        builder = DataBuilder(batch, log)
+                    started = _start_or_join(address, num_cpus, todo, starting, results_folder, owner, renewer, log)
                     nodes = ray.nodes()
                     require_storage(storage_path, nodes)
-                    if len(node_hosts(nodes)) > 1:
-                        # the head may hold no data: each trial builds its in-memory dataset where it runs
-                        builder.disable()
+                    several = len(node_hosts(nodes)) > 1
+                    if several:              # the head may hold no data: each trial builds its dataset where it runs
+                        if builder is not None:
+                            builder.disable()
+                            builder = None
                         log("several machines: each trial builds its in-memory dataset on its own node")
-                    elif not starting:
-                        builder = DataBuilder(batch, log)
                     renewer.start()
+                    ready = True
                 require_resources([s.resources for s in batch], ray.nodes(), grid.path)
+                if builder is None and not several:   # joined: built once the cluster can run the batch
+                    builder = DataBuilder(batch, log)
                 attempted |= {s.key for s in batch}
                 keeps = {k: w for k, w in keeps.items() if k in {s.key for s in batch}}
                 say_warmups(batch, deferred, forks, keeps, log)
-                tune_batch(grid, store, batch, builder.result(batch), summary, held, storage_path=storage_path,
-                           max_failures=max_failures, log=log, progress=progress, tracker=tracker,
-                           forks=forks, keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()})
+                shared = builder.result(batch) if builder is not None else {}
+                tune_batch(grid, store, batch, shared, summary, held, storage_path=storage_path,
+                           max_failures=max_failures, log=log, progress=progress, tracker=tracker, forks=forks,
+                           keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()})
                 kept = store.warmups(keeps.values())
                 lone |= {w for w in keeps.values() if w not in kept}   # no warm-up kept: the others train theirs
             elif held:
                 _wait_for_others(store, held, distinct, summary, attempted, log)
     except KeyboardInterrupt:
         summary.interrupted = interrupts.last_signal() or "SIGINT"
+    except Exception:
+        # refused (resources, storage) or failed before any trial launched: the error line says why,
+        # after the grid line begin() showed; the grid's state has not changed to show it again
+        refused = not summary.launched
+        raise
     finally:
         with interrupts.protected("teardown"):
+            if builder is not None:          # a build still going (Ray started beside it) says nothing more
+                builder.disable()
             renewer.stop()
             _teardown(store, todo, mine, owner, summary, ours=started or starting, log=log)
             if started or starting:
                 interrupts.drop_ledger(results_folder)
-            progress.close()
+            progress.close(changed=not refused)
     if interrupts.interrupted() and not summary.interrupted:
         summary.interrupted = interrupts.last_signal()      # Tune's own SIGINT handler ended fit() gracefully
     if share_warmups:
@@ -161,6 +168,41 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     summary.unfinished = sum(1 for s in todo if st.get(s.key) not in ("done", "failed"))
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+def _start_or_join(address, num_cpus, todo, starting: bool, results_folder: Path, owner: str, renewer, log) -> bool:
+    """Start the embedded Ray instance (``starting``; first ending what a raygap run killed here
+    left running) or join the cluster; True if this call started it. A SIGTERM that Ray's own
+    handler turned into ``sys.exit`` is a KeyboardInterrupt here, like raygap's own."""
+    from ..store import owner_alive
+
+    if starting:                         # what a raygap run killed here (SIGKILL, OOM) left running
+        ended = interrupts.end_leftovers(results_folder, owner_alive)
+        if ended:
+            log(f"ended {len(ended)} Ray process(es) a killed raygap run had left running "
+                f"(pids {', '.join(map(str, ended))})")
+    try:
+        started = start_ray(address, num_cpus, log, deterministic=any(s.config.train.deterministic for s in todo))
+    except SystemExit as e:              # ray.init's own SIGTERM handler calls sys.exit(15)
+        interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
+        raise KeyboardInterrupt("SIGTERM") from e
+    interrupts.install()                 # ray.init replaced raygap's SIGTERM handler with its own
+    if started:
+        interrupts.record_children(results_folder, owner)
+        renewer.ledger = results_folder
+    return started
+
+
+def _add_back(store, left, asked: list[str], log) -> None:
+    """Of the trials ``asked`` for that could be neither claimed nor waited for, those no longer
+    in the store (another raygap command took them out to run them again: ``--rerun``) are added
+    back as pending, said in one line: this run or the other claims them next (the others were
+    done meanwhile by another run)."""
+    now = store.status_of(asked)
+    gone = [s for s in left if s.key in set(asked) and s.key not in now]
+    if gone and store.add_pending(gone):
+        log(f"{len(gone)} trial(s) were taken out of the store while this run went on (another raygap run with "
+            f"--rerun?): added back as pending, to run: {', '.join(s.key for s in gone)[:200]}")
 
 
 class _Renewer:

@@ -46,14 +46,19 @@ class DataBuilder:
         self.thread.start()
 
     def disable(self) -> None:
-        """Trials build their own data (on a cluster of several machines)."""
+        """Not needed after all (trials build their own data on a cluster of several machines, or
+        the run ends): not waited for, and a build still going says nothing more."""
         self.enabled = False
 
     def _build(self, specs):
         try:
-            self.box["value"] = _shared_bundles(specs, self.log)
+            self.box["value"] = _shared_bundles(specs, self._say)
         except BaseException as e:  # noqa: BLE001 -- re-raised in the main thread
             self.box["error"] = e
+
+    def _say(self, text: str) -> None:
+        if self.enabled:
+            self.log(text)
 
     def result(self, specs) -> dict:
         if not self.enabled:
