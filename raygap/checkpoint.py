@@ -1,4 +1,5 @@
-"""A trial's checkpoint (``checkpoint.pt``): what it holds, and how it is read back on any device.
+"""A trial's checkpoint (``checkpoint.pt``, the name :data:`raygap.trialfiles.CHECKPOINT`): what it
+holds, and how it is read back on any device.
 
 :func:`raygap.trial.fit` writes one after an epoch: the model, optimizer, scheduler, GradScaler
 and method states, the history, the training indices (a tensor), the random states -- the CPU
@@ -28,8 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def checkpoint_due(epoch: int, every: int, epochs: int, final: bool = False) -> bool:

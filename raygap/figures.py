@@ -21,6 +21,7 @@ import numpy as np
 
 from .atomic import atomic_write, atomic_write_with
 from .cells import metric_label
+from .metrics import shown_metric
 
 
 def _plt():
@@ -110,8 +111,7 @@ def fig_accuracy(history: list[dict], modalities: list[str], path: Path, title: 
     plt = _plt()
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    # accuracy, or for a regression target MAE (the metric the epoch is selected on)
-    name = "acc" if any("val_acc" in h for h in history) or not any("val_mae" in h for h in history) else "mae"
+    name = shown_metric({k for h in history for k in h}, "val_")     # accuracy, or MAE for a regression target
     ax.plot(ep, [h.get(f"val_{name}", float("nan")) for h in history], color="black", label="fusion")
     for m in modalities:
         ax.plot(ep, [h.get(f"val_{name}_{m}", float("nan")) for h in history], label=m)

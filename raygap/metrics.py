@@ -18,6 +18,13 @@ REGRESSION_METRICS = ("mae", "corr", "acc2", "f1_2", "acc2_nz", "f1_2_nz", "acc7
 TRIAL_METRICS = ("best_epoch", "last_epoch")
 
 
+def shown_metric(names, prefix: str = "") -> str:
+    """The metric a progress line or a figure shows for records holding ``names`` (a record's
+    keys, or all the keys of a history): accuracy, or MAE for a regression target (``prefix``:
+    ``val_`` for validation values)."""
+    return "acc" if f"{prefix}acc" in names or f"{prefix}mae" not in names else "mae"
+
+
 def metric_names(task: str, modalities: list[str], reports: tuple[str, ...] = ()) -> set[str]:
     """Every name a finished trial's metrics can hold: each evaluation metric of ``task``, fused
     and per modality, as chosen on validation (``acc``), its validation value (``val_acc``)

@@ -156,11 +156,14 @@ class Progress:
         if self._live is None and self.verbosity > 0 and self.now() - self._last_line >= self.every:
             self._print(self.grid_line())
 
-    def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-        if self.verbosity > 0:
+    def close(self, changed: bool = True) -> None:
+        """The display ends on the grid line. ``changed=False``: nothing happened since
+        :meth:`begin` showed it, so plain lines do not show it again (a terminal's live display,
+        which goes away, still leaves it)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+        if self.verbosity > 0 and (changed or live is not None):
             self._print(self.grid_line())
 
     def __getstate__(self):            # Tune pickles its callbacks: not the terminal, nor the display

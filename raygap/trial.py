@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from . import data as _data  # noqa: F401  (registers datasets)
 from . import checkpoint
 from . import methods as _methods  # noqa: F401  (registers methods)
-from .checkpoint import CHECKPOINT, checkpoint_due  # noqa: F401  (raygap.trial.CHECKPOINT)
+from .checkpoint import checkpoint_due
 from .config import TrialConfig, check_task
 from .data.base import DatasetBundle
 from .data.preload import place_splits
@@ -40,6 +40,7 @@ from .metrics import classification_metrics, regression_metrics
 from .methods.base import MethodContext, TrainState, scaler_found_inf
 from .models import build_model, compiled
 from .registry import DATASETS, METHODS
+from .trialfiles import CHECKPOINT  # (raygap.trial.CHECKPOINT too)
 
 
 class TrialDiverged(RuntimeError):

@@ -20,6 +20,7 @@ from raygap.config import load_config
 from raygap.methods.gaps import GAPS, auroc, zscore_stats
 from raygap.mixtures import fit_mixture
 from raygap.trial import run_trial
+from raygap.trialfiles import CHECKPOINT
 
 
 def text_hist(x: np.ndarray, mask: np.ndarray, bins: int = 20) -> str:
@@ -59,7 +60,7 @@ def main():
     res = run_trial(cfg, checkpoint_dir=ckpt)
     T.fit = orig_fit
     bundle = captured["bundle"]
-    ck = load_checkpoint(f"{ckpt}/checkpoint.pt")
+    ck = load_checkpoint(f"{ckpt}/{CHECKPOINT}")
     from raygap.methods import Method
     from raygap.models import build_model
     model = build_model(bundle.modalities, bundle.num_classes, cfg.model)

@@ -148,13 +148,15 @@ def train(work: Path, out: Path, smoke: bool) -> int:
 def resume(work: Path, out: Path, smoke: bool) -> int:
     import torch
 
+    from raygap.trialfiles import CHECKPOINT
+
     E, _, KILL_AFTER = PLAN[smoke]
     t0 = time.perf_counter()
     cfg, d = trial(work, smoke), work / "resume"
     shutil.rmtree(d, ignore_errors=True)
     rc1, first = raygap_train(cfg, d, print, kill_after=KILL_AFTER)
     rep = {"killed_after_epoch": first[-1] if first else None, "first_exit": rc1}
-    ck = d / "checkpoint.pt"
+    ck = d / CHECKPOINT
     if rc1 != -signal.SIGKILL or not ck.is_file():
         print(f"resume: FAILED: the first run should be killed after epoch {KILL_AFTER}'s checkpoint; "
               f"exit {rc1}, epochs {first}, checkpoint {'present' if ck.is_file() else 'missing'}")

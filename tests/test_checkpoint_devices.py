@@ -321,6 +321,33 @@ def test_a_bad_data_layout_or_a_compile_limit_hit_is_a_failure_the_runner_does_n
     assert failed["error"] == f"{type(error).__name__}: {error}"
 
 
+@pytest.mark.parametrize("then", ["fails", "finishes"])
+def test_a_warning_after_the_last_epoch_report_reaches_the_driver(then, monkeypatch):
+    """A warning raised where no epoch report follows (before a failure the runner does not
+    retry, or after the last epoch) travels with the trial's last report, failed or final."""
+    from types import SimpleNamespace
+
+    from raygap.errors import DataError
+    from raygap.runner import trainable
+
+    cfg = config("concat")
+
+    def fit_then(cfg, bundle, *, report, **kw):
+        report({"epoch": 0, "val_acc": 0.5}, None)
+        __import__("warnings").warn(f"raised after the epoch report, then the trial {then}", UserWarning)
+        if then == "fails":
+            raise DataError("/data/x: a split file went missing")
+        return SimpleNamespace(metrics={"acc": 0.5}, history=[{"epoch": 0, "val_acc": 0.5}], info={})
+
+    monkeypatch.setattr(T, "fit", fit_then)
+    ray = FakeRay(monkeypatch)
+    trainable({"t": {"key": cfg.key(), "label": "x", "trial": cfg.to_dict()}})
+    first, last = ray.reports
+    assert "warnings_json" not in first and ("failed_json" if then == "fails" else "final_json") in last
+    (said,) = json.loads(last["warnings_json"])
+    assert said.startswith(f"UserWarning: raised after the epoch report, then the trial {then} (test_checkpoint_devices.py:")
+
+
 # ----------------------------------------------------------------------------- on a GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["ogm_ge", "opm_ogm", "gap_adaptive"])

@@ -148,7 +148,7 @@ def test_ray_starts_its_workers_with_cublas_workspace(monkeypatch):
     inits = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: inits.append(kw))
-    runner._start_ray("10.0.0.1:6379", None, lambda s: None)            # a joined cluster
+    runner.start_ray("10.0.0.1:6379", None, lambda s: None)            # a joined cluster
     assert inits[-1]["runtime_env"] == {"env_vars": {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}}
-    runner._start_ray("10.0.0.1:6379", None, lambda s: None, deterministic=False)
+    runner.start_ray("10.0.0.1:6379", None, lambda s: None, deterministic=False)
     assert inits[-1]["runtime_env"] is None

@@ -110,9 +110,9 @@ def test_the_embedded_instance_refuses_to_start_after_ray_was_imported_without_l
             return set(sockets_of([me, *me.children(recursive=True)]))
         before = listening()
         from raygap.errors import ConfigError
-        from raygap.runner import _start_ray
+        from raygap.runner.cluster import start_ray
         try:
-            _start_ray(None, 2, print)
+            start_ray(None, 2, print)
         except ConfigError as e:
             print("REFUSED", e.line())
         print("NEW", sorted(listening() - before))

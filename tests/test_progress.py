@@ -84,3 +84,20 @@ def test_live_form_on_a_terminal_draws_the_running_trials():
     assert "[1/2] done Full Model | avdigits | seed 0 (a): acc 0.8" in text
     last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text.rstrip().splitlines()[-1])     # cursor codes off
     assert last.startswith("grid: 1/2 done, 0 running, 0 failed, 1 left")
+
+
+def test_a_run_that_ends_as_it_began_shows_the_grid_line_once():
+    """``close(changed=False)`` (refused before any trial launched): the plain form does not
+    repeat the line begin() showed; the live form, which goes away, still leaves it once."""
+    t, lines = Clock(), []
+    p = Progress(verbosity=1, every=60, now=t, emit=lines.append)
+    p.begin({"a": 3})
+    t.t += 5
+    p.close(changed=False)
+    assert lines == ["grid: 0/1 done, 0 running, 0 failed, 1 left; elapsed 0:00, ETA after the first epoch"]
+    out = io.StringIO()
+    live = Progress(verbosity=1, tty=True, out=out)
+    live.begin({"a": 3})
+    live.close(changed=False)
+    assert re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue().rstrip().splitlines()[-1]).startswith(
+        "grid: 0/1 done, 0 running, 0 failed, 1 left")

@@ -225,27 +225,94 @@ def test_shared_warmups_train_once_and_change_no_number(local_ray, tmp_path):
     assert not [p for p in (tmp_path / "shared" / "ray" / "warmups").rglob("*") if p.is_file()]
 
 
-def test_resource_check_says_why_in_one_line(local_ray, tmp_path, capsys):
-    nodes = ray.nodes()                                   # the fixture's one node: 2 CPUs, no GPU
-    assert check_resources([{"cpu": 1, "gpu": 0}], nodes) is None
-    why = ("on one node, but no node of the cluster has that, and no node type an autoscaler may add "
-           "(nodes: 2 CPU/0 GPU); such trials would stay PENDING forever")
-    assert check_resources([{"cpu": 1, "gpu": 0.5}], nodes) == f"a trial asks for 1 CPU + 0.5 GPU {why}"
+def gpu_grid(tmp_path: Path) -> Path:
+    """A one-trial grid that asks for a GPU (the fixture's cluster has none)."""
     g = write_grid(tmp_path / "gpu.yaml", "gpu", {"Concat": {"method": {"name": "concat"}}}, seeds=(0,),
                    base={**BASE, "train": {**BASE["train"], "device": "auto"}})
     doc = yaml.safe_load(g.read_text())
     doc["resources"] = {"cpu": 1, "gpu": 1}
     g.write_text(yaml.safe_dump(doc))
+    return g
+
+
+def refused_run(tmp_path: Path, capsys) -> tuple[Path, str, str]:
+    """``raygap run`` of :func:`gpu_grid`, joined to the fixture's Ray: the grid file, stdout, stderr."""
+    import threading
+
+    g = gpu_grid(tmp_path)
     capsys.readouterr()
     assert cli_main(["run", str(g), "--results", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"raygap: error: {g}: resources: a trial asks for 1 CPU + 1 GPU {why}\n"
+    for t in threading.enumerate():            # a data build the run started, to its end
+        if t.name == "raygap-data":
+            t.join()
+    return g, *capsys.readouterr()
+
+
+WHY = ("on one node, but no node of the cluster has that, and no node type an autoscaler may add "
+       "(nodes: 2 CPU/0 GPU); such trials would stay PENDING forever")
+
+
+def test_resource_check_says_why_in_one_line(local_ray, tmp_path, capsys):
+    nodes = ray.nodes()                                   # the fixture's one node: 2 CPUs, no GPU
+    assert check_resources([{"cpu": 1, "gpu": 0}], nodes) is None
+    assert check_resources([{"cpu": 1, "gpu": 0.5}], nodes) == f"a trial asks for 1 CPU + 0.5 GPU {WHY}"
+    g, out, err = refused_run(tmp_path, capsys)
+    assert err == f"raygap: error: {g}: resources: a trial asks for 1 CPU + 1 GPU {WHY}\n"
+
+
+def test_a_run_refused_on_a_joined_cluster_builds_no_data(local_ray, tmp_path, capsys, monkeypatch):
+    """Joined to a running Ray (the fixture's), a grid the cluster cannot run is refused before
+    its in-memory data is built (a build still going would print on after the refusal)."""
+    import raygap.trial
+
+    loads = []
+    monkeypatch.setattr(raygap.trial, "load_data", lambda cfg: loads.append(cfg.data.name) or {})
+    refused_run(tmp_path, capsys)
+    assert loads == []
+
+
+def test_a_refused_run_shows_its_grid_line_once(local_ray, tmp_path, capsys):
+    """The grid line the run began with is not shown again as it ends: nothing ran."""
+    g, out, err = refused_run(tmp_path, capsys)
+    assert [ln.split(";")[0] for ln in out.splitlines() if ln.startswith("grid: ")] == [
+        "grid: 0/1 done, 0 running, 0 failed, 1 left"]
 
 
 # (a driver interrupted mid-grid, then the same command: tests/test_interrupts.py, through a real subprocess)
 
 
 def test_progress_lines_show_mae_for_a_regression_target():
-    from raygap.runner import _shown_metric
+    from raygap.metrics import shown_metric as _shown_metric
     assert _shown_metric({"val_acc": 0.9, "val_loss": 0.3}, "val_") == "acc"
     assert _shown_metric({"val_mae": 0.8, "val_corr": 0.5}, "val_") == "mae"
     assert _shown_metric({"mae": 0.8, "acc2": 0.7}) == "mae"
+
+
+def test_a_trial_taken_out_of_the_store_mid_run_is_added_back_and_run_not_asked_for_forever(local_ray, tmp_path):
+    """A trial another raygap command took out of the store (``--rerun`` in another shell, which
+    then stopped before running it) can be neither claimed nor waited for: the run adds it back
+    as pending, says so in one line, and runs it, instead of claiming it again forever."""
+    path = write_grid(tmp_path / "one.yaml", "one", {"Concat": {"method": {"name": "concat"}}}, seeds=(0,),
+                      base={**BASE, "train": {**BASE["train"], "epochs": 1}})
+    grid = load_grid(path)
+    (key,) = {s.key for s in grid.trials}
+    store = Store(tmp_path / "store.sqlite")
+    register, claim, claims = store.register, store.claim, []
+
+    def register_then_forgotten(g):
+        register(g)
+        assert store.forget([key]) == 1        # as `raygap run one.yaml --rerun all` elsewhere does
+
+    def counted_claim(keys, owner, lease_s):
+        claims.append(list(keys))
+        assert len(claims) < 20, "claimed again and again, nothing to launch and nothing to wait for"
+        return claim(keys, owner, lease_s)
+
+    store.register, store.claim = register_then_forgotten, counted_claim
+    lines = []
+    summary = run_grid(grid, store, log=lines.append)
+    assert claims == [[key], [key]]
+    assert (summary.launched, summary.done, summary.unfinished, summary.failed) == (1, 1, 0, {})
+    assert store.status_of([key]) == {key: "done"}
+    assert ("1 trial(s) were taken out of the store while this run went on (another raygap run with --rerun?): "
+            f"added back as pending, to run: {key}") in lines

@@ -104,6 +104,9 @@ def test_register_memberships_pending_rows_and_rows_for_grid(tmp_path):
     assert key == rows[1]["key"] and json.loads(record)["status"] == "pending"
     last = s.last_run("m")
     assert (last["variant"], last["profile"], last["sets"], last["path"]) == ("noprofile", None, [], str(g))
+    assert s.add_pending(grid.trials) == 1                             # the forgotten one, back (B's twice: once)
+    assert [r["status"] for r in s.rows_for_grid("m/noprofile")] == ["done", "pending", "done", "pending"]
+    assert s.get(rows[1]["key"])["config"]["train"]["epochs"] == 100 and s.add_pending(grid.trials) == 0
 
 
 def test_store_migrates_the_old_membership_column(tmp_path):

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..trialfiles import CHECKPOINT
 
-TRAIN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "result.json", "result.json.tmp", "config.json")
+TRAIN_FILES = (CHECKPOINT, f"{CHECKPOINT}.tmp", "result.json", "result.json.tmp", "config.json")
 
 
 def cmd_train(args) -> int:
@@ -75,7 +76,7 @@ def _check_trial_dir(out: Path, key: str, device: str = "auto") -> None:
     """Refuse a trial directory holding another trial's checkpoint or config, or a checkpoint that
     cannot continue exactly on the device this trial trains on (``train.device``) (exit 2)."""
     from .. import checkpoint
-    from ..trial import CHECKPOINT, device_kind
+    from ..trial import device_kind
 
     other = why = None
     cfg_path = out / "config.json"

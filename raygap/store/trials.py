@@ -96,11 +96,20 @@ class Trials(Connection):
                 "INSERT OR IGNORE INTO memberships VALUES (?,?,?,?,?)",
                 [(grid.store_name, t.key, t.label, json.dumps(t.column, sort_keys=True, default=str), t.seed)
                  for t in grid.trials])
-            self._db.executemany(
-                "INSERT OR IGNORE INTO trials(key, status, config, attempts, created) VALUES (?, 'pending', ?, 0, ?)",
-                [(k, dumps(t.config.to_dict()), now) for k, t in grid.distinct().items()])
+            self._insert_pending(grid.distinct().values(), now)
             self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
                              (grid.name, grid.variant, grid.profile, json.dumps(list(grid.sets)), str(grid.path), now))
+
+    def add_pending(self, specs) -> int:
+        """Add a ``pending`` row with its config for each of the trials ``specs`` (grid trial
+        specs) not stored: new, or taken out by :meth:`forget`. Returns how many were added."""
+        with self._tx():
+            return self._insert_pending(specs, time.time())
+
+    def _insert_pending(self, specs, now: float) -> int:
+        return sum(self._db.execute(
+            "INSERT OR IGNORE INTO trials(key, status, config, attempts, created) VALUES (?, 'pending', ?, 0, ?)",
+            (s.key, dumps(s.config.to_dict()), now)).rowcount for s in {s.key: s for s in specs}.values())
 
     def mark_running(self, key: str, config: dict, owner: str | None = None) -> None:
         """A trial starts (or restarts): status running, attempts + 1, owned by ``owner``

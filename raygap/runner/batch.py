@@ -1,0 +1,124 @@
+"""One Tune experiment over a batch of trials the driver has claimed: each trial's Tune config
+(its label, a readable folder name, what it resumes or starts from), the trainable with its
+resources and the shared in-memory data, the store callback and the trackers; then the
+trial errors Tune kept to itself reconciled with the store."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from .. import interrupts
+from .callback import store_callback
+from .storage import delete_checkpoint, experiment_at, resume_candidates
+from .summary import RunSummary
+from .trackers import tracker_callbacks
+from .worker import trainable
+
+
+def trial_label(spec) -> str:
+    """How the progress lines name a trial: ``label | column values | seed N``."""
+    return f"{spec.label} | {_col(spec.column)} | seed {spec.seed}"
+
+
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune ends an interrupted experiment with "Resume experiment with: Tuner.restore(...)":
+    wrong advice for raygap, whose store resumes a grid from the same command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
+               log, progress, tracker=None, forks: dict | None = None, keeps: dict | None = None) -> None:
+    """One Tune experiment over ``batch`` (trials this driver has claimed). ``shared``: the
+    in-memory datasets built in the driver; ``held``: trials another driver runs (said in the
+    launch line); ``forks``: key -> the shared warm-up it starts from; ``keeps``: key -> where
+    its warm-up's end is kept for others (:mod:`raygap.runner.warmups`)."""
+    import uuid
+
+    from ray import tune
+
+    recs = store.records(s.key for s in batch)
+    items = []
+    for s in batch:
+        rec = recs.get(s.key) or {}
+        resume = None
+        if rec.get("checkpoint"):
+            found = resume_candidates(rec["checkpoint"])     # newest first: one a killed driver did not record too
+            if rec.get("status") == "failed":        # a failure starts over: its checkpoints are stale
+                store.take_checkpoint(s.key)
+                for c in found:
+                    delete_checkpoint(c)
+            else:
+                resume = found
+        items.append({"key": s.key, "label": trial_label(s),
+                      "name": _readable("-".join([s.label, *([_col(s.column)] if s.column else []), f"seed{s.seed}"]))
+                      + f"-{s.key[:8]}",
+                      "trial": s.config.to_dict(), "resume": resume,
+                      "fork": (forks or {}).get(s.key), "warmup_out": (keeps or {}).get(s.key)})
+
+    def resources(config):
+        r = config["t"]["trial"]["resources"]
+        return {"cpu": r["cpu"], "gpu": r["gpu"]}
+
+    fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
+    summary.launched += len(batch)
+    cb = store_callback(store, summary, progress)
+    name = f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # Tune's own console output (its status box, a TensorBoard hint into Ray's session folder) and
+    # its default CSV and TensorBoard files per trial are off: raygap prints its progress and keeps
+    # results in its store; --tracker adds the logger asked for. (Tune's result grid reads result.json.)
+    from ray.tune.logger import JsonLoggerCallback
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    experiment = experiment_at(storage_path, name)
+    trackers = [JsonLoggerCallback()] + tracker_callbacks(tracker, grid, experiment, log, Path(store.path).parent)
+    tuner = tune.Tuner(
+        fn,
+        param_space={"t": tune.grid_search(items)},
+        tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            # unique per driver and batch: two drivers never share a Tune folder
+            name=name, storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[cb, *trackers], verbose=0),
+    )
+    resuming = sum(1 for it in items if it["resume"])
+    others = f"; {len(held)} left to another raygap run" if held else ""
+    log(f"launching {len(batch)} trial(s) ({summary.reused} reused from the store"
+        + (f", {resuming} resuming from a checkpoint" if resuming else "") + f"{others})")
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
+        tune_log.addFilter(_NoTuneRestoreHint())
+    with interrupts.tune_phase():
+        results = tuner.fit()
+    # Tuner.fit() does not raise on trial errors: reconcile with what the callback saw
+    for r in results:
+        key = (r.config or {}).get("t", {}).get("key")
+        if key and r.error is not None and key not in summary.failed and store.status_of([key]).get(key) != "done":
+            err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
+            store.save_failed(key, err)
+            summary.failed[key] = err
+
+
+def _trial_name(trial) -> str:
+    """The trial's folder and run name: readable (label, column, seed) and unique (key prefix)."""
+    return trial.config["t"].get("name") or f"trial-{trial.config['t']['key']}"
+
+
+def _readable(text: str, limit: int = 80) -> str:
+    """``Ours w/o L_f (α=0)-avdigits-seed0`` -> ``Ours_w_o_L_f_α_0-avdigits-seed0``: a safe folder name."""
+    out = "".join(c if (c.isalnum() or c in "-.") else "_" for c in text)
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out.strip("_")[:limit]
+
+
+def _col(column: dict) -> str:
+    return ", ".join(f"{v}" for v in column.values()) or "-"
+

@@ -1,0 +1,146 @@
+"""The driver's Tune callback: every epoch, every finished trial and every failure written to
+the trial store as the workers report them (:func:`raygap.runner.protocol.decode`), the
+progress lines fed, and checkpoints of no more use deleted. The driver is the store's only
+writer, so a driver killed mid-grid loses nothing that finished."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .protocol import decode
+from .storage import checkpoint_uri, delete_checkpoint
+from .summary import RunSummary
+
+
+def store_callback(store, summary: RunSummary, progress):
+    """The callback of one Tune experiment (``summary`` counts what finished and what failed)."""
+    from ray.tune import Callback
+
+    from ..metrics import shown_metric
+
+    log = progress.note
+
+    class StoreCallback(Callback):
+        """Writes every epoch, every finished trial and every failure to the trial store."""
+
+        def __init__(self):
+            self.warned: set[str] = set()
+            self.history: dict[str, list] = {}
+            self.ours: set[str] = set()              # checkpoints this experiment wrote
+
+        def _key(self, trial) -> str:
+            return trial.config["t"]["key"]
+
+        def _label(self, trial) -> str:
+            return trial.config["t"]["label"]
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            key = self._key(trial)
+            resume = trial.config["t"].get("resume")
+            if resume and key not in self.history:    # keep the epochs the earlier run recorded, up to its checkpoint
+                rec = store.get(key) or {}
+                upto = rec.get("checkpoint_epoch")
+                self.history[key] = [h for h in rec.get("history") or [] if upto is not None and h["epoch"] <= upto]
+                newer = f" ({len(resume) - 1} newer in storage, not recorded)" if len(resume) > 1 else ""
+                log(f"  {self._label(trial)}: resuming from the checkpoint of an earlier run "
+                    f"(recorded: epoch {upto}){newer}")
+            self.history.setdefault(key, [])
+            store.mark_running(key, trial.config["t"]["trial"])
+            progress.trial_started(key, self._label(trial))
+
+        def on_step_end(self, iteration, trials, **info):
+            progress.tick()
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            key = self._key(trial)
+            epoch = (trial.last_result or {}).get("epoch")
+            uri = checkpoint_uri(checkpoint)
+            self.ours.add(uri)
+            for stale in store.record_checkpoint(key, uri, epoch):
+                if stale == uri or stale not in self.ours:   # (Tune deletes this run's older ones itself)
+                    delete_checkpoint(stale)          # an earlier run's, or the trial finished meanwhile
+            self._drop_earlier(trial)
+
+        def _drop_earlier(self, trial):
+            """The earlier run's checkpoints of this trial: of no use once it has its own, or is done."""
+            for c in trial.config["t"].get("resume") or []:
+                if c not in self.ours:
+                    delete_checkpoint(c)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            key = self._key(trial)
+            hist = self.history.setdefault(key, [])
+            parts = decode(result)
+            if "resumed" in parts:                   # the epochs the checkpoint holds, whichever it was
+                r = parts["resumed"]
+                if "epoch" in r:
+                    hist[:] = r["history"]
+                    progress.resumed(key, int(r["epoch"]) + 1)
+                    if r.get("warmup_from"):
+                        log(f"  {self._label(trial)}: started after epoch {r['epoch']} from the shared warm-up "
+                            f"of trial {r['warmup_from']}")
+                    else:
+                        log(f"  {self._label(trial)}: resumed after epoch {r['epoch']} from {r['uri']}")
+                if r.get("note"):
+                    log(f"  {self._label(trial)}: {r['note']}")
+            if "warmup" in parts:
+                w = parts["warmup"]
+                delete_checkpoint(store.record_warmup(w["wkey"], w["uri"], int(w["epoch"]), key))
+            for text in parts.get("warnings", []):
+                if text not in self.warned:          # each distinct warning once per run
+                    self.warned.add(text)
+                    log(f"  warning from {self._label(trial)}: {text}")
+            if "record" in parts:
+                rec = parts["record"]                # (with the worker's pid and node)
+                hist[:] = [h for h in hist if h["epoch"] < rec["epoch"]] + [rec]   # a restart replays epochs
+                store.record_epoch(key, hist)
+                name = shown_metric(rec, "val_")
+                progress.epoch(key, self._label(trial), int(rec["epoch"]), name, rec.get("val_" + name, float("nan")),
+                               rec.get("epoch_seconds", float("nan")), rec.get("device", ""))
+            if "final" in parts:
+                fin = parts["final"]
+                store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
+                delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
+                self._drop_earlier(trial)
+                summary.done += 1
+                progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := shown_metric(fin['metrics']))} "
+                                         f"{fin['metrics'].get(name, float('nan')):.4f} on {fin['info'].get('device', '?')}")
+            if "failed" in parts:
+                failed = parts["failed"]
+                self._fail(trial, failed["error"], failed.get("traceback"))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._fail(trial, _error_line(trial), _error_file(trial))
+
+        def _fail(self, trial, err: str, trace: str | None = None):
+            key = self._key(trial)
+            store.save_failed(key, err)
+            summary.failed[key] = err + (f" [full traceback: {trace}]" if trace else "")
+            progress.trial_failed(key, f"{self._label(trial)} ({key}): {summary.failed[key]}")
+
+    return StoreCallback()
+
+
+def _error_file(trial) -> str | None:
+    """Where Tune wrote the trial's full traceback."""
+    path = getattr(trial, "error_file", None) or getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    if path and not os.path.isabs(path):
+        path = os.path.join(getattr(trial, "local_path", "") or "", path)
+    return path or None
+
+
+def _error_line(trial) -> str:
+    path = _error_file(trial)
+    text = ""
+    try:
+        if path and os.path.exists(path):
+            text = Path(path).read_text()
+    except OSError:
+        pass
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # the last line of a Python traceback is "ExcType: message"
+    for ln in reversed(lines):
+        if ":" in ln and not ln.startswith(("File ", "^", "~")):
+            return ln[:500]
+    return (lines[-1] if lines else "trial failed (no error file)")[:500]
+

@@ -1,0 +1,184 @@
+"""Starting or joining Ray, and the checks before a batch launches (the driver side).
+
+* Embedded default: a local Ray instance that raygap starts and stops, no dashboard, bound to
+  127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is imported: the CLI sets
+  it). ``address`` (or ``RAY_ADDRESS``) joins an existing cluster instead.
+* Every worker gets ``CUBLAS_WORKSPACE_CONFIG`` through Ray's ``runtime_env`` when a trial is
+  deterministic (:func:`worker_runtime_env`).
+* Preflight: a trial whose CPUs and GPUs no node (nor a node type an autoscaler may add) can
+  hold would stay PENDING forever (:func:`check_resources`); nodes on several machines need
+  storage they all reach (:func:`check_storage`). Either is one line, exit 2.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .. import interrupts
+from ..errors import ConfigError
+from .storage import is_remote
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def worker_runtime_env(deterministic: bool) -> dict | None:
+    """Ray's ``runtime_env`` for the run's worker processes: ``CUBLAS_WORKSPACE_CONFIG`` when a
+    trial is deterministic, so it is set before CUDA starts in every worker, on any node (a
+    joined cluster's workers do not inherit this driver's environment). None when no trial needs
+    it, or when the submitted job's own runtime_env sets it (Ray refuses a variable set twice)."""
+    from ..system import CUBLAS_DETERMINISTIC, CUBLAS_ENV
+
+    if not deterministic:
+        return None
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        job = {}
+    if CUBLAS_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        return None
+    return {"env_vars": {CUBLAS_ENV: os.environ.get(CUBLAS_ENV, CUBLAS_DETERMINISTIC[0])}}
+
+
+def start_ray(address: str | None, num_cpus: int | None, log, deterministic: bool = True) -> bool:
+    """Connect to ``address`` or start the embedded local instance. Returns True if we started it.
+    ``deterministic``: a trial of the run is (:func:`worker_runtime_env`)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's C++ crash handler, when installed in this driver, puts SIGTERM back to its default
+    # action inside ray.shutdown(): a SIGTERM during teardown would then kill raygap before
+    # its tables are written. Python's faulthandler still reports a crash.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    if address:
+        log(f"joining the Ray cluster at {address}")
+        ray.init(address=address, log_to_driver=False, runtime_env=worker_runtime_env(deterministic))
+        return False
+    from ray._private import ray_constants
+
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        # Ray read the variable when it was imported, before raygap could set it
+        raise ConfigError(f"Ray was imported before {LOOPBACK_ENV}=0 was set, so an embedded instance would listen "
+                          "on every interface; refusing to start it", key="--address",
+                          hint=f"set {LOOPBACK_ENV}=0 before importing ray, or join a cluster with --address")
+    from ..system import usable_cpus
+
+    cpus = num_cpus or usable_cpus()    # affinity mask and cgroup quota, not the machine's CPUs
+    log(f"starting a local Ray instance ({cpus} CPUs, 127.0.0.1 only)")
+    interrupts.pause_point("startup")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False, runtime_env=worker_runtime_env(deterministic))
+    return True
+
+
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"   # where `ray up` leaves the autoscaler's config on the head
+
+
+def addable_node_types(path: str | None = None) -> list[tuple[str, float, float]]:
+    """(name, CPUs, GPUs) of the node types an autoscaler may add (``max_workers`` > 0),
+    from the cluster launcher's config on the head (``RAYGAP_AUTOSCALING_CONFIG`` or
+    ``~/ray_bootstrap_config.yaml``). A type whose resources the config leaves to the
+    launcher (filled in from the instance type) counts as able to hold any request."""
+    import yaml
+
+    p = Path(os.path.expanduser(path or os.environ.get("RAYGAP_AUTOSCALING_CONFIG") or AUTOSCALING_CONFIG))
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    out = []
+    for name, t in (doc.get("available_node_types") or {}).items():
+        if not isinstance(t, dict) or int(t.get("max_workers", 0) or 0) <= 0:
+            continue
+        res = t.get("resources") or {}
+        if "CPU" in res or "GPU" in res:
+            out.append((str(name), float(res.get("CPU", 0)), float(res.get("GPU", 0))))
+        else:
+            out.append((str(name), math.inf, math.inf))
+    return out
+
+
+def check_resources(requests: list[dict], nodes: list[dict],
+                    addable: list[tuple[str, float, float]] | None = None) -> str | None:
+    """A line saying why some trial's request can never be placed, or None.
+
+    A trial needs its CPUs and GPUs on one node; Ray would leave it PENDING forever.
+    ``nodes`` are ``ray.nodes()`` entries (alive ones are used); ``addable`` are node types
+    an autoscaler can still add (:func:`addable_node_types`), which count too.
+    """
+    caps = [(n.get("Resources", {}).get("CPU", 0.0), n.get("Resources", {}).get("GPU", 0.0))
+            for n in nodes if n.get("Alive", True)]
+    caps += [(c, g) for _, c, g in addable or []]
+    for req in requests:
+        cpu, gpu = float(req.get("cpu", 1)), float(req.get("gpu", 0))
+        if not any(c >= cpu and g >= gpu for c, g in caps):
+            have = ", ".join(f"{c:g} CPU/{g:g} GPU" for c, g in caps) or "no nodes"
+            what = f"{cpu:g} CPU" + (f" + {gpu:g} GPU" if gpu else "")
+            return (f"a trial asks for {what} on one node, but no node of the cluster has that, and no node "
+                    f"type an autoscaler may add (nodes: {have}); such trials would stay PENDING forever")
+    return None
+
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph", "glusterfs",
+              "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.juicefs", "fuse.s3fs", "fuse.gcsfuse",
+              "fuse.mount-s3", "9p", "virtiofs", "fuse.weka", "davfs"}
+
+
+def mount_fs_type(path: str | Path, mounts: str = "/proc/mounts") -> str | None:
+    """The file-system type /proc/mounts gives for the mount holding ``path``."""
+    p = str(Path(path).resolve())
+    best, kind = "", None
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (p == point or p.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def node_hosts(nodes: list[dict]) -> set[str]:
+    """The distinct machines of the live nodes (their node-manager addresses)."""
+    return {n.get("NodeManagerAddress") or n.get("NodeManagerHostname") or "?" for n in nodes if n.get("Alive", True)}
+
+
+def check_storage(storage_path: str, nodes: list[dict], mounts: str = "/proc/mounts") -> str | None:
+    """A line saying why trials on other machines could not write their checkpoints to
+    ``storage_path``, or None: a URI (s3://, gs://...) or a shared file system is needed
+    as soon as the live nodes are on more than one machine."""
+    hosts = node_hosts(nodes)
+    if len(hosts) <= 1 or is_remote(storage_path):
+        return None
+    kind = mount_fs_type(storage_path, mounts)
+    if kind in NETWORK_FS:
+        return None
+    return (f"the cluster's nodes are on {len(hosts)} machines, but the Tune storage {storage_path} is on "
+            f"a local {kind or 'unknown'} file system: trials on the other machines could not write their "
+            "checkpoints there")
+
+
+
+def require_storage(storage_path: str, nodes: list[dict]) -> None:
+    """:func:`check_storage`'s problem as a ConfigError (``--storage``), with what to pass instead."""
+    problem = check_storage(storage_path, nodes)
+    if problem:
+        raise ConfigError(problem, key="--storage",
+                          hint="pass --storage s3://... or gs://..., or a path on a file system "
+                               "every node mounts (NFS, Lustre...)")
+
+
+def require_resources(requests: list[dict], nodes: list[dict], grid_file) -> None:
+    """:func:`check_resources`' problem (with the node types an autoscaler may add) as a
+    ConfigError on the grid file's ``resources``."""
+    problem = check_resources(requests, nodes, addable_node_types())
+    if problem:
+        raise ConfigError(problem, file=str(grid_file), key="resources")
