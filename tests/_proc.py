@@ -25,6 +25,8 @@ class Raygap:
     umask (-1: this process's). ``prefix``: a command the child runs under (e.g. ``nsenter``
     into a mount namespace: :func:`mount_namespace`)."""
 
+    started: list["Raygap"] = []       # every one started: tests/conftest.py ends those a failed test left running
+
     def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None, umask: int = -1,
                  prefix: list[str] | tuple = (), split_stderr: bool = False):
         self.tag = uuid.uuid4().hex
@@ -33,6 +35,7 @@ class Raygap:
                                   stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT, text=True,
                                   env=full_env, cwd=cwd or ROOT, umask=umask)
         self.pid = self.p.pid
+        Raygap.started.append(self)
         self.lines: list[str] = []
         self.err_lines: list[str] = []
         self._cv = threading.Condition()
@@ -78,6 +81,7 @@ class Raygap:
                     raise AssertionError(f"raygap exited ({self.p.returncode}) before {pattern!r}:\n{self.output[-3000:]}")
                 left = deadline - time.time()
                 if left <= 0:
+                    self.kill_tree()
                     raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output[-3000:]}")
                 self._cv.wait(min(left, 1.0))
 

@@ -21,3 +21,16 @@ def s3(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _end_raygap_processes():
+    """A test that fails while a ``raygap`` process it started runs (tests/_proc.py) leaves
+    nothing running into the next tests: each one still alive is ended with what it started."""
+    yield
+    from _proc import Raygap
+
+    while Raygap.started:
+        run = Raygap.started.pop()
+        if run.p.poll() is None or run.tree():
+            run.kill_tree()
