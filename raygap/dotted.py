@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .safe_yaml import too_long
 
 
 def key_values(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
@@ -37,6 +38,8 @@ def parse_set(items: list[str] | None) -> list[tuple[str, Any]]:
             val = yaml.safe_load(v) if v != "" else ""
         except yaml.YAMLError:
             val = v
+        except ValueError as e:          # an integer longer than Python converts
+            raise ConfigError(too_long(e), key=k.strip()) from None
         out.append((k.strip(), val))
     return out
 

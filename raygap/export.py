@@ -129,7 +129,7 @@ def _check_not_emptier(out_dir: Path, manifest: dict) -> None:
         try:
             old = json.loads(old_path.read_text(encoding="utf-8"))
             old_done = int(old["done"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):   # (OverflowError: done 1e999)
             raise ExportRefused(f"{old_path} is unreadable, so raygap cannot tell whether this export would hold "
                                 "fewer results than the tables there; pass --force to replace them") from None
         if manifest["done"] < old_done:

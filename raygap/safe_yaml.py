@@ -10,6 +10,7 @@ gives one).
 from __future__ import annotations
 
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,15 @@ def _check_size_and_depth(doc, file: str) -> None:
             stack.extend((v, depth + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
 
 
+def too_long(e: ValueError) -> str:
+    """The problem in a ValueError PyYAML lets through: only an integer longer than Python
+    converts raises one (its message names the digit limit)."""
+    msg = str(e)
+    if "digits" in msg:
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
 def read_yaml(path: str | Path) -> Any:
     """Read one YAML file as raygap's inputs allow: a regular UTF-8 file of at most
     MAX_FILE_BYTES, one document, no duplicate keys, nesting at most MAX_DEPTH deep.
@@ -138,5 +148,7 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{where}invalid YAML: {problem}", file=file) from None
     except RecursionError:
         raise ConfigError(f"invalid YAML: nested too deeply (at most {MAX_DEPTH} levels)", file=file) from None
+    except ValueError as e:     # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ConfigError(f"invalid YAML: {too_long(e)}", file=file) from None
     _check_size_and_depth(doc, file)
     return doc

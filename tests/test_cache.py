@@ -197,6 +197,9 @@ def test_stale_truncated_and_mismatched_caches_are_named_with_the_rebuild_comman
     assert "built with side=64" in _cache_error(root)
     (folder / "manifest.json").write_text(json.dumps({**man, "format": 0}))
     assert "cache format 0" in _cache_error(root)
+    for doc in ([], {**man, "arrays": []}):                  # JSON, but not a manifest (was a traceback)
+        (folder / "manifest.json").write_text(json.dumps(doc))
+        assert "not a raygap cache manifest" in _cache_error(root) and fix in _cache_error(root)
     (folder / "manifest.json").unlink()
     assert "did not finish" in _cache_error(root)
 

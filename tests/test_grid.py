@@ -324,6 +324,7 @@ BAD_EXPECT = {
     "utf16.yaml": ("", "is UTF-16 text; raygap reads UTF-8 (save the file as UTF-8)"),
     "latin1.yaml": ("", "not UTF-8 text: byte 0xe9 at line 2, column 17"),
     "deep_nesting.yaml": ("", "nested deeper than 32 levels"),
+    "huge_integer.yaml": ("", "invalid YAML: an integer of more than 4300 digits"),
     "alias_bomb.yaml": ("", "more than 200000 values once YAML aliases are expanded"),
     "duplicate_key.yaml": ("line 5, column 3", "duplicate key 'A' (first on line 3)"),
     "huge_sweep.yaml": ("sweep", "100000 rows; a grid may expand to at most 10000 cells"),

@@ -102,6 +102,18 @@ def test_export_never_replaces_a_table_with_an_emptier_one(demo, tmp_path, capsy
     assert json.loads((folder / "table.json").read_text())["done"] == 2
 
 
+def test_a_table_json_whose_done_count_overflows_keeps_the_tables(demo, tmp_path):
+    """``done: 1e999`` reads as infinity, which no count can be compared with (was a traceback)."""
+    g, results = copy_results(demo, tmp_path)
+    folder = results / "t3" / "demo"
+    (folder / "table.json").write_text('{"done": 1e999}\n')
+    before = {p.name: p.read_text() for p in folder.glob("*.*")}
+    code, _, err = raygap("export", str(g), "--results", str(results))
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 2, err   # the profile note, the refusal
+    assert f"{folder / 'table.json'} is unreadable" in err and "pass --force" in err
+    assert {p.name: p.read_text() for p in folder.glob("*.*")} == before
+
+
 def load_keys(g: Path, profile: str | None) -> list[str]:
     from raygap.grid import load_grid
 

@@ -28,6 +28,19 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
+def _at_least(lowest: int, what: str):
+    """An argparse type: an integer of at least ``lowest`` (else argparse's one line, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+        if n < lowest:
+            raise argparse.ArgumentTypeError(f"expects {what} (at least {lowest}), got {n}")
+        return n
+    return parse
+
+
 def _key_values(sp, flag: str, help: str) -> None:
     """A repeatable ``FLAG KEY=VALUE`` option (``--set``, ``--option``), read by
     :func:`raygap.dotted.key_values`."""
@@ -71,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run these stored trials again (a hash prefix from --dry-run, 'all', or 'stale': those "
                         "whose method's code changed since they ran; repeat the option "
                         "or separate with commas); their old rows are kept in the store's `forgotten` table")
-    r.add_argument("--max-failures", type=int, default=1, help="Tune retries of a trial whose worker died")
+    r.add_argument("--max-failures", type=_at_least(0, "a number of retries"), default=1, help="Tune retries of a trial whose worker died")
     r.add_argument("--no-shared-warmups", action="store_true",
                    help="every trial trains its own warm-up (default: trials with the same warm-up share one; "
                         "the results are the same either way)")
-    r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray instance (default: all)")
+    r.add_argument("--num-cpus", type=_at_least(1, "a number of CPUs"), help="CPUs of the embedded local Ray instance (default: all)")
     r.add_argument("--tracker", choices=TRACKERS, default="none",
                    help="also log every epoch through Ray Tune's logger callback (TensorBoard event files in each "
                         "trial folder, MLflow or W&B runs); mlflow and wandb are optional extras")

@@ -214,6 +214,8 @@ def open_cache(dataset: str, root: Path, front_end: AudioFrontEnd, num_frames: i
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise bad(mpath, f"unreadable ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays", {}), dict):
+        raise bad(mpath, f"not a raygap cache manifest (a JSON {type(manifest).__name__}, not an object of arrays)")
     if manifest.get("format") != FORMAT_VERSION:
         raise bad(mpath, f"cache format {manifest.get('format')!r}, this raygap reads format {FORMAT_VERSION}")
     want = _params(front_end, num_frames, side)

@@ -55,6 +55,8 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
     out = Path(out_dir).expanduser()
     if not raw.is_dir():
         raise DataError(f"{raw}: raw download folder missing")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: OUT_DIR exists and is not a folder; give a folder (it is made if missing)")
     plan = PLANNERS[dataset](raw, out, opts)
     for note in plan.notes:
         log(f"{dataset}: {note}")
