@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any, Callable
 
 from .cells import WARMUP_MARK, WARMUP_NOTE, metric_label
@@ -50,8 +51,14 @@ def to_csv(table) -> str:
     return buf.getvalue()
 
 
+_MD_SPECIAL = re.compile(r"[\\`*_\[\]|~]|<(?=[A-Za-z/!?])")   # < only where it could open an HTML tag
+
+
 def md_escape(s: Any) -> str:
-    return str(s).replace("|", "\\|")
+    """Plain text -> Markdown text: each character Markdown would read as markup (emphasis, code,
+    links, an HTML tag's <, table cells, strike-through) escaped with a backslash (CommonMark reads a
+    backslash before any ASCII punctuation as that character)."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), str(s))
 
 
 def md_table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -81,7 +88,7 @@ def to_markdown(table) -> str:
     marks = _marks(grid)
     if marks:
         lines.append("")
-        lines += [f"{md_escape(marks[label]).replace('*', chr(92) + '*')} {md_escape(label)}: "
+        lines += [f"{md_escape(marks[label])} {md_escape(label)}: "
                   f"{md_escape(grid.notes[label])}  " for label in marks]
     if grid.skipped:
         lines.append("")
@@ -91,17 +98,33 @@ def to_markdown(table) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-_TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-              "<": r"\textless{}", ">": r"\textgreater{}", "|": r"$|$",
-              "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "–": "--", "—": "---", "²": r"$^2$", "≥": r"$\geq$", "≤": r"$\leq$",
-              "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "ρ": r"$\rho$", "τ": r"$\tau$",
-              "λ": r"$\lambda$", "σ": r"$\sigma$", "μ": r"$\mu$"}
+_TEX_TEXT = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+             "<": r"\textless{}", ">": r"\textgreater{}", "–": "--", "—": "---"}
+# characters set in math mode (the inside of $...$; neighbours share one $...$)
+_TEX_MATH = {"|": "|", "±": r"\pm", "†": r"^\dagger", "‡": r"^\ddagger", "²": "^2", "≥": r"\geq", "≤": r"\leq",
+             "α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "ρ": r"\rho", "τ": r"\tau",
+             "λ": r"\lambda", "σ": r"\sigma", "μ": r"\mu"}
 
 
 def tex_escape(s: Any) -> str:
-    """Plain text -> LaTeX text (pdflatex-safe for the labels raygap's grids use)."""
-    return "".join(_TEX_CHARS.get(ch, ch) for ch in str(s)).replace("$$", "")
+    """Plain text -> LaTeX text (pdflatex-safe for the labels raygap's grids use): every LaTeX
+    special character escaped, a literal ``$`` included; symbols in math mode, neighbours in one
+    ``$...$`` (``αβ`` -> ``$\\alpha\\beta$``)."""
+    out, math = [], []
+    for ch in str(s):
+        if ch in _TEX_MATH:
+            if math and math[-1].endswith(("^\\dagger", "^\\ddagger", "^2")) and _TEX_MATH[ch].startswith("^"):
+                math.append("{}")               # two superscripts in a row: a^\dagger{}^\dagger
+            math.append(_TEX_MATH[ch])
+            continue
+        if math:
+            out.append("$" + "".join(math) + "$")
+            math = []
+        out.append(_TEX_TEXT.get(ch, ch))
+    if math:
+        out.append("$" + "".join(math) + "$")
+    return "".join(out)
 
 
 def to_latex(table) -> str:

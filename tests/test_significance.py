@@ -73,7 +73,7 @@ def test_the_tables_carry_the_comparison_and_say_how_it_was_made(tmp_path):
     section = md.split("## Paired differences vs Ref")[1]
     assert "| E | 91.00 ± 9.54 (n=3) |" in md.split("## Paired")[0]        # the table itself is unchanged
     row_e = next(line for line in section.splitlines() if line.startswith("| E |"))
-    assert "+11.00 [" in row_e and row_e.rstrip(" |").endswith("‡")            # adjusted p < 0.05
+    assert "+11.00 \\[" in row_e and row_e.rstrip(" |").endswith("‡")            # adjusted p < 0.05
     assert "| C | +0.00 (identical in every seed) |" in section
     csv_lines = paths["significance.csv"].read_text().splitlines()
     assert csv_lines[0] == "row,column,metric,n,mean_diff,ci_low,ci_high,p,p_adj,note" and len(csv_lines) == 5

@@ -17,7 +17,7 @@ from raygap import atomic as atomic_mod
 from raygap.atomic import atomic_write
 from raygap.cells import fmt
 from raygap.export import export_grid
-from raygap.render import tex_escape
+from raygap.render import md_escape, tex_escape
 from raygap.grid import load_grid
 from raygap.status import status_text
 from raygap.store import Store
@@ -179,6 +179,9 @@ def test_cell_format():
 
 
 def test_tex_escape():
+    assert tex_escape("cost $α") == r"cost \$$\alpha$"          # a literal $ before math (was "cost \alpha$")
+    assert tex_escape("αβ, x†‡") == r"$\alpha\beta$, x$^\dagger{}^\ddagger$"   # one $...$; no double superscript
+    assert tex_escape("$$") == r"\$\$"
     assert tex_escape("D&R 50% a_b") == r"D\&R 50\% a\_b"
     assert tex_escape("Ours w/o |g_i|² (β=0)") == r"Ours w/o $|$g\_i$|^2$ ($\beta$=0)"
     assert tex_escape("82.00 ± 2.00") == r"82.00 $\pm$ 2.00"
@@ -212,7 +215,7 @@ def test_exports_paper_layout_partial_cells(filled):
     md = paths["table.md"].read_text()
     assert "| Method | V10 Acc | V10 Macro-F1 | V10 Data % | V20 Acc | V20 Macro-F1 | V20 Data % |" in md
     assert "| A | 82.00 ± 2.00 (n=3) | 72.00 ± 2.00 (n=3) | 100.00 ± 0.00 (n=3) | – (0/3) | – (0/3) | – (0/3) |" in md
-    assert "| B * | – (0/3) | – (0/3) | – (0/3) | 70.00 (n=1/3) | 60.00 (n=1/3) | n/a (n=1) |" in md
+    assert "| B \\* | – (0/3) | – (0/3) | – (0/3) | 70.00 (n=1/3) | 60.00 (n=1/3) | n/a (n=1) |" in md
     assert "\\* B: raygap's control" in md and "an example" in md
     rows = list(csv.reader(io.StringIO(paths["table.csv"].read_text())))
     assert rows[0][0] == "Method" and rows[0][-1] == "Note" and len(rows) == 4
@@ -308,7 +311,7 @@ def test_paper_grid_exports_with_skipped_rows(tmp_path):
     (tmp_path / "future.yaml").write_text(yaml.safe_dump(doc))
     fut = load_grid(tmp_path / "future.yaml", profile="demo", skip_missing=True)
     paths = export_grid(fut, store, tmp_path / "future")
-    assert "Not run: Next year (method 'future_method' is not implemented)" in paths["table.md"].read_text()
+    assert "Not run: Next year (method 'future\\_method' is not implemented)" in paths["table.md"].read_text()
     assert "% not run: Next year" in paths["table.tex"].read_text()
     t3 = load_grid(GRIDS / "table3.yaml", profile="demo")
     tex3 = export_grid(t3, store, tmp_path / "table3", formats=("tex",))["table.tex"].read_text()
@@ -550,3 +553,9 @@ def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path):
     assert not s._db.in_transaction and s.get("a") is None   # rolled back, not left holding the write lock
     s.save_done("b", {"acc": 0.5}, [], 1.0, {})
     assert Store(db, readonly=True).status_of(["a", "b"]) == {"b": "done"}
+
+
+def test_md_escape_leaves_no_markup_in_a_label():
+    assert md_escape("Ours *fast* [v2](x) <b> a|b `c` ~d~ e_f \\") == (
+        r"Ours \*fast\* \[v2\](x) \<b> a\|b \`c\` \~d\~ e\_f \\")
+    assert md_escape("72.61 ± 0.50 (n=3) †, p < 0.05") == "72.61 ± 0.50 (n=3) †, p < 0.05"   # unchanged       # numbers and marks unchanged
