@@ -93,3 +93,27 @@ def deterministic_cublas(cuda_started: bool) -> str | None:
             warnings.simplefilter("always")
             warnings.warn(problem, RuntimeWarning, stacklevel=3)
     return problem
+
+
+# file systems several machines mount (and FUSE mounts): SQLite's WAL mode does not work on them
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph", "glusterfs",
+              "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.juicefs", "fuse.s3fs", "fuse.gcsfuse",
+              "fuse.mount-s3", "9p", "virtiofs", "fuse.weka", "davfs"}
+
+
+def mount_fs_type(path: str | Path, mounts: str = "/proc/mounts") -> str | None:
+    """The file-system type /proc/mounts gives for the mount holding ``path``."""
+    p = str(Path(path).resolve())
+    best, kind = "", None
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (p == point or p.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import interrupts
 from ..errors import ConfigError
+from ..system import NETWORK_FS, mount_fs_type
 from .storage import is_remote
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -121,29 +122,6 @@ def check_resources(requests: list[dict], nodes: list[dict],
             return (f"a trial asks for {what} on one node, but no node of the cluster has that, and no node "
                     f"type an autoscaler may add (nodes: {have}); such trials would stay PENDING forever")
     return None
-
-
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.ceph", "glusterfs",
-              "fuse.glusterfs", "fuse.sshfs", "panfs", "wekafs", "fuse.juicefs", "fuse.s3fs", "fuse.gcsfuse",
-              "fuse.mount-s3", "9p", "virtiofs", "fuse.weka", "davfs"}
-
-
-def mount_fs_type(path: str | Path, mounts: str = "/proc/mounts") -> str | None:
-    """The file-system type /proc/mounts gives for the mount holding ``path``."""
-    p = str(Path(path).resolve())
-    best, kind = "", None
-    try:
-        lines = Path(mounts).read_text().splitlines()
-    except OSError:
-        return None
-    for ln in lines:
-        parts = ln.split()
-        if len(parts) < 3:
-            continue
-        point = parts[1].replace("\\040", " ")
-        if (p == point or p.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
-            best, kind = point, parts[2]
-    return kind
 
 
 def node_hosts(nodes: list[dict]) -> set[str]:

@@ -1,13 +1,15 @@
 """The SQLite plumbing under the store: opening the file, faults, waiting on a lock, the
 schema's migration, transactions, and the one helper through which every query by key goes.
 
-Concurrency: the file is in WAL mode, so readers (``raygap status`` / ``export`` in
+Concurrency: on a local disk the file is in WAL mode, so readers (``raygap status`` / ``export`` in
 another process) see the last committed state without blocking the writer or being
 blocked by it. Every write is one short ``BEGIN IMMEDIATE`` transaction; a connection is
 guarded by a lock, so the driver's threads may share it. A write that finds the file
 locked by another process waits, saying so once on stderr (and again every minute),
 instead of failing after a fixed timeout. A connection pickles as its path (Tune pickles
-its callbacks) and reconnects when unpickled.
+its callbacks) and reconnects when unpickled. On a network file system (NFS, Lustre...: see
+:func:`journal_mode`) the file uses SQLite's rollback journal instead, as WAL needs shared memory
+on one machine.
 
 Faults -- a corrupt or truncated file, a read-only or full disk -- raise
 :class:`~raygap.errors.StoreError`: one line naming the file and what to do. A store
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from ..system import NETWORK_FS, mount_fs_type
 from .schema import JSON_COLUMNS, SCHEMA_VERSION, migrate
 
 CHUNK = 500                  # keys per query: far below SQLite's limit on bound variables
@@ -47,6 +50,18 @@ def dumps(obj) -> str:
             return [clean(v) for v in o]
         return o
     return json.dumps(clean(obj), default=str, allow_nan=False)
+
+
+def aside(path: Path) -> str:
+    """The commands that move a store aside with its ``-wal`` and ``-shm`` files (SQLite reads a
+    WAL left without its database into the next file of that name, so they go together)."""
+    return "; ".join(f"mv {path}{x} {path}.bad{x}" for x in ("", "-wal", "-shm") if x == "" or Path(f"{path}{x}").exists())
+
+
+def journal_mode(path: Path) -> str:
+    """``wal`` on a local disk; ``delete`` on a file system several machines mount (NFS, Lustre...,
+    FUSE: ``system.NETWORK_FS``), where SQLite's WAL index (shared memory) does not work."""
+    return "delete" if mount_fs_type(path.parent) in NETWORK_FS else "wal"
 
 
 class Connection:
@@ -68,8 +83,8 @@ class Connection:
         low = msg.lower()
         if "not a database" in low or "malformed" in low or "corrupt" in low:
             return StoreError(self.path, f"not a readable SQLite trial store ({msg})",
-                              f"move it aside (mv {self.path} {self.path}.bad) and run again, which runs every "
-                              "trial again; or restore it from a copy")
+                              f"move it aside with its -wal and -shm files ({aside(self.path)}) and run again, "
+                              "which runs every trial again; or restore it from a copy")
         if "full" in low:
             return StoreError(self.path, "the disk is full",
                               "free some space, then run the same command (finished trials are kept)")
@@ -144,14 +159,30 @@ class Connection:
         self._db = sqlite3.connect(self.path, timeout=BUSY_POLL_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout={BUSY_POLL_MS}")
-        mode = self._busy_retry(lambda: self._db.execute("PRAGMA journal_mode").fetchone()[0])
-        if mode.lower() != "wal":
-            self._busy_retry(lambda: self._db.execute("PRAGMA journal_mode=WAL").fetchone())
-        self._db.execute("PRAGMA synchronous=NORMAL")
         version = self._busy_retry(lambda: self._db.execute("PRAGMA user_version").fetchone()[0])
+        self._refuse_foreign(version)        # before anything is written to the file
+        want = journal_mode(self.path)
+        mode = self._busy_retry(lambda: self._db.execute("PRAGMA journal_mode").fetchone()[0])
+        if mode.lower() != want:
+            self._busy_retry(lambda: self._db.execute(f"PRAGMA journal_mode={want}").fetchone())
+        self._db.execute("PRAGMA synchronous=NORMAL" if want == "wal" else "PRAGMA synchronous=FULL")
         if version < SCHEMA_VERSION:
             with self._tx():
                 migrate(self._db)
+
+    def _refuse_foreign(self, version: int) -> None:
+        """A file raygap must not write: a store of a later raygap (its schema version is newer),
+        or an SQLite file that is not a trial store (tables, but no ``trials``)."""
+        if version > SCHEMA_VERSION:
+            raise StoreError(self.path, f"a trial store of schema version {version}, written by a newer raygap; "
+                                        f"this raygap reads version {SCHEMA_VERSION} (and wrote nothing)",
+                             "upgrade raygap, or pass --results DIR with another folder")
+        tables = [r[0] for r in self._busy_retry(
+            lambda: self._db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall())]
+        if tables and "trials" not in tables:
+            raise StoreError(self.path, f"an SQLite file that is not a raygap trial store (its tables: "
+                                        f"{', '.join(sorted(tables)[:5])}); raygap wrote nothing",
+                             "pass --results DIR with a folder of raygap's own")
 
     def _open_readonly(self) -> None:
         if not self.path.exists():
@@ -168,6 +199,7 @@ class Connection:
                                      check_same_thread=False)
                 self._busy_retry(lambda db=db: db.execute("SELECT count(*) FROM sqlite_master").fetchone())
                 self._db = db
+                self._refuse_foreign(self._busy_retry(lambda db=db: db.execute("PRAGMA user_version").fetchone()[0]))
                 return
             except sqlite3.OperationalError as e:
                 last = e
@@ -230,7 +262,13 @@ class Connection:
         for rec in out:
             for c in JSON_COLUMNS:
                 if c in rec:
-                    rec[c] = json.loads(rec[c]) if rec[c] else None
+                    try:
+                        rec[c] = json.loads(rec[c]) if rec[c] else None
+                    except (ValueError, TypeError) as e:
+                        who = f"trial {rec['key']}" if "key" in rec else "a row"
+                        raise StoreError(self.path, f"{who}: its {c} is not valid JSON ({e})",
+                                         f"take the trial out and run it again: raygap run GRID --rerun {rec.get('key', 'HASH')}"
+                                         ) from None
             if "column" in rec and isinstance(rec["column"], str):
                 rec["column"] = json.loads(rec["column"])
         return out

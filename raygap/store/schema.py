@@ -94,13 +94,18 @@ def create(db: sqlite3.Connection) -> None:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Bring any earlier schema to SCHEMA_VERSION (call it inside one write transaction)."""
+    """Bring any earlier schema to SCHEMA_VERSION (call it inside one write transaction); every
+    column of the old ``trials`` table is kept, those this raygap does not know included."""
     have = {r[0]: r[1] for r in db.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")}
-    cols = [r[1] for r in db.execute("PRAGMA table_info(trials)")]
+    info = {r[1]: r[2] for r in db.execute("PRAGMA table_info(trials)")}     # column -> declared type
+    cols = list(info)
     if "trials" in have and "'interrupted'" not in (have["trials"] or ""):
         db.execute("ALTER TABLE trials RENAME TO trials_old")
         db.execute(TRIALS_SCHEMA)
-        keep = [c for c in TRIAL_COLUMNS if c in cols]
+        for col in cols:                 # columns this raygap does not know (a later one's, a user's) are kept
+            if col not in TRIAL_COLUMNS:
+                db.execute(f'ALTER TABLE trials ADD COLUMN "{col}" {info[col]}')
+        keep = [c for c in TRIAL_COLUMNS if c in cols] + [f'"{c}"' for c in cols if c not in TRIAL_COLUMNS]
         db.execute(f"INSERT INTO trials ({', '.join(keep)}) SELECT {', '.join(keep)} FROM trials_old")
         db.execute("DROP TABLE trials_old")
     elif "trials" in have:
