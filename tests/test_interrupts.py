@@ -126,20 +126,29 @@ def test_the_interrupt_matrix(sig, tmp_path):
 
 def test_a_killed_drivers_leftovers_are_ended_by_the_next_run_and_nothing_else(tmp_path):
     """The ledger: pid and start time of every process a driver started; the next run ends
-    those of a gone driver. A process merely reusing a recorded pid is never touched."""
+    those of a gone driver. A process merely reusing a recorded pid, a process that is not one
+    of Ray's, and any process named in a ledger folder others can write, are never touched."""
     import json
     import socket
+    import stat
 
     import psutil
 
     from raygap import interrupts
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    # a Ray worker sets its title to ray::...: `exec -a` gives this child the same command line
+    child = subprocess.Popen(["bash", "-c", f"exec -a ray::IDLE {sys.executable} -c 'import time; time.sleep(120)'"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])     # not Ray's
     try:
-        assert interrupts.record_children(tmp_path, "me") >= 1
-        ledger, = (tmp_path / interrupts.LEDGER_DIR).glob("*.json")
+        deadline = time.time() + 10
+        while psutil.Process(child.pid).cmdline()[0] != "ray::IDLE" and time.time() < deadline:
+            time.sleep(0.05)
+        assert interrupts.record_children(tmp_path, "me") >= 2
+        folder = tmp_path / interrupts.LEDGER_DIR
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        ledger, = folder.glob("*.json")
         doc = json.loads(ledger.read_text())
-        assert doc["owner"] == "me" and child.pid in [pid for pid, _ in doc["procs"]]
+        assert doc["owner"] == "me" and {child.pid, other.pid} <= {pid for pid, _ in doc["procs"]}
         # while its driver lives (or lives on another machine), nothing is ended
         assert interrupts.end_leftovers(tmp_path, lambda o: True) == [] and child.poll() is None
         assert interrupts.end_leftovers(tmp_path, lambda o: None) == [] and child.poll() is None
@@ -147,15 +156,24 @@ def test_a_killed_drivers_leftovers_are_ended_by_the_next_run_and_nothing_else(t
         ledger.write_text(json.dumps({"owner": "me", "procs": [[child.pid, psutil.Process(child.pid).create_time() - 50]]}))
         assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and child.poll() is None
         assert not ledger.exists()                    # a gone driver's ledger is done with either way
+        # a ledger folder others may write is not acted on at all (anyone could have written it)
         interrupts.record_children(tmp_path, "me")
-        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [child.pid]
+        folder.chmod(0o777)
+        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and child.poll() is None
+        folder.chmod(0o700)
+        # a hand-written ledger naming a process that is not Ray's, with its true start time: it survives
+        hand = folder / f"{socket.gethostname()}-1.json"
+        hand.write_text(json.dumps({"owner": "x", "procs": [[other.pid, psutil.Process(other.pid).create_time()]]}))
+        ended = interrupts.end_leftovers(tmp_path, lambda o: False)
+        assert ended == [child.pid] and other.poll() is None          # the Ray process goes, the other stays
         assert child.wait(10) is not None
         # another machine's ledger in a shared results folder is not this machine's to act on
-        other = tmp_path / interrupts.LEDGER_DIR / f"not-{socket.gethostname()}-1.json"
-        other.write_text(json.dumps({"owner": "x", "procs": [[os.getpid(), 0]]}))
-        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and other.exists()
+        foreign = folder / f"not-{socket.gethostname()}-1.json"
+        foreign.write_text(json.dumps({"owner": "x", "procs": [[os.getpid(), 0]]}))
+        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and foreign.exists()
         interrupts.drop_ledger(tmp_path)
-        assert not (tmp_path / interrupts.LEDGER_DIR / f"{socket.gethostname()}-{os.getpid()}.json").exists()
+        assert not (folder / f"{socket.gethostname()}-{os.getpid()}.json").exists()
     finally:
-        child.kill()
-        child.wait()
+        for p in (child, other):
+            p.kill()
+            p.wait()
