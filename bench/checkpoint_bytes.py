@@ -6,7 +6,9 @@ state over CREMA-D's training clips) is built on the CPU and its checkpoint -- e
 dict `raygap.trial.fit` saves -- serialised to measure its size. The number of checkpoints
 a trial writes (and, in a grid, uploads to --storage) comes from `raygap.trial.checkpoint_due`,
 the predicate `fit` uses, and is checked against a real short `fit` on avdigits. Before: one
-checkpoint every epoch (the old behaviour: `checkpoint_every: 1`).
+checkpoint every epoch (the old behaviour: `checkpoint_every: 1`). Then the load time of that
+checkpoint through torch's weights-only unpickler (how raygap loads every checkpoint) beside the
+full unpickler (how it loaded them before), alternated in one run.
 
     .venv/bin/python bench/checkpoint_bytes.py [--epochs 100] [--trials 306] [--n-train 6698]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import statistics
 import tempfile
 import time
 
@@ -49,7 +52,20 @@ def paper_checkpoint_bytes(n_train: int, frames: int) -> tuple[int, float]:
     buf = io.BytesIO()
     t0 = time.perf_counter()
     torch.save(ck, buf)
-    return buf.tell(), time.perf_counter() - t0
+    return buf.tell(), time.perf_counter() - t0, buf.getvalue()
+
+
+def load_times(data: bytes, reps: int) -> dict[bool, list[float]]:
+    """Seconds to load the checkpoint with torch's weights-only unpickler (raygap's loader) and
+    with the full unpickler (raygap before issue 25), alternating True, False, False, True...
+    so that a drift in the machine's speed falls on both alike."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    order = [True, False, False, True] * ((reps + 1) // 2)
+    for weights_only in order[: 2 * reps]:
+        t0 = time.perf_counter()
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=weights_only)
+        times[weights_only].append(time.perf_counter() - t0)
+    return times
 
 
 def count_real_fit(epochs: int, every: int) -> int:
@@ -70,9 +86,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=306, help="distinct paper-profile trials of Tables II-VII")
     ap.add_argument("--n-train", type=int, default=6698, help="CREMA-D training clips")
     ap.add_argument("--frames", type=int, default=1)
+    ap.add_argument("--load-reps", type=int, default=6, help="loads timed with each unpickler")
     args = ap.parse_args()
     default_every = resolve({}).train.checkpoint_every
-    size, seconds = paper_checkpoint_bytes(args.n_train, args.frames)
+    size, seconds, data = paper_checkpoint_bytes(args.n_train, args.frames)
     before = sum(checkpoint_due(e, 1, args.epochs, final=True) for e in range(args.epochs))   # old: every epoch, the last too
     after = sum(checkpoint_due(e, default_every, args.epochs) for e in range(args.epochs))
     print(f"paper-shape checkpoint (2x ResNet-18 + SGD momentum + gap_adaptive state): {size / 1e6:.1f} MB, "
@@ -83,6 +100,10 @@ def main() -> None:
           f"(ratio {after / before:.3f}); kept in storage while it runs: one ({size / 1e6:.0f} MB), none once done")
     print(f"all {args.trials} paper trials: before {args.trials * before * size / 1e12:.2f} TB written/uploaded, "
           f"after {args.trials * after * size / 1e12:.2f} TB")
+    t = load_times(data, args.load_reps)
+    safe, full = statistics.median(t[True]), statistics.median(t[False])
+    print(f"load of that checkpoint ({size / 1e6:.1f} MB, the same bytes both ways), median of {args.load_reps}: "
+          f"weights_only=True {safe:.3f} s, weights_only=False {full:.3f} s (ratio True/False {safe / full:.2f})")
     n12 = count_real_fit(12, 5)
     print(f"check through the real loop: fit over 12 epochs with checkpoint_every=5 reported {n12} checkpoints "
           f"(epochs 4 and 9; expected {sum(checkpoint_due(e, 5, 12) for e in range(12))})")
