@@ -111,10 +111,6 @@ def protected(what: str) -> Iterator[None]:
     finally:
         STATE.protected.pop()
         if not STATE.protected:
-            if STATE.deferred and STATE.tune_running:
-                # held back by a phase inside Tune's run (a table written as its trials ended): now
-                # Tune's SIGINT handler gets it, as it would have (see _handler), and stops the run
-                os.kill(os.getpid(), signal.SIGINT)
             STATE.deferred = 0
 
 
@@ -180,8 +176,31 @@ def _end(procs: list, grace: float) -> list[int]:
 # them listening on 127.0.0.1. The driver therefore keeps a ledger of the processes it
 # started (pid and start time, refreshed while it runs, deleted at its teardown); the next
 # run on the same results folder ends those still alive whose driver is gone. Only
-# processes a raygap run itself started are ever ended, recognised by pid *and* start time.
+# processes a raygap run itself started are ever ended: the same pid *and* start time, the
+# same user as this one, and a command line of Ray's (a program of the installed ``ray``
+# package, or a Ray worker's ``ray::`` title). The ledger folder is the user's own (0700);
+# one that others can write is not acted on, as anyone could have written a ledger there.
 LEDGER_DIR = ".raygap-procs"
+
+
+def _ray_package() -> str | None:
+    """The installed ``ray`` package's folder, found without importing Ray."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray")
+    locs = list(spec.submodule_search_locations or []) if spec else []
+    return os.path.realpath(locs[0]) if locs else None
+
+
+def is_rays(cmdline: list[str], ray_dir: str | None) -> bool:
+    """Whether a process with ``cmdline`` is one of Ray's: a worker (``ray::...``) or a program
+    or script inside the ``ray`` package folder ``ray_dir``."""
+    if cmdline and cmdline[0].startswith("ray::"):
+        return True
+    if not ray_dir:
+        return False
+    inside = ray_dir.rstrip("/") + "/"
+    return any(arg.startswith("/") and os.path.realpath(arg).startswith(inside) for arg in cmdline[:3])
 
 
 def _ledger_path(folder: Path) -> Path:
@@ -203,7 +222,9 @@ def record_children(folder: Path, owner: str) -> int:
         return 0
     path = _ledger_path(folder)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.parent.stat().st_uid == os.getuid():
+            os.chmod(path.parent, 0o700)       # (made before by an older raygap, with the umask's mode)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"owner": owner, "procs": entries}))
         os.replace(tmp, path)
@@ -230,7 +251,19 @@ def end_leftovers(folder: Path, owner_alive) -> list[int]:
 
     ended: list[int] = []
     host = socket.gethostname()
-    for path in sorted((Path(folder) / LEDGER_DIR).glob(f"{host}-*.json")):
+    ledgers = Path(folder) / LEDGER_DIR
+    try:
+        st = ledgers.stat()
+    except OSError:
+        return ended
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        print(f"raygap: {ledgers} is not only this user's to write (owner uid {st.st_uid}, mode "
+              f"{st.st_mode & 0o777:o}): its ledgers are not acted on; no leftover process is ended",
+              file=sys.stderr, flush=True)
+        return ended
+    ray_dir = _ray_package()
+    me = os.getuid()
+    for path in sorted(ledgers.glob(f"{host}-*.json")):
         try:
             doc = json.loads(path.read_text())
             owner, entries = doc["owner"], doc["procs"]
@@ -242,7 +275,8 @@ def end_leftovers(folder: Path, owner_alive) -> list[int]:
         for pid, started in entries:
             try:
                 p = psutil.Process(int(pid))
-                if abs(p.create_time() - float(started)) < 0.02:      # the same process, not a reused pid
+                if (abs(p.create_time() - float(started)) < 0.02       # the same process, not a reused pid
+                        and p.uids().real == me and is_rays(p.cmdline(), ray_dir)):
                     procs.append(p)
             except (psutil.Error, ValueError, TypeError):
                 pass
