@@ -2,6 +2,7 @@
 ``--dry-run`` lists the trials and what is done, ``--rerun`` runs stored ones again."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -59,9 +60,10 @@ def cmd_run(args) -> int:
         n = store.forget(keys)
         print(f"--rerun: {n} stored trial(s) set aside (kept in the store's `forgotten` table) to run again")
     from ..progress import Progress
-    from ..runner import LOOPBACK_ENV, run_grid, tracker_problem     # (importing it does not import Ray)
+    from ..runner import LOOPBACK_ENV, private_token, run_grid, tracker_problem   # (importing it does not import Ray)
 
-    if not (args.address or os.environ.get("RAY_ADDRESS")):
+    embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
+    if embedded:
         # Ray reads this when it is imported: an embedded instance then binds 127.0.0.1 only
         os.environ[LOOPBACK_ENV] = "0"
 
@@ -70,10 +72,13 @@ def cmd_run(args) -> int:
         raise ConfigError(problem, key="--tracker")
 
     progress = Progress(verbosity=1 + args.verbose - args.quiet, every=args.progress_every)
-    summary = run_grid(grid, store, address=args.address, storage=args.storage,
-                       max_failures=args.max_failures, num_cpus=args.num_cpus,
-                       log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
-                       share_warmups=not args.no_shared_warmups)
+    say = lambda s: print(s, file=sys.stderr, flush=True)   # noqa: E731
+    # an embedded instance: a token of this run only (Ray reads the mode on import, which is later)
+    with private_token(say) if embedded else contextlib.nullcontext():
+        summary = run_grid(grid, store, address=args.address, storage=args.storage,
+                           max_failures=args.max_failures, num_cpus=args.num_cpus,
+                           log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
+                           share_warmups=not args.no_shared_warmups)
     with interrupts.protected("export"):
         table = read_table(grid, store, table_dir)
         try:

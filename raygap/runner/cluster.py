@@ -14,6 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import interrupts
@@ -40,6 +45,46 @@ def worker_runtime_env(deterministic: bool) -> dict | None:
     if CUBLAS_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
         return None
     return {"env_vars": {CUBLAS_ENV: os.environ.get(CUBLAS_ENV, CUBLAS_DETERMINISTIC[0])}}
+
+
+AUTH_MODE, AUTH_TOKEN_PATH, AUTH_TOKEN = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"
+
+
+@contextmanager
+def private_token(log) -> Iterator[str | None]:
+    """The embedded Ray instance's authentication: token mode with a fresh token of this run in
+    a file only this user can read (0600, in a new 0700 folder), set in the environment for every
+    process of the run and removed at the end; yields its path. Ray's own default would be
+    ``~/.ray/auth_token``, written 0644 and kept, so another local user could join the instance
+    and run code as this one. Ray reads the mode when it is imported: call this before. An
+    environment that turns authentication off (``RAY_AUTH_MODE=disabled``) keeps it off, with
+    one warning line; yields None."""
+    mode = os.environ.get(AUTH_MODE)
+    if mode is not None and mode.lower() == "disabled":
+        log(f"raygap: warning: {AUTH_MODE}=disabled in the environment: the local Ray instance runs without "
+            "token authentication, so any user of this machine can connect to it and run code as you "
+            f"(unset {AUTH_MODE} for a token of this run only)")
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="raygap-auth-")              # 0700
+    path = os.path.join(folder, "token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_hex(32).encode())
+    finally:
+        os.close(fd)
+    saved = {k: os.environ.get(k) for k in (AUTH_MODE, AUTH_TOKEN_PATH, AUTH_TOKEN)}
+    os.environ[AUTH_MODE], os.environ[AUTH_TOKEN_PATH] = "token", path
+    os.environ.pop(AUTH_TOKEN, None)                                # (it would win over the file)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def start_ray(address: str | None, num_cpus: int | None, log, deterministic: bool = True) -> bool:
