@@ -104,6 +104,8 @@ def test_checkpoints_resume_and_warmups_go_through_the_bucket_and_done_trials_le
         assert f"resumed after epoch {newest} from s3://{bucket}/paper/kill-" in out and query in out, out
         assert [h["epoch"] for h in rec["history"]] == list(range(6))        # every epoch once
         assert last_reported - newest <= 1, (last_reported, newest)         # nothing before the newest checkpoint
+        print(f"killed after epoch {last_reported} reported; recorded checkpoint: epoch {before['checkpoint_epoch']} "
+              f"{recorded}; resumed after epoch {newest}; epochs computed twice: {max(last_reported - newest, 0)}")
         listed["after the re-run"] = s3.keys(bucket)
         assert not [k for k in listed["after the re-run"] if "/checkpoint_" in k], listed["after the re-run"]  # done: gone
         assert any(k.startswith("paper/kill-") for k in listed["after the re-run"])   # Tune's own files stay
@@ -149,6 +151,46 @@ def test_checkpoints_resume_and_warmups_go_through_the_bucket_and_done_trials_le
             print(f"bucket {bucket} {step}: {len(keys)} object(s)")
             for k in keys:
                 print(f"  {k}")
+
+
+def test_checkpoint_uris_keep_the_storage_query_and_reopen_in_the_bucket(s3, tmp_path, monkeypatch):
+    """Without Ray: what the store records for a Tune checkpoint keeps the storage URI's query
+    parameters, and every later use of it (newer checkpoints found beside it, a kept warm-up,
+    deleting) reaches the same bucket at the same endpoint; the endpoint from AWS_ENDPOINT_URL_S3
+    alone works too (pyarrow's S3FileSystem() does not read it: raygap passes it)."""
+    from types import SimpleNamespace
+
+    from raygap.runner.storage import (checkpoint_uri, delete_checkpoint, keep_checkpoint, open_storage,
+                                       resume_candidates, warmup_at)
+
+    bucket = s3.bucket("raygap-uris")
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    for v in ENDPOINT_VARS:
+        monkeypatch.delenv(v, raising=False)
+    query = f"?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+    storage = f"s3://{bucket}/runs{query}"
+    src = tmp_path / "checkpoint.pt"
+    src.write_bytes(b"a checkpoint")
+    for n in (1, 3):                           # 3: uploaded after the store last heard of the trial
+        keep_checkpoint(src, f"s3://{bucket}/runs/exp/trial/checkpoint_00000{n}{query}")
+    kept = keep_checkpoint(src, warmup_at(storage, "wabc"))
+    assert kept == f"s3://{bucket}/runs/warmups/wabc{query}"
+    fs, path = open_storage(storage)
+    assert path == f"{bucket}/runs"
+    tune_ckpt = SimpleNamespace(filesystem=fs, path=f"{bucket}/runs/exp/trial/checkpoint_000001")   # as Tune gives it
+    recorded = checkpoint_uri(tune_ckpt, storage)
+    assert recorded == f"s3://{bucket}/runs/exp/trial/checkpoint_000001{query}"
+    assert resume_candidates(recorded) == [f"s3://{bucket}/runs/exp/trial/checkpoint_000003{query}", recorded]
+    objects = [k for k in s3.keys(bucket) if not k.endswith("/")]
+    assert objects == ["runs/exp/trial/checkpoint_000001/checkpoint.pt", "runs/exp/trial/checkpoint_000003/checkpoint.pt",
+                       "runs/warmups/wabc/checkpoint.pt"], objects
+    for uri in [*resume_candidates(recorded), kept]:
+        delete_checkpoint(uri)
+    assert [k for k in s3.keys(bucket) if not k.endswith("/")] == []
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)      # the endpoint the AWS way, no query
+    keep_checkpoint(src, f"s3://{bucket}/env/w")
+    assert "env/w/checkpoint.pt" in s3.keys(bucket)
 
 
 def one_line(code: int, out: str, err: str, names: str) -> str:
