@@ -25,7 +25,7 @@ S3_QUERY = {"region": str, "scheme": str, "endpoint_override": str, "access_key"
             "session_token": str, "anonymous": bool, "force_virtual_addressing": bool}
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")   # pyarrow's S3FileSystem() reads neither itself
 TIMEOUTS = {"run": (10.0, 60.0, 4), "probe": (3.0, 5.0, 2)}   # connect s, request s, attempts
-PROBE_DEADLINE_S = 10.0
+PROBE_DEADLINE_S = 8.0
 
 
 def storage_root(storage: str | None, results: Path) -> str:
