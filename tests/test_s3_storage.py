@@ -258,3 +258,14 @@ def test_bad_address_is_one_line_and_exit_2_within_seconds(tmp_path):
         assert line.startswith(f"raygap: error: --address: {address}: ") and problem in line, line
         assert wall < 30 and not tagged(r.tag), wall
         print(f"{what}: {wall:.1f} s: {line}")
+
+
+def test_the_preflight_makes_a_local_storage_folder_and_names_one_it_cannot_write(tmp_path):
+    from raygap.runner.storage import storage_problem
+
+    assert storage_problem(str(tmp_path / "a" / "ray")) is None and (tmp_path / "a" / "ray").is_dir()
+    assert storage_problem((tmp_path / "b" / "tune").as_uri()) is None and (tmp_path / "b" / "tune").is_dir()
+    assert list((tmp_path / "a" / "ray").iterdir()) == []          # the probe object deleted
+    (tmp_path / "file").write_text("not a folder")
+    problem = storage_problem(str(tmp_path / "file" / "ray"))
+    assert problem.startswith(f"{tmp_path / 'file' / 'ray'}: a probe object cannot be written") and "\n" not in problem

@@ -105,7 +105,7 @@ def storage_problem(uri: str, deadline_s: float = PROBE_DEADLINE_S) -> str | Non
     def probe():
         try:
             fs, path = open_storage(uri, "probe")
-            if not is_remote(uri):
+            if fs.type_name == "local":          # a path or file://: the folder Tune would make (object stores need none)
                 fs.create_dir(path, recursive=True)
             name = f"{path.rstrip('/')}/.raygap-probe-{uuid.uuid4().hex}"
             data = b"raygap storage probe"
