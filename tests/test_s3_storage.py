@@ -217,7 +217,7 @@ def test_bad_storage_is_one_line_and_exit_2_before_ray_starts(s3, tmp_path):
          "the bucket does not exist"),
         ("unknown scheme", "ftp://files.example/raygap", env, "Unrecognized filesystem type"),
         ("misspelt query parameter", f"s3://{bucket}/p?endpoint_overide=127.0.0.1:{s3.port}", env,
-         "unknown query parameter 'endpoint_overide'"),
+         "unknown query parameter 'endpoint_overide' (nearest: endpoint_override; known: "),
         ("refused credentials", f"s3://{bucket}/p?endpoint_override=127.0.0.1:{s3.port}&scheme=http", env,
          "the credentials are refused"),
     ]

@@ -83,8 +83,8 @@ def open_storage(uri: str, purpose: str = "run"):
     opts = {}
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
         if k not in S3_QUERY:
-            raise ConfigError(f"{uri}: unknown query parameter {k!r}", key="--storage",
-                              hint=f"nearest: {nearest(k, S3_QUERY)}; known: {', '.join(S3_QUERY)}")
+            raise ConfigError(f"{uri}: unknown query parameter {k!r} (nearest: {nearest(k, S3_QUERY)}; "
+                              f"known: {', '.join(S3_QUERY)})", key="--storage")
         opts[k] = v.lower() in ("1", "true", "yes") if S3_QUERY[k] is bool else v
     if "endpoint_override" not in opts:
         env = next((os.environ[v] for v in ENDPOINT_ENV if os.environ.get(v)), None)
