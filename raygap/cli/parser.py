@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a grid's missing trials as Ray Tune trials and export its table")
     _grid_args(r)
     r.add_argument("--address", help="join an existing Ray cluster (else $RAY_ADDRESS, else an embedded local one)")
-    r.add_argument("--storage", help="Tune storage: a local path, s3://, gs:// or a shared filesystem")
+    r.add_argument("--storage", help="Tune storage: a local path, s3://BUCKET/PREFIX (endpoint from "
+                   "AWS_ENDPOINT_URL_S3 or ?endpoint_override=HOST:PORT&scheme=http), gs:// or a shared filesystem; "
+                   "checked with a probe object before Ray starts")
     r.add_argument("--dry-run", action="store_true", help="print the trials, their hashes and which are done")
     r.add_argument("--rerun", action="append", metavar="HASH",
                    help="run these stored trials again (a hash prefix from --dry-run, 'all', or 'stale': those "

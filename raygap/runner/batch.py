@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import interrupts
 from .callback import store_callback
-from .storage import delete_checkpoint, experiment_at, resume_candidates
+from .storage import delete_checkpoint, experiment_at, is_remote, open_storage, resume_candidates
 from .summary import RunSummary
 from .trackers import tracker_callbacks
 from .worker import trainable
@@ -56,7 +56,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
         items.append({"key": s.key, "label": trial_label(s),
                       "name": _readable("-".join([s.label, *([_col(s.column)] if s.column else []), f"seed{s.seed}"]))
                       + f"-{s.key[:8]}",
-                      "trial": s.config.to_dict(), "resume": resume,
+                      "trial": s.config.to_dict(), "resume": resume, "storage": storage_path,
                       "fork": (forks or {}).get(s.key), "warmup_out": (keeps or {}).get(s.key)})
 
     def resources(config):
@@ -65,7 +65,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
 
     fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
     summary.launched += len(batch)
-    cb = store_callback(store, summary, progress)
+    cb = store_callback(store, summary, progress, storage_path)
     name = f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Tune's own console output (its status box, a TensorBoard hint into Ray's session folder) and
     # its default CSV and TensorBoard files per trial are off: raygap prints its progress and keeps
@@ -75,6 +75,9 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     experiment = experiment_at(storage_path, name)
+    # remote storage: the file system opened once, as raygap opens it (the URI's endpoint, the AWS
+    # endpoint variables, timeouts), and given to Tune, so its uploads go where raygap's reads go
+    tune_fs, tune_path = open_storage(storage_path) if is_remote(storage_path) else (None, storage_path)
     trackers = [JsonLoggerCallback()] + tracker_callbacks(tracker, grid, experiment, log, Path(store.path).parent)
     tuner = tune.Tuner(
         fn,
@@ -83,7 +86,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
                                     trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             # unique per driver and batch: two drivers never share a Tune folder
-            name=name, storage_path=storage_path,
+            name=name, storage_path=tune_path, storage_filesystem=tune_fs,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[cb, *trackers], verbose=0),

@@ -12,8 +12,9 @@ from .storage import checkpoint_uri, delete_checkpoint
 from .summary import RunSummary
 
 
-def store_callback(store, summary: RunSummary, progress):
-    """The callback of one Tune experiment (``summary`` counts what finished and what failed)."""
+def store_callback(store, summary: RunSummary, progress, storage: str | None = None):
+    """The callback of one Tune experiment (``summary`` counts what finished and what failed;
+    ``storage``: the run's, whose query parameters its checkpoints' URIs keep)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
@@ -54,7 +55,7 @@ def store_callback(store, summary: RunSummary, progress):
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             key = self._key(trial)
             epoch = (trial.last_result or {}).get("epoch")
-            uri = checkpoint_uri(checkpoint)
+            uri = checkpoint_uri(checkpoint, storage)
             self.ours.add(uri)
             for stale in store.record_checkpoint(key, uri, epoch):
                 if stale == uri or stale not in self.ours:   # (Tune deletes this run's older ones itself)

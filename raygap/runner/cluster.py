@@ -8,6 +8,9 @@
 * Preflight: a trial whose CPUs and GPUs no node (nor a node type an autoscaler may add) can
   hold would stay PENDING forever (:func:`check_resources`); nodes on several machines need
   storage they all reach (:func:`check_storage`). Either is one line, exit 2.
+* Before Ray starts or is joined: ``--address`` is HOST:PORT (or ``ray://HOST:PORT``) and
+  something answers there (:func:`address_problem`), one line within seconds instead of
+  Ray's traceback or its minutes of retries.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +124,62 @@ def start_ray(address: str | None, num_cpus: int | None, log, deterministic: boo
     ray.init(address="local", num_cpus=cpus, include_dashboard=False,
              log_to_driver=False, configure_logging=False, runtime_env=worker_runtime_env(deterministic))
     return True
+
+
+ADDRESS_TIMEOUT_S = 5.0
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])   # + an empty SETTINGS
+
+
+def address_problem(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> str | None:
+    """Why ``address`` (``--address`` or ``RAY_ADDRESS``) names no Ray cluster that could be
+    joined, in one line naming it, or None: HOST:PORT or ``ray://HOST:PORT``, and a TCP
+    connection to it accepted and answered as an HTTP/2 (gRPC) server answers, within
+    ``timeout_s`` (name lookup included). ``auto`` and
+    ``local`` are Ray's to resolve."""
+    if address in ("auto", "local"):
+        return None
+    rest = address
+    if "://" in address:
+        scheme, _, rest = address.partition("://")
+        if scheme != "ray":
+            return f"{address}: unknown scheme {scheme + '://'!r} (HOST:PORT of the head's GCS, or ray://HOST:PORT)"
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{address}: not HOST:PORT (e.g. 10.0.0.5:6379, the head's GCS port)"
+    out: list[str] = []
+
+    def connect():
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s) as c:
+                # the GCS (and Ray Client's server) speak gRPC: HTTP/2, whose server answers a
+                # client's preface with a SETTINGS frame (type 4, the frame header's 4th byte)
+                c.sendall(HTTP2_PREFACE)
+                head = c.recv(9)
+            out.append("" if len(head) >= 4 and head[3] == 4 else
+                       f"{address}: something listens there, but it does not answer as a Ray head (gRPC) does")
+        except ConnectionRefusedError:
+            out.append(f"{address}: connection refused (no Ray head listens on port {port} of {host})")
+        except socket.gaierror as e:
+            out.append(f"{address}: the host {host!r} is not found ({e.strerror or e})")
+        except TimeoutError:
+            out.append(f"{address}: no answer within {timeout_s:g} s (host down, or a firewall drops the port)")
+        except OSError as e:
+            out.append(f"{address}: cannot connect ({e.strerror or e})")
+
+    t = threading.Thread(target=connect, name="raygap-address-probe", daemon=True)
+    t.start()
+    t.join(timeout_s * 2)         # (a name lookup has no timeout of its own)
+    if not out:
+        return f"{address}: no answer within {timeout_s * 2:g} s (the host name did not resolve in time)"
+    return out[0] or None
+
+
+def require_address(address: str | None) -> None:
+    """:func:`address_problem` as a ConfigError (``--address``)."""
+    problem = address_problem(address) if address else None
+    if problem:
+        raise ConfigError(problem, key="--address")
 
 
 AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"   # where `ray up` leaves the autoscaler's config on the head

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from .. import interrupts
 from .batch import trial_label, tune_batch
-from .cluster import node_hosts, require_resources, require_storage, start_ray
+from .cluster import node_hosts, require_address, require_resources, require_storage, start_ray
 from .shared_data import DataBuilder
-from .storage import delete_checkpoint, storage_root, warmup_at
+from .storage import delete_checkpoint, require_usable_storage, storage_root, warmup_at
 from .summary import RunSummary
 from .warmups import drop_finished_warmups, plan_warmups, say_warmups
 
@@ -72,6 +72,11 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     if not todo:
         summary.wall_seconds = time.perf_counter() - t0
         return summary
+    # preflight, before Ray starts or is joined: each a line naming the address or URI, in seconds
+    results_folder = Path(store.path).parent
+    storage_path = storage_root(storage, results_folder)
+    require_address(address or os.environ.get("RAY_ADDRESS"))
+    require_usable_storage(storage_path)
     if progress is None:               # plain lines through ``log``
         from ..progress import Progress
 
@@ -80,8 +85,6 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     log = progress.note
 
     owner = this_process_owner()
-    results_folder = Path(store.path).parent
-    storage_path = storage_root(storage, results_folder)
     started = starting = False
     mine: set[str] = set()              # every trial this driver claimed (released at the end)
     attempted: set[str] = set()         # launched here, or settled by another driver: not launched (again)

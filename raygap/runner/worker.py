@@ -66,7 +66,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     fork = config["t"].get("fork")
     if ckpt is None and fork:                          # a shared warm-up: after the trial's own checkpoints
         candidates.append(fork)
-    resumed, notes = _resume_point(candidates, key, kind, work)
+    resumed, notes = _resume_point(candidates, key, kind, work, config["t"].get("storage"))
     resumed_from = resumed["epoch"] if resumed else None
     resume_note = "; ".join(notes) or None
     node = ray.get_runtime_context().get_node_id()
@@ -125,7 +125,8 @@ def trainable(config: dict, shared: dict | None = None) -> None:
             release_device_memory(bundle)              # Tune reuses this actor: the next trial gets the GPU back
 
 
-def _resume_point(candidates: list, key: str, kind: str, work: Path) -> tuple[dict | None, list[str]]:
+def _resume_point(candidates: list, key: str, kind: str, work: Path,
+                  storage: str | None = None) -> tuple[dict | None, list[str]]:
     """The first usable of ``candidates`` (Tune checkpoints, or URIs: newest first, a shared
     warm-up last), its checkpoint file copied into ``work``: ``({"epoch", "uri", "history",
     "warmup_from"?}, notes)``, or ``(None, notes)``; a note says why each one before it was
@@ -140,16 +141,16 @@ def _resume_point(candidates: list, key: str, kind: str, work: Path) -> tuple[di
                 src = Path(d) / CHECKPOINT
                 state = checkpoint.load(src)      # a partial upload fails here
                 if (why := checkpoint.unusable_on(state, kind)) is not None:   # it cannot continue exactly here
-                    notes.append(f"checkpoint {checkpoint_uri(c)} not usable ({why})")
+                    notes.append(f"checkpoint {checkpoint_uri(c, storage)} not usable ({why})")
                     continue
                 shutil.copy2(src, work / CHECKPOINT)
-            resumed = {"epoch": state["epoch"], "uri": checkpoint_uri(c), "history": state.get("history") or []}
+            resumed = {"epoch": state["epoch"], "uri": checkpoint_uri(c, storage), "history": state.get("history") or []}
             if state.get("key") != key:              # (fit checks it is the warm-up this trial may share)
                 resumed["warmup_from"] = state.get("key")
             del state
             break
         except Exception as e:  # noqa: BLE001 -- gone, partial or unreadable: the next older one, and say so
-            notes.append(f"checkpoint {c if isinstance(c, str) else checkpoint_uri(c)} not usable "
+            notes.append(f"checkpoint {c if isinstance(c, str) else checkpoint_uri(c, storage)} not usable "
                          f"({type(e).__name__})")
     if candidates and resumed is None:
         notes.append("started over")
