@@ -104,7 +104,7 @@ class Raygap:
             return []
 
     def kill_tree(self) -> None:
-        for p in reversed(self.tree()) + tagged(self.tag):
+        for p in [*reversed(self.tree()), *tagged(self.tag)]:
             try:
                 p.kill()
             except psutil.Error:
