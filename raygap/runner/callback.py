@@ -134,14 +134,14 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1):
                     log(f"  {label}: {why} (node loss {n}, not counted against --max-failures): "
                         "restarting it from its latest checkpoint")
                     return
-                out = f"lost its node {n} times, the last: {why} ({err})"
+                out = f"lost its node {n} times (the last: {why}): {err}"
             else:
                 n = self.own[key] = self.own.get(key, 0) + 1
                 if max_failures < 0 or n <= max_failures:
                     log(f"  {label}: {err}: retrying from its latest checkpoint "
                         f"(error {n} of its own; --max-failures {max_failures})")
                     return
-                out = f"{err} (error {n} of its own, after {n - 1} retries: --max-failures {max_failures})"
+                out = f"failed {n} time(s) of its own, retried {n - 1} (--max-failures {max_failures}): {err}"
             trial.config["t"]["give_up"] = {"error": out[:500], "traceback": _error_file(trial)}
 
         def on_trial_error(self, iteration, trials, trial, **info):
