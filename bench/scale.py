@@ -183,7 +183,7 @@ def side_by_side(ns: list[int], cpus: int, tmp: Path) -> list[tuple[int, float, 
 
     from raygap.grid import load_grid
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,   # (never another run's)
              runtime_env={"worker_process_setup_hook": register})
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
