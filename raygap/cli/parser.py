@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "whose method's code changed since they ran; repeat the option "
                         "or separate with commas); their old rows are kept in the store's `forgotten` table")
     r.add_argument("--max-failures", type=int, default=1,
-                   help="retries of a trial after an error of its own (default 1; -1: no limit); "
+                   help="retries of a trial after an error of its own (default 1); "
                         "the loss of its node is not counted (docs/cluster.md)")
     r.add_argument("--no-shared-warmups", action="store_true",
                    help="every trial trains its own warm-up (default: trials with the same warm-up share one; "
