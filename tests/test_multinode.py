@@ -1,5 +1,6 @@
 """Two Ray nodes on this machine (ray.cluster_utils.Cluster, loopback only): trials land on
-both, a node removed mid-grid costs nothing, GPU shares without CUDA fail at once. Also:
+both, a node removed mid-grid costs nothing, a node killed without warning (a spot preemption)
+costs no retry and no epoch twice, GPU shares without CUDA fail at once. Also:
 raygap refuses to start an embedded instance that would listen beyond this machine; the
 cluster checks (storage, node types an autoscaler may add, CPU counts) on their own."""
 from __future__ import annotations
@@ -95,6 +96,107 @@ def test_trials_use_both_nodes_survive_losing_one_and_gpu_shares_without_cuda_fa
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_worker_node_killed_without_warning_costs_no_retry_and_no_epoch_twice(tmp_path):
+    """A spot preemption: the worker node's raylet is SIGKILLed with every process of that node
+    (the machine is gone; no graceful remove_node) while a trial there has a checkpoint. A real
+    `raygap run --address ... --max-failures 0` still finishes that trial, on the head, from its
+    newest checkpoint, every epoch in its history once: the lost node is not counted against
+    --max-failures (Ray Tune 2.60 counts it: on the old runner the trial failed)."""
+    import time
+
+    import psutil
+    from _proc import Raygap
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.2")
+    cluster.wait_for_nodes()
+    raylet = worker.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+    run = None
+    try:
+        g = tmp_path / "spot.yaml"
+        base = {**BASE, "train": {**BASE["train"], "epochs": 4, "checkpoint_every": 1}}
+        g.write_text(yaml.safe_dump({"name": "spot", "base": base, "seeds": [0, 1], "metrics": ["acc"],
+                                     "resources": {"cpu": 1}, "rows": {"Concat": {"method": {"name": "concat"}}}}))
+        results = tmp_path / "results"
+        run = Raygap("run", str(g), "--address", cluster.address, "--results", str(results),
+                     "--storage", (tmp_path / "tune").as_uri(), "--max-failures", "0")
+        run.wait_for("launching 2 trial", 240)
+        keys = [t.key for t in load_grid(g).trials]
+        reader = Store(results / "store.sqlite")
+        killed = None
+        deadline = time.time() + 240
+        while killed is None and time.time() < deadline and run.p.poll() is None:
+            for k in keys:                   # once a trial on the worker node has a checkpoint (and epochs after)
+                rec = reader.get(k) or {}
+                hist = rec.get("history") or []
+                if (rec.get("checkpoint_epoch") or -1) >= 1 and hist and hist[-1].get("worker_node") == worker.node_id:
+                    procs = [psutil.Process(raylet.pid), *psutil.Process(raylet.pid).children(recursive=True)]
+                    for p in procs:          # the raylet first, then its workers: the whole machine
+                        p.kill()
+                    killed = {"key": k, "checkpoint": rec["checkpoint_epoch"], "last": hist[-1]["epoch"],
+                              "procs": [p.name() if p.is_running() else p.pid for p in procs]}
+                    break
+            time.sleep(0.2)
+        assert killed, f"no trial ran on the worker node long enough to lose it:\n{run.output[-3000:]}"
+        code, out = run.finish(300)
+        print(f"killed {killed}\n{out}")
+        assert code == 0, out
+        label = f"Concat | - | seed {load_grid(g).trials[keys.index(killed['key'])].seed}"
+        said = [ln for ln in out.splitlines() if "not counted against --max-failures" in ln]
+        assert len(said) == 1 and said[0].strip().startswith(label), out
+        store = Store(results / "store.sqlite")
+        for k in keys:                       # both done, every epoch exactly once
+            rec = store.get(k)
+            assert rec["status"] == "done" and [h["epoch"] for h in rec["history"]] == list(range(4)), rec
+        lost = store.get(killed["key"])
+        assert lost["info"]["node"] != worker.node_id                     # it ended on the head ...
+        assert lost["info"]["resumed_from_epoch"] >= killed["checkpoint"]  # ... from its newest checkpoint
+        assert killed["last"] - lost["info"]["resumed_from_epoch"] <= base["train"]["checkpoint_every"]
+    finally:
+        if run is not None:
+            run.kill_tree()
+        cluster.shutdown()
+
+
+def test_node_losses_are_told_from_a_trials_own_errors():
+    """What Ray Tune 2.60 hands the runner for a failed trial, built as Ray builds it
+    (ray/_private/serialization.py), and whether it counts against --max-failures."""
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext, NodeDeathInfo
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+
+    from raygap.runner.failures import node_lost
+
+    dead, live = "d1" * 28, "a1" * 28
+
+    def died(message: str, reason=NodeDeathInfo.UNEXPECTED_TERMINATION):
+        return ActorDiedError(cause=ActorDiedErrorContext(error_message=message, actor_id=bytes(16),
+                                                          node_death_info=NodeDeathInfo(reason=reason)))
+
+    node_died = died(f"The actor died because its node has died. Node Id: {dead}\n\tthe actor's node was "
+                     "terminated unexpectedly: health check failed due to missing too many heartbeats")
+    process_died = died("The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR",
+                        NodeDeathInfo.UNSPECIFIED)
+    alive = {live}
+    # the trial's own: its code raised, or its process died on a node still alive (a crash, an OOM kill)
+    assert node_lost(RayTaskError("train", "Traceback\nRuntimeError: CUDA error", RuntimeError("CUDA error")),
+                     live, alive) is None
+    assert node_lost(process_died, live, alive) is None
+    assert node_lost(None, live, alive) is None and node_lost(ValueError("x"), live, alive) is None
+    # a node loss: the raylet died (the node the error names, or the one the trial last reported from) ...
+    assert node_lost(node_died, None, alive) == f"its node {dead[:12]} died"
+    assert node_lost(process_died, dead, alive) == f"its node {dead[:12]} died"
+    # ... the machine stopped answering (seen before the health check marks its node dead) ...
+    unavailable = ActorUnavailableError("The actor is temporarily unavailable: RpcError: Connection reset", bytes(16))
+    assert node_lost(unavailable, live, alive) == "its node stopped answering"
+    # ... the autoscaler drained it for a preemption (the one case Tune itself does not count) ...
+    drained = died("The actor died because its node has died.", NodeDeathInfo.AUTOSCALER_DRAIN_PREEMPTED)
+    assert drained.preempted and node_lost(drained, live, alive) == "its node was drained for a preemption"
+    # ... also as the cause of a task error, which Tune unwraps the same way
+    assert node_lost(RayTaskError("train", "Traceback", node_died), None, alive) == f"its node {dead[:12]} died"
 
 
 def test_the_embedded_instance_refuses_to_start_after_ray_was_imported_without_loopback():

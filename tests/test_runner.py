@@ -186,6 +186,27 @@ def test_killed_worker_resumes_and_a_diverging_trial_fails_alone(local_ray, tmp_
     assert bad["error"].startswith("TrialDiverged") and "not finite" in bad["error"]
 
 
+def test_a_trials_own_crash_still_counts_against_max_failures(local_ray, tmp_path):
+    """Its worker process SIGKILLed on a node that stays alive (a crash, an OOM kill: the same
+    config may do it again) is the trial's own failure, unlike a lost node: with --max-failures 0
+    it is not retried. Tune has already queued it again when the driver's callback counts it; the
+    restarted trial is told, and reports the failure without training."""
+    base = {**BASE, "train": {**BASE["train"], "epochs": 4}}
+    g = write_grid(tmp_path / "crash.yaml", "crash", {"Concat": {"method": {"name": "concat"}}}, seeds=(0,), base=base)
+    grid = load_grid(g)
+    key = grid.trials[0].key
+    store = KillsAtCheckpoint(tmp_path / "store.sqlite", key, epoch=1)
+    lines = []
+    s = run_grid(grid, store, log=lines.append, max_failures=0)
+    assert store.killed is not None, "the trial's checkpoint of epoch 1 was never registered"
+    rec = store.get(key)
+    assert s.done == 0 and list(s.failed) == [key] and s.exit_code == 1 and rec["status"] == "failed"
+    assert rec["error"].startswith("failed 1 time(s) of its own, retried 0 (--max-failures 0): "), rec["error"]
+    assert "worker process has died" in rec["error"] or "died unexpectedly" in rec["error"], rec["error"]
+    assert [h["epoch"] for h in rec["history"]] == [0, 1]          # nothing trained after the kill
+    assert not [ln for ln in lines if "retrying" in ln or "not counted" in ln], lines
+
+
 def test_shared_warmups_train_once_and_change_no_number(local_ray, tmp_path):
     """Three gap_adaptive variants with one warm-up: the first trains it and keeps its end, the
     other two start from it; every stored number equals a run where each trains its own."""

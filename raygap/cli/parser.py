@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run these stored trials again (a hash prefix from --dry-run, 'all', or 'stale': those "
                         "whose method's code changed since they ran; repeat the option "
                         "or separate with commas); their old rows are kept in the store's `forgotten` table")
-    r.add_argument("--max-failures", type=_at_least(0, "a number of retries"), default=1, help="Tune retries of a trial whose worker died")
+    r.add_argument("--max-failures", type=_at_least(0, "a number of retries"), default=1,
+                   help="retries of a trial after an error of its own (default 1); "
+                        "the loss of its node is not counted (docs/cluster.md)")
     r.add_argument("--no-shared-warmups", action="store_true",
                    help="every trial trains its own warm-up (default: trials with the same warm-up share one; "
                         "the results are the same either way)")

@@ -65,7 +65,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
 
     fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
     summary.launched += len(batch)
-    cb = store_callback(store, summary, progress, storage_path)
+    cb = store_callback(store, summary, progress, max_failures, storage_path)
     name = f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Tune's own console output (its status box, a TensorBoard hint into Ray's session folder) and
     # its default CSV and TensorBoard files per trial are off: raygap prints its progress and keeps
@@ -87,7 +87,9 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
         run_config=tune.RunConfig(
             # unique per driver and batch: two drivers never share a Tune folder
             name=name, storage_path=tune_path, storage_filesystem=tune_fs,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            # Tune retries every failure; the callback counts them: a trial's own errors against
+            # max_failures, the loss of its node not (raygap.runner.failures)
+            failure_config=tune.FailureConfig(max_failures=-1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[cb, *trackers], verbose=0),
     )

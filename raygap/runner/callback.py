@@ -1,20 +1,27 @@
 """The driver's Tune callback: every epoch, every finished trial and every failure written to
 the trial store as the workers report them (:func:`raygap.runner.protocol.decode`), the
 progress lines fed, and checkpoints of no more use deleted. The driver is the store's only
-writer, so a driver killed mid-grid loses nothing that finished."""
+writer, so a driver killed mid-grid loses nothing that finished.
+
+Tune retries every failed trial (the runner gives it ``max_failures=-1``); this callback keeps
+the counts (:mod:`raygap.runner.failures`): a trial's own errors are retried ``--max-failures``
+times, the loss of its node is not counted against them (at most NODE_LOSSES_MAX). A trial out
+of retries is told so through its config when Tune restarts it, and reports itself failed."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from .failures import NODE_LOSSES_MAX, alive_nodes, last_error, node_lost
 from .protocol import decode
 from .storage import checkpoint_uri, delete_checkpoint
 from .summary import RunSummary
 
 
-def store_callback(store, summary: RunSummary, progress, storage: str | None = None):
+def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, storage: str | None = None):
     """The callback of one Tune experiment (``summary`` counts what finished and what failed;
-    ``storage``: the run's, whose query parameters its checkpoints' URIs keep)."""
+    ``max_failures``: the retries of a trial's own errors, -1 for no limit; ``storage``: the
+    run's, whose query parameters its checkpoints' URIs keep)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
@@ -28,6 +35,9 @@ def store_callback(store, summary: RunSummary, progress, storage: str | None = N
             self.warned: set[str] = set()
             self.history: dict[str, list] = {}
             self.ours: set[str] = set()              # checkpoints this experiment wrote
+            self.node: dict[str, str] = {}           # the node each trial last reported from since it (re)started
+            self.own: dict[str, int] = {}            # each trial's own errors so far (retried up to max_failures)
+            self.lost: dict[str, int] = {}           # each trial's node losses so far (not counted against them)
 
         def _key(self, trial) -> str:
             return trial.config["t"]["key"]
@@ -71,6 +81,8 @@ def store_callback(store, summary: RunSummary, progress, storage: str | None = N
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
             hist = self.history.setdefault(key, [])
+            if result.get("node"):
+                self.node[key] = result["node"]
             parts = decode(result)
             if "resumed" in parts:                   # the epochs the checkpoint holds, whichever it was
                 r = parts["resumed"]
@@ -109,6 +121,29 @@ def store_callback(store, summary: RunSummary, progress, storage: str | None = N
             if "failed" in parts:
                 failed = parts["failed"]
                 self._fail(trial, failed["error"], failed.get("traceback"))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            """Tune caught a failure and will restart the trial: a node loss, or one of its own
+            errors within ``max_failures``, restarts it from its latest checkpoint; otherwise the
+            restarted trial is told to report itself failed (Tune has already queued it)."""
+            key, label = self._key(trial), self._label(trial)
+            why = node_lost(last_error(trial), self.node.pop(key, None), alive_nodes())
+            err = _error_line(trial)
+            if why:
+                n = self.lost[key] = self.lost.get(key, 0) + 1
+                if n <= NODE_LOSSES_MAX:
+                    log(f"  {label}: {why} (node loss {n}, not counted against --max-failures): "
+                        "restarting it from its latest checkpoint")
+                    return
+                out = f"lost its node {n} times (the last: {why}): {err}"
+            else:
+                n = self.own[key] = self.own.get(key, 0) + 1
+                if max_failures < 0 or n <= max_failures:
+                    log(f"  {label}: {err}: retrying from its latest checkpoint "
+                        f"(error {n} of its own; --max-failures {max_failures})")
+                    return
+                out = f"failed {n} time(s) of its own, retried {n - 1} (--max-failures {max_failures}): {err}"
+            trial.config["t"]["give_up"] = {"error": out[:500], "traceback": _error_file(trial)}
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._fail(trial, _error_line(trial), _error_file(trial))

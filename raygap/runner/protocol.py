@@ -11,8 +11,9 @@ kind          what it holds, and when it is sent
 ============  =====================================================================================
 ``record``    an epoch's record (what ``fit`` reports), after every epoch
 ``final``     the finished trial, ``{"metrics", "history", "info"}``: the last report
-``failed``    a failure the same config would repeat, ``{"error", "traceback"}`` (a path, or
-              None): the last report, instead of an exception Tune would retry
+``failed``    a failure the same config would repeat, or a trial out of retries (``give_up``),
+              ``{"error", "traceback"}`` (a path, or None): the last report, instead of an
+              exception Tune would retry
 ``resumed``   with the first epoch after a resume or a start from a shared warm-up: ``{"epoch",
               "uri", "history", "warmup_from"?, "note"}``, or only ``{"note"}`` (no checkpoint used)
 ``warnings``  the Python warnings raised in the trial since the last report, one line each (with

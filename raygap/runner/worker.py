@@ -4,7 +4,8 @@ A plain function: it calls the one training loop (:func:`raygap.trial.fit`), rep
 epoch with its checkpoint through :mod:`raygap.runner.protocol`, and resumes from
 ``tune.get_checkpoint()`` when Tune restarts it after a worker died, else from the first usable
 of an earlier run's checkpoints or a shared warm-up's. A failure the same config would repeat
-is reported as the trial's final result, not raised for Tune to retry. Ray, torch and the trial
+is reported as the trial's final result, not raised for Tune to retry; a trial the driver found
+out of retries (``give_up``) reports that failure at once. Ray, torch and the trial
 engine are imported inside the function: importing this module costs nothing.
 """
 from __future__ import annotations
@@ -26,7 +27,9 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     """Tune function trainable: one raygap trial. ``config["t"] = {"key", "label", "trial"}``,
     and optionally ``resume`` (an earlier run's checkpoints, newest first), ``fork`` (a shared
     warm-up's checkpoint to start from) and ``warmup_out`` (where to keep this trial's
-    warm-up end for others: see :meth:`raygap.config.TrialConfig.warmup`). ``shared``: the
+    warm-up end for others: see :meth:`raygap.config.TrialConfig.warmup`), and ``give_up``
+    (``{"error", "traceback"}``: the driver's callback found the trial out of retries, when Tune
+    had already queued it again: it reports that failure and stops). ``shared``: the
     in-memory datasets the driver built, by :func:`~raygap.runner.shared_data.data_key`."""
     import ray
     from ray import tune
@@ -40,6 +43,9 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch,
                               CheckpointDeviceMismatch, CompileLimitHit)
 
+    if config["t"].get("give_up"):          # out of retries (the driver's callback said so when Tune restarted it)
+        tune.report(encode(os.getpid(), ray.get_runtime_context().get_node_id(), failed=config["t"]["give_up"]))
+        return
     cfg = resolve(config["t"]["trial"])
     key = config["t"]["key"]
     caught: list[str] = []                 # Python warnings raised in this trial, sent with the next report
