@@ -12,8 +12,9 @@ from .storage import checkpoint_uri, delete_checkpoint
 from .summary import RunSummary
 
 
-def store_callback(store, summary: RunSummary, progress):
-    """The callback of one Tune experiment (``summary`` counts what finished and what failed)."""
+def store_callback(store, summary: RunSummary, progress, after_done=None):
+    """The callback of one Tune experiment (``summary`` counts what finished and what failed;
+    ``after_done()``, if given, is called once each finished trial is in the store: the mirror)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
@@ -102,6 +103,8 @@ def store_callback(store, summary: RunSummary, progress):
                 store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
                 delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
+                if after_done is not None:
+                    after_done()
                 summary.done += 1
                 progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := shown_metric(fin['metrics']))} "
                                          f"{fin['metrics'].get(name, float('nan')):.4f} on {fin['info'].get('device', '?')}")
