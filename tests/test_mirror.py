@@ -104,6 +104,8 @@ def test_a_pushed_store_restores_into_an_empty_results_folder_and_merges_into_a_
     assert sorted(p.relative_to(storage).as_posix() for p in storage.rglob("*") if p.is_file()) == \
         ["results/g/demo/table.csv", "results/store.sqlite"]          # no temporary name left behind
     store.close()
+    assert rows(storage / "results" / "store.sqlite")["b"][0] == "done"     # what was in the -wal file too
+    assert not list((storage / "results").glob("store.sqlite-*"))         # a plain file: a reader leaves nothing
 
     lost = tmp_path / "new-head"
     line = Mirror(str(storage), lost, say=said.append).restore()

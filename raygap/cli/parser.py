@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write the paper-layout table again from the store")
     _grid_args(ex)
     ex.add_argument("--format", choices=FORMATS, help="print this format (default: write all)")
+    ex.add_argument("--storage", help="also copy the tables written to the store's mirror there (as `run --storage`)")
     ex.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, settings")

@@ -14,10 +14,13 @@ hash, so neither side's is dropped; a key done on both keeps the earlier result,
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,7 +40,8 @@ def _say(line: str) -> None:
 def filesystem(uri: str):
     """(pyarrow file system, path in it) of a storage URI or local path. pyarrow's S3 client
     reads the endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` itself (the AWS SDK
-    does), and keys from the environment, as Ray Tune's storage does."""
+    does), and keys from the environment, as Ray Tune's storage does; the URI's query parameters
+    (``?endpoint_override=HOST:PORT&scheme=http&region=...``) are pyarrow's own."""
     import pyarrow.fs
 
     if "://" in uri:
@@ -123,14 +127,16 @@ class Mirror:
 
     def __init__(self, storage: str, results: str | Path, say: Callable[[str], None] = _say):
         self.storage = storage
-        self.uri = f"{storage.rstrip('/')}/{FOLDER}"
+        base, sep, query = storage.partition("?")      # query parameters (endpoint_override=, region=) kept
+        self.uri = f"{base.rstrip('/')}/{FOLDER}"         # (what the lines say: no parameters, no secrets)
+        self._open_uri = f"{self.uri}{sep}{query}"
         self.results = Path(results)
         self._say = say
         self._failing = False
         try:
-            self.fs, self.root = filesystem(self.uri)
+            self.fs, self.root = filesystem(self._open_uri)
         except Exception as e:  # noqa: BLE001 -- pyarrow's errors: an unknown scheme, a bad URI
-            raise StoreError(storage, f"cannot open the storage to mirror the store ({_first(e)})",
+            raise StoreError(base, f"cannot open the storage to mirror the store ({_first(e)})",
                              "give --storage a local path or an s3:// / gs:// URI pyarrow can open") from None
 
     def __repr__(self) -> str:
@@ -139,14 +145,18 @@ class Mirror:
     # -- writing ------------------------------------------------------------------------
     def _upload(self, src: Path, rel: str) -> None:
         """``src`` to ``<root>/<rel>``: under a temporary name, then renamed into place."""
-        import pyarrow.fs
-
         dest = f"{self.root}/{rel}"
-        self.fs.create_dir(dest.rpartition("/")[0], recursive=True)
+        if self.fs.type_name == "local":      # (an object store needs no folders: no marker objects)
+            self.fs.create_dir(dest.rpartition("/")[0], recursive=True)
         tmp = f"{dest}.part-{uuid.uuid4().hex[:8]}"
-        pyarrow.fs.copy_files(str(src), tmp, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                              destination_filesystem=self.fs)
-        self.fs.move(tmp, dest)
+        try:
+            with open(src, "rb") as f, self.fs.open_output_stream(tmp) as out:
+                shutil.copyfileobj(f, out, 8 << 20)
+            self.fs.move(tmp, dest)   # (on S3 a copy, then the temporary deleted; pyarrow marks the folder)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.delete_file(tmp)
+            raise
 
     def push_store(self, store_path: str | Path | None = None) -> bool:
         """Upload a consistent copy of the store (SQLite's backup API into a temporary file).
@@ -157,10 +167,12 @@ class Mirror:
         try:
             with tempfile.TemporaryDirectory(prefix="raygap-mirror-") as tmp:
                 copy = Path(tmp) / STORE
-                src = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+                src = _readonly(path)
                 dst = sqlite3.connect(copy)
                 try:
                     src.backup(dst)
+                    # a plain file, not WAL: a reader of the mirror (a local or NFS one) leaves no -wal/-shm
+                    dst.execute("PRAGMA journal_mode=DELETE")
                 finally:
                     dst.close()
                     src.close()
@@ -267,7 +279,8 @@ class Mirror:
         got = []
         for i in infos:
             rel = i.path[len(self.root):].lstrip("/")
-            if i.type != pyarrow.fs.FileType.File or rel == STORE or ".part-" in rel:
+            # the tables are in <grid>/<variant>/ (beside the store only: what a reader of it left)
+            if i.type != pyarrow.fs.FileType.File or "/" not in rel or ".part-" in rel:
                 continue
             self._download(rel, self.results / rel)
             got.append(self.results / rel)
@@ -275,13 +288,17 @@ class Mirror:
 
 
 def _count_done(path: Path) -> int:
-    db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+    db = _readonly(path)
     try:
         return db.execute("SELECT count(*) FROM trials WHERE status='done'").fetchone()[0]
     except sqlite3.Error:
         return 0
     finally:
         db.close()
+
+
+def _readonly(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
 
 
 def _first(e: BaseException) -> str:
