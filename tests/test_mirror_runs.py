@@ -71,6 +71,8 @@ def test_a_lost_head_restores_the_store_runs_only_the_rest_and_pull_merges_with_
     again = Raygap(*cmd)
     code, out = again.finish(300)
     assert code == 0, out
+    print("the run on the empty results/:", *[ln for ln in out.splitlines() if re.search(
+        r"restored|resum|launching|distinct|\): acc", ln)], sep="\n  ")
     n = len(kept)
     assert f"restored the store from {storage}/results/store.sqlite: {n} done trial(s)" in out
     assert f"3 distinct trial(s): {n} reused from the store, {3 - n} run now, 0 failed" in out
@@ -102,6 +104,7 @@ def test_a_lost_head_restores_the_store_runs_only_the_rest_and_pull_merges_with_
     assert code == 0, out + err
     assert out.startswith(f"merged the mirrored store {storage}/results/store.sqlite into {laptop}/store.sqlite: "
                           "2 done trial(s) taken from it, 0 other row(s)\n")
+    print("raygap pull:", out, err, sep="\n  ")
     assert err == (f"raygap: 1 trial(s) done both in {laptop}/store.sqlite and in {storage}/results/store.sqlite "
                    f"with different results: kept the earlier of each (0 from {storage}/results/store.sqlite): "
                    f"{keys[0][:12]}\n")
