@@ -8,6 +8,7 @@ import os
 from .datasets import cmd_cache, cmd_prepare
 from .grids import RESULTS
 from .info import cmd_list, version_line
+from .pull import cmd_pull
 from .results import cmd_export, cmd_report, cmd_status
 from .run import cmd_run
 from .train import cmd_train
@@ -109,11 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write the paper-layout table again from the store")
     _grid_args(ex)
     ex.add_argument("--format", choices=FORMATS, help="print this format (default: write all)")
+    ex.add_argument("--storage", help="also copy the tables written to the store's mirror there (as `run --storage`)")
     ex.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, settings")
     _grid_args(rp)
     rp.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("pull", help="fetch the store and tables a run with --storage mirrored there")
+    pl.add_argument("--storage", required=True, help="the --storage of the run: a local path, s3://, gs://")
+    pl.add_argument("--results", default=RESULTS,
+                    help="results directory to fetch into (a store there is merged with the mirrored one)")
+    pl.set_defaults(func=cmd_pull)
 
     pr = sub.add_parser("prepare", help="build a dataset's layout from the public downloads")
     pr.add_argument("dataset")

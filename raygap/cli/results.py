@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import interrupts
 from ..errors import ConfigError
-from .grids import FiguresFailed, draw_figures, grid_for_reading, nothing_ran, table_folder
+from .grids import FiguresFailed, draw_figures, grid_for_reading, nothing_ran, results_root, table_folder
 
 
 def cmd_status(args) -> int:
@@ -38,6 +38,10 @@ def cmd_export(args) -> int:
             raise ConfigError(str(e), file=args.grid) from None
         paths["figures"] = table_dir / "figures"
         figures = draw_figures(table, paths["figures"])
+        if args.storage:               # the tables after every export, as `run --storage` does
+            from ..store.mirror import Mirror
+
+            Mirror(args.storage, results_root(args)).push_tables(paths.values())
     for kind, path in paths.items():
         if args.format and kind == f"table.{args.format}":
             print(Path(path).read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ import sys
 
 from .. import interrupts
 from ..errors import ConfigError
-from .grids import FiguresFailed, draw_figures, grid_of, open_store, table_folder
+from .grids import FiguresFailed, draw_figures, grid_of, open_store, results_root, table_folder
 
 
 def _rerun_keys(args, grid, store=None) -> list[str]:
@@ -51,6 +51,14 @@ def cmd_run(args) -> int:
         if keys:
             print(f"--rerun: would forget {len(keys)} stored trial(s) and run them again (dry run: nothing changed)")
         return 0
+    mirror = None
+    if args.storage:                    # the store outlives the head: restored (or merged) from the storage first
+        from ..store.mirror import Mirror
+
+        mirror = Mirror(args.storage, results_root(args))
+        said = mirror.restore()
+        if said:
+            print(said, flush=True)
     store = open_store(args)
     keys = _rerun_keys(args, grid, store)
     for line in stale_lines({m: [k for k in ks if k not in keys] for m, ks in stale_trials(grid, store).items()
@@ -75,18 +83,25 @@ def cmd_run(args) -> int:
     say = lambda s: print(s, file=sys.stderr, flush=True)   # noqa: E731
     # an embedded instance: a token of this run only (Ray reads the mode on import, which is later)
     with private_token(say) if embedded else contextlib.nullcontext():
-        summary = run_grid(grid, store, address=args.address, storage=args.storage,
-                           max_failures=args.max_failures, num_cpus=args.num_cpus,
-                           log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
-                           share_warmups=not args.no_shared_warmups)
+        try:
+            summary = run_grid(grid, store, address=args.address, storage=args.storage,
+                               max_failures=args.max_failures, num_cpus=args.num_cpus,
+                               log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
+                               share_warmups=not args.no_shared_warmups,
+                               after_done=mirror.push_store if mirror else None)
+        finally:
+            if mirror:                  # at exit, whatever ended the run
+                mirror.push_store()
     with interrupts.protected("export"):
         table = read_table(grid, store, table_dir)
         try:
             paths = write_tables(table, table_dir, force=args.force)
             written = "tables: " + ", ".join(str(p) for p in paths.values())
         except ExportRefused as e:
-            written = f"tables not replaced: {e}"
+            paths, written = {}, f"tables not replaced: {e}"
         figures = draw_figures(table, table_dir / "figures")
+        if mirror and paths:            # the tables (and figures) after every export
+            mirror.push_tables([*paths.values(), table_dir / "figures"])
     print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
     print(written)

@@ -18,10 +18,12 @@ from .storage import checkpoint_uri, delete_checkpoint
 from .summary import RunSummary
 
 
-def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, storage: str | None = None):
+def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, storage: str | None = None,
+                   after_done=None):
     """The callback of one Tune experiment (``summary`` counts what finished and what failed;
     ``max_failures``: the retries of a trial's own errors, -1 for no limit; ``storage``: the
-    run's, whose query parameters its checkpoints' URIs keep)."""
+    run's, whose query parameters its checkpoints' URIs keep; ``after_done()``, if given, is
+    called once each finished trial is in the store: the mirror)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
@@ -115,6 +117,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                 store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
                 delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
+                if after_done is not None:
+                    after_done()
                 summary.done += 1
                 progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := shown_metric(fin['metrics']))} "
                                          f"{fin['metrics'].get(name, float('nan')):.4f} on {fin['info'].get('device', '?')}")

@@ -40,7 +40,7 @@ WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials l
 
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
              max_failures: int = 1, num_cpus: int | None = None, log=print, progress=None,
-             tracker: str | None = None, share_warmups: bool = True) -> RunSummary:
+             tracker: str | None = None, share_warmups: bool = True, after_done=None) -> RunSummary:
     """Run every trial of ``grid`` that the store does not hold as done.
 
     One trial, one run: each trial is claimed in the store before it is launched (a lease
@@ -58,6 +58,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     says ``interrupted`` and counts what is unfinished, the trials this driver had started
     are ``interrupted`` in the store, its claims are released, Ray is down and no process
     is left behind.
+
+    ``after_done()``, if given, is called once each finished trial is in the store (``raygap run
+    --storage`` mirrors the store there: :mod:`raygap.store.mirror`).
     """
     from ..store import this_process_owner
 
@@ -141,7 +144,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 shared = builder.result(batch) if builder is not None else {}
                 tune_batch(grid, store, batch, shared, summary, held, storage_path=storage_path,
                            max_failures=max_failures, log=log, progress=progress, tracker=tracker, forks=forks,
-                           keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()})
+                           keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()}, after_done=after_done)
                 kept = store.warmups(keeps.values())
                 lone |= {w for w in keeps.values() if w not in kept}   # no warm-up kept: the others train theirs
             elif held:

@@ -9,8 +9,9 @@ the file, faults, waiting on a lock, transactions, the one chunked query by key)
 (which driver runs a trial, and whether it still runs), ``trials`` (registering a grid, a
 trial's life, reading it back), ``claims`` (one trial, one run: leases) and ``checkpoints``
 (each trial's latest checkpoint, the shared warm-ups). :class:`Store` is all of them on one
-connection; :class:`EmptyStore` stands for a store not created yet, for the commands that
-only read.
+connection; ``mirror`` (not imported here: it needs pyarrow) copies the store and tables to the
+run's storage and merges them back (``raygap run --storage``, ``raygap pull``);
+:class:`EmptyStore` stands for a store not created yet, for the commands that only read.
 """
 from __future__ import annotations
 
