@@ -12,8 +12,9 @@ from .storage import checkpoint_uri, delete_checkpoint
 from .summary import RunSummary
 
 
-def store_callback(store, summary: RunSummary, progress):
-    """The callback of one Tune experiment (``summary`` counts what finished and what failed)."""
+def store_callback(store, summary: RunSummary, progress, on_settled=None):
+    """The callback of one Tune experiment (``summary`` counts what finished and what failed;
+    ``on_settled(key)`` is called once a trial's end, done or failed, is in the store)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
@@ -105,6 +106,8 @@ def store_callback(store, summary: RunSummary, progress):
                 summary.done += 1
                 progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := shown_metric(fin['metrics']))} "
                                          f"{fin['metrics'].get(name, float('nan')):.4f} on {fin['info'].get('device', '?')}")
+                if on_settled is not None:
+                    on_settled(key)
             if "failed" in parts:
                 failed = parts["failed"]
                 self._fail(trial, failed["error"], failed.get("traceback"))
@@ -117,6 +120,8 @@ def store_callback(store, summary: RunSummary, progress):
             store.save_failed(key, err)
             summary.failed[key] = err + (f" [full traceback: {trace}]" if trace else "")
             progress.trial_failed(key, f"{self._label(trial)} ({key}): {summary.failed[key]}")
+            if on_settled is not None:
+                on_settled(key)
 
     return StoreCallback()
 
