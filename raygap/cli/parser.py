@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=FORMATS, help="print this format (default: write all)")
     ex.set_defaults(func=cmd_export)
 
-    rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, settings "
-                                          "(several grids: one report-PROFILE.md over them all)")
+    rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, "
+                                          "settings (several grids: one report-PROFILE.md over them all)")
     _grid_args(rp)
     rp.set_defaults(func=cmd_report)
 

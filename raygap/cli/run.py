@@ -109,8 +109,8 @@ def cmd_run(args) -> int:
                        max_failures=args.max_failures, num_cpus=args.num_cpus,
                        log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
                        share_warmups=not args.no_shared_warmups, on_settled=early.settled if early else None)
-    exports = [early.written[i] if early and i in early.written else export_one(a, g, store, table_dir, force=args.force)
-               for i, (a, g, table_dir) in enumerate(runs)]
+    exports = [early.written[i] if early and i in early.written       # (written as their trials ended)
+               else export_one(a, g, store, table_dir, force=args.force) for i, (a, g, table_dir) in enumerate(runs)]
     print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
     for (_, g, table_dir), (written, figures) in zip(runs, exports, strict=True):
