@@ -122,7 +122,7 @@ def describe_union(grids, store, rerun: set[str] | frozenset = frozenset()) -> s
     done = sum(1 for k in distinct if status.get(k) == "done" and k not in rerun)
     lines = [f"{len(grids.grids)} grids together: {len(grids.trials)} cells, {len(distinct)} distinct trials "
              f"({grids.shared()} used by more than one grid, run once): {done} already done (reused), "
-             f"{len(distinct) - done} to run, in one Tune experiment"]
+             f"{len(distinct) - done} to run, all in one run"]
     todo = [t for k, t in distinct.items() if status.get(k) != "done" or k in rerun]
     shared = {w: m for w, m in warmup_groups(todo).items() if len(m) > 1}
     if shared:
