@@ -130,3 +130,26 @@ def test_a_bad_grid_among_several_is_one_line_and_nothing_runs(tmp_path):
     assert not results.exists()
     code, out, err = raygap("status", good, bad, "--profile", "demo", "--results", results, timeout=120)
     assert code == 2 and err.count("\n") == 1 and str(bad) in err, out + err
+
+
+def test_a_stop_signal_while_a_table_is_written_mid_run_stops_the_run(tmp_path):
+    """SIGTERM while the first grid's table is written (inside Tune's run, a protected phase):
+    the table is finished, then the run stops as at any other moment -- the other grid's trials
+    are left for the next run, not run to their end."""
+    import signal
+
+    from _proc import Raygap
+
+    a, b = write_grid(tmp_path / "a.yaml", "a", [0]), write_grid(tmp_path / "b.yaml", "b", [1, 2])
+    results = tmp_path / "results"
+    run = Raygap("run", str(a), str(b), "--results", str(results), "--num-cpus", "1",
+                 env={"RAYGAP_DEBUG_PAUSE": "export:8"})
+    run.wait_for(r"raygap: debug: phase export", timeout=400)
+    run.send(signal.SIGTERM)
+    code, out = run.finish(400)
+    assert code == 130, out
+    assert "a/noprofile: its 1 trial(s) have ended: tables: " in out
+    assert json.loads((results / "a" / "noprofile" / "table.json").read_text())["done"] == 1
+    recs = trials(results / "store.sqlite")
+    assert sum(r["status"] == "done" for r in recs.values()) < 3, recs       # b's trials did not all run on
+    assert "run the same command again to finish them" in out
