@@ -111,6 +111,10 @@ def protected(what: str) -> Iterator[None]:
     finally:
         STATE.protected.pop()
         if not STATE.protected:
+            if STATE.deferred and STATE.tune_running:
+                # held back by a phase inside Tune's run (a table written as its trials ended): now
+                # Tune's SIGINT handler gets it, as it would have (see _handler), and stops the run
+                os.kill(os.getpid(), signal.SIGINT)
             STATE.deferred = 0
 
 

@@ -22,19 +22,53 @@ def reproduction_report(table, out_dir: Path, figures: list | None = None) -> Pa
     comparison with the reference row, the figures, and the settings in force. Cells of a
     profile whose columns are not the paper's (the demo's avdigits) are not set beside the
     paper's: both tables are shown, marked as not comparable."""
+    return _write(Path(out_dir) / "report.md", "\n".join(report_lines(table, figures)))
+
+
+def paper_report(tables: list[tuple], results: Path) -> Path:
+    """One report over several grids (``raygap report grids/table*.yaml``): ``tables`` is
+    ``(table, its folder, its figures)`` per grid, each set beside its published numbers as in
+    :func:`reproduction_report`, one section a grid, in the order given. Written to
+    ``results/report-<variant>.md`` (and ``.html``) -- ``report-mixed`` where the grids ran with
+    different profiles or ``--set`` items -- its figure links relative to ``results``."""
+    results = Path(results)
+    variants = {t.grid.variant for t, _, _ in tables}
+    variant = variants.pop() if len(variants) == 1 else "mixed"
+    done = sum(t.done for t, _, _ in tables)
+    cells = sum(len(t.grid.trials) for t, _, _ in tables)
+    lines = [f"# Reproduction report: {len(tables)} tables ({variant})", "",
+             f"{done} of {cells} cells done over {', '.join(t.grid.name for t, _, _ in tables)}; generated "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S')}. One section a table; each table's own files are in its folder "
+             "(results/<grid>/<variant>/).", ""]
+    for table, table_dir, figures in tables:       # (table_dir: results/<grid>/<variant>)
+        lines += report_lines(table, figures, fig_dir=f"{table.grid.name}/{table.grid.variant}/figures", level=2)
+        lines.append("")
+    return _write(results / f"report-{variant}.md", "\n".join(lines))
+
+
+def _write(md_path: Path, text: str) -> Path:
+    text = text.rstrip() + "\n"
+    atomic_write(md_path.with_suffix(".html"), report_html(text))
+    return atomic_write(md_path, text)
+
+
+def report_lines(table, figures: list | None = None, fig_dir: str = "figures", level: int = 1) -> list[str]:
+    """The report of one table as Markdown lines, its title a heading of ``level`` (its sections
+    one level below) and its figures linked under ``fig_dir``."""
+    h = "#" * level
     grid, combos, cells, comps = table.grid, table.combos, table.cells, table.comparisons
     paper = grid.paper
     col_values = [str(next(iter(c.values()))) if len(c) == 1 else None for c in combos]
     matched = bool(paper) and grid.profile != "demo" and all(
         v is not None and any(v in per for per in paper.values()) for v in col_values)
-    lines = [f"# Reproduction report: {grid.name}" + (f" ({grid.profile} profile)" if grid.profile else ""), "",
+    lines = [f"{h} Reproduction report: {grid.name}" + (f" ({grid.profile} profile)" if grid.profile else ""), "",
              grid.description, ""]
     lines.append(f"{table.done} of {len(grid.trials)} cells done; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.")
     if not matched:
         lines += ["", "**Not comparable with the paper**: this profile's data, model or schedule are not the paper's"
                   + (f" (columns: {', '.join(grid.column_header(c) for c in combos)})" if combos else "")
                   + ". The paper's numbers are listed for reference only."]
-    lines += ["", "## Ours" + (" beside the paper" if matched else ""), ""]
+    lines += ["", f"{h}# Ours" + (" beside the paper" if matched else ""), ""]
     header = ["Method"]
     for c in combos:
         for m in grid.metrics:
@@ -60,20 +94,21 @@ def reproduction_report(table, out_dir: Path, figures: list | None = None) -> Pa
         ph = ["Method"] + [f"{grid.column_labels.get(c, c)} {metric_label(m)}" for c in pcols for m in grid.metrics]
         pb = [[label] + [f"{per[c][m]:.2f}" if m in per.get(c, {}) else DASH for c in pcols for m in grid.metrics]
               for label, per in paper.items()]
-        lines += ["", "## The paper's numbers (for reference)", "", *md_table(ph, pb)]
+        lines += ["", f"{h}# The paper's numbers (for reference)", "", *md_table(ph, pb)]
     if comps:
-        lines += comparison_md(grid, comps, "Which differences are real: paired differences vs")
+        lines += [("#" * (level - 1) + ln) if ln.startswith("## ") else ln      # one level below the title
+                  for ln in comparison_md(grid, comps, "Which differences are real: paired differences vs")]
     if any(c.in_warmup for c in cells.values()):
         lines += ["", md_escape(WARMUP_NOTE)]
     figs = sorted(Path(f) for f in (figures or []))
     if figs:
-        lines += ["", "## Figures", ""]
-        lines += [f"![{f.stem}](figures/{f.name})" for f in figs if f.name.startswith("table_")]
+        lines += ["", f"{h}# Figures", ""]
+        lines += [f"![{f.stem}]({fig_dir}/{f.name})" for f in figs if f.name.startswith("table_")]
         per_cell = [f for f in figs if f.stem.endswith(("_fit", "_gap_evolution", "_accuracy"))]
         if per_cell:
             lines += ["", "Per cell (first finished seed): mixture fit, gap evolution, accuracy per modality:", ""]
-            lines += [f"- [{f.stem}](figures/{f.name})" for f in per_cell]
-    lines += ["", "## Settings in force", ""]
+            lines += [f"- [{f.stem}]({fig_dir}/{f.name})" for f in per_cell]
+    lines += ["", f"{h}# Settings in force", ""]
     ref = next((t for t in grid.trials if t.label == (grid.reference or grid.row_labels[0])), None)
     if ref is not None:
         flat = flatten(ref.config.to_dict())
@@ -89,9 +124,7 @@ def reproduction_report(table, out_dir: Path, figures: list | None = None) -> Pa
         lines += ["", f"Shared warm-ups: {forked} of the {len(infos)} done trials started from the end of a warm-up "
                   "another trial trained (the same config outside the adaptive stage's keys, the same seed): they "
                   "differ from it only after the switch (docs/method.md, \"Shared warm-ups\")."]
-    text = "\n".join(lines).rstrip() + "\n"
-    atomic_write(Path(out_dir) / "report.html", report_html(text))
-    return atomic_write(Path(out_dir) / "report.md", text)
+    return lines
 
 
 def report_html(markdown: str, width: int = 240) -> str:

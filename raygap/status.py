@@ -111,3 +111,31 @@ def status_text(grid: Grid, store) -> str:
     for label, reason in grid.skipped:
         lines.append(f"  skipped row {label!r}: {reason}")
     return "\n".join(lines)
+
+
+def describe_union(grids, store, rerun: set[str] | frozenset = frozenset()) -> str:
+    """After the ``--dry-run`` listing of each of several grids: what their union runs (a
+    :class:`raygap.gridset.GridSet`): cells, distinct trials (those more than one grid uses run
+    once), done, to run, and the warm-ups shared across the grids."""
+    distinct = grids.distinct()
+    status = store.status_of(list(distinct))
+    done = sum(1 for k in distinct if status.get(k) == "done" and k not in rerun)
+    lines = [f"{len(grids.grids)} grids together: {len(grids.trials)} cells, {len(distinct)} distinct trials "
+             f"({grids.shared()} used by more than one grid, run once): {done} already done (reused), "
+             f"{len(distinct) - done} to run, all in one run"]
+    todo = [t for k, t in distinct.items() if status.get(k) != "done" or k in rerun]
+    shared = {w: m for w, m in warmup_groups(todo).items() if len(m) > 1}
+    if shared:
+        lines.append(f"shared warm-ups over the grids: {len(shared)} warm-up(s) for {sum(map(len, shared.values()))} "
+                     f"of the trials to run, {epochs_not_trained_again(shared)} epochs not trained again")
+    return "\n".join(lines)
+
+
+def union_status(grids, store) -> str:
+    """After ``raygap status`` of each of several grids: the totals over their distinct trials."""
+    distinct = grids.distinct()
+    st = store.status_of(list(distinct))
+    tot = {s: sum(1 for k in distinct if st.get(k) == s) for s in ("done", "running", "failed", "interrupted")}
+    return (f"{len(grids.grids)} grids together: {tot['done']} done, {tot['running']} running, {tot['failed']} failed, "
+            f"{tot['interrupted']} interrupted, {len(distinct) - sum(tot.values())} missing (of {len(distinct)} "
+            f"distinct trials; {grids.shared()} used by more than one grid)")

@@ -1,13 +1,16 @@
-"""What the grid verbs (``run``, ``status``, ``export``, ``report``) share: the grid a command
-names and the profile it reads, its results folder and trial store, its table folder, and the
-figures step that must neither cost the tables nor fail silently."""
+"""What the grid verbs (``run``, ``status``, ``export``, ``report``) share: the grids a command
+names (one or several: :func:`per_grid`) and the profile it reads, its results folder and trial
+store, its table folder, one grid's export, and the figures step that must neither cost the
+tables nor fail silently."""
 from __future__ import annotations
 
+import copy
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from .. import interrupts
 from ..errors import ConfigError, StoreError
 
 RESULTS = "results"             # the default --results folder
@@ -27,6 +30,17 @@ def open_store(args, readonly: bool = False):
 
     db = results_root(args) / "store.sqlite"
     return EmptyStore(db) if readonly and not db.exists() else Store(db, readonly=readonly)
+
+
+def per_grid(args) -> list:
+    """One copy of the command's arguments per grid file it names (``args.grid``: the list), each
+    with that one file as ``grid``: the single-grid code reads them unchanged."""
+    out = []
+    for path in args.grid if isinstance(args.grid, list) else [args.grid]:
+        one = copy.copy(args)
+        one.grid = path
+        out.append(one)
+    return out
 
 
 def grid_of(args, profile=None, sets=None, use_args=True):
@@ -82,6 +96,28 @@ def table_folder(args, grid, create: bool = True) -> Path:
             raise ConfigError(f"{grid.name!r} names {e.path}, which is a file, so the grid's tables cannot go there",
                               file=args.grid, key="name", hint=f"rename the grid (e.g. {grid.name}_grid)") from None
         raise
+
+
+def export_one(args, grid, store, table_dir: Path, formats=None, force: bool = False, mirror=None):
+    """``raygap run``'s export of one grid: its tables and figures from the store, read once, and
+    copied to the storage's ``mirror`` when given (``raygap.store.mirror``). Returns (the line
+    saying which tables were written, or why they were not replaced: an export holding fewer done
+    cells than the tables there, ``raygap.export.ExportRefused``; the figures)."""
+    from ..export import ExportRefused, write_tables
+    from ..render import FORMATS
+    from ..table import read_table
+
+    with interrupts.protected("export"):
+        table = read_table(grid, store, table_dir)
+        try:
+            paths = write_tables(table, table_dir, formats=formats or FORMATS, force=force)
+            written = "tables: " + ", ".join(str(p) for p in paths.values())
+        except ExportRefused as e:
+            paths, written = {}, f"tables not replaced: {e}"
+        figures = draw_figures(table, table_dir / "figures")
+        if mirror and paths:            # the tables (and figures) after every export
+            mirror.push_tables([*paths.values(), table_dir / "figures"])
+        return written, figures
 
 
 class FiguresFailed(list):

@@ -49,9 +49,9 @@ def _key_values(sp, flag: str, help: str) -> None:
 
 
 def _grid_args(sp) -> None:
-    """What every grid verb takes: the grid file, the profile and ``--set`` items that shape it,
-    the results folder, and ``--force`` for its tables."""
-    sp.add_argument("grid")
+    """What every grid verb takes: the grid files (one or several: ``grids/table*.yaml``), the
+    profile and ``--set`` items that shape them, the results folder, and ``--force`` for their tables."""
+    sp.add_argument("grid", nargs="+", help="a grid file (grids/table2.yaml), or several: one run, one report")
     sp.add_argument("--profile", help="overlay grids/profiles/NAME.yaml (demo, paper)")
     _key_values(sp, "--set", "override a trial key in every trial")
     sp.add_argument("--skip-missing", action="store_true",
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fresh", action="store_true", help="discard an existing checkpoint in the trial directory")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("run", help="run a grid's missing trials as Ray Tune trials and export its table")
+    r = sub.add_parser("run", help="run a grid's missing trials as Ray Tune trials and export its table "
+                                       "(several grids: their distinct trials in one run)")
     _grid_args(r)
     r.add_argument("--address", help="join an existing Ray cluster (else $RAY_ADDRESS, else an embedded local one)")
     r.add_argument("--storage", help="Tune storage: a local path, s3://BUCKET/PREFIX (endpoint from "
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--storage", help="also copy the tables written to the store's mirror there (as `run --storage`)")
     ex.set_defaults(func=cmd_export)
 
-    rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, settings")
+    rp = sub.add_parser("report", help="write report.md: ours beside the paper's numbers, significance, figures, "
+                                          "settings (several grids: one report-PROFILE.md over them all)")
     _grid_args(rp)
     rp.set_defaults(func=cmd_report)
 

@@ -1,6 +1,7 @@
 """The verbs that read a grid's results from the store: ``raygap status`` (what is done,
 running, failed, left), ``raygap export`` (the tables and figures again) and ``raygap report``
-(report.md: ours beside the paper's numbers)."""
+(report.md: ours beside the paper's numbers). Each takes several grids too: every one is read
+(and checked) before anything is written; ``report`` then writes one file over them all."""
 from __future__ import annotations
 
 import sys
@@ -8,16 +9,34 @@ from pathlib import Path
 
 from .. import interrupts
 from ..errors import ConfigError
-from .grids import FiguresFailed, draw_figures, grid_for_reading, nothing_ran, results_root, table_folder
+from .grids import FiguresFailed, draw_figures, grid_for_reading, nothing_ran, per_grid, results_root, table_folder
+
+
+def _read_all(args, need_store: bool = False) -> list[tuple]:
+    """(args of one grid, grid, store) for every grid named, each checked before any is used:
+    grids given twice or sharing a results folder, and (``need_store``) no trial store, are one
+    line (exit 2) naming the grid file."""
+    from ..gridset import check_apart
+
+    out = [(a, *grid_for_reading(a)) for a in per_grid(args)]
+    check_apart([g for _, g, _ in out])
+    if need_store:
+        for a, g, store in out:
+            nothing_ran(a, g, store)
+    return out
 
 
 def cmd_status(args) -> int:
-    from ..status import stale_lines, stale_trials, status_text
+    from ..gridset import GridSet
+    from ..status import stale_lines, stale_trials, status_text, union_status
 
-    grid, store = grid_for_reading(args)
-    print(status_text(grid, store))
-    for line in stale_lines(stale_trials(grid, store)):
-        print(f"raygap: {line}", file=sys.stderr)
+    read = _read_all(args)
+    for _, grid, store in read:
+        print(status_text(grid, store))
+        for line in stale_lines(stale_trials(grid, store)):
+            print(f"raygap: {line}", file=sys.stderr)
+    if len(read) > 1:
+        print(union_status(GridSet([g for _, g, _ in read]), read[0][2]))
     return 0
 
 
@@ -26,39 +45,48 @@ def cmd_export(args) -> int:
     from ..render import FORMATS
     from ..table import read_table
 
-    grid, store = grid_for_reading(args)
-    nothing_ran(args, grid, store)
+    read = [(a, g, store, table_folder(a, g)) for a, g, store in _read_all(args, need_store=True)]
     formats = (args.format,) if args.format else FORMATS
-    table_dir = table_folder(args, grid)
-    with interrupts.protected("export"):
-        table = read_table(grid, store, table_dir)
-        try:
-            paths = write_tables(table, table_dir, formats=formats, force=args.force)
-        except ExportRefused as e:
-            raise ConfigError(str(e), file=args.grid) from None
-        paths["figures"] = table_dir / "figures"
-        figures = draw_figures(table, paths["figures"])
-        if args.storage:               # the tables after every export, as `run --storage` does
-            from ..store.mirror import Mirror
+    code = 0
+    for a, grid, store, table_dir in read:
+        with interrupts.protected("export"):
+            table = read_table(grid, store, table_dir)
+            try:
+                paths = write_tables(table, table_dir, formats=formats, force=args.force)
+            except ExportRefused as e:
+                if len(read) == 1:
+                    raise ConfigError(str(e), file=a.grid) from None
+                print(f"raygap: error: {ConfigError(str(e), file=a.grid).line()}", file=sys.stderr)
+                code = 2                # the other grids' tables are still written
+                continue
+            paths["figures"] = table_dir / "figures"
+            figures = draw_figures(table, paths["figures"])
+            if args.storage:           # the tables after every export, as `run --storage` does
+                from ..store.mirror import Mirror
 
-            Mirror(args.storage, results_root(args)).push_tables(paths.values())
-    for kind, path in paths.items():
-        if args.format and kind == f"table.{args.format}":
-            print(Path(path).read_text(encoding="utf-8"))
-    print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr if args.format else sys.stdout)
-    return 1 if isinstance(figures, FiguresFailed) else 0
+                Mirror(args.storage, results_root(a)).push_tables(paths.values())
+        for kind, path in paths.items():
+            if args.format and kind == f"table.{args.format}":
+                print(Path(path).read_text(encoding="utf-8"))
+        print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr if args.format else sys.stdout)
+        if isinstance(figures, FiguresFailed):
+            code = code or 1
+    return code
 
 
 def cmd_report(args) -> int:
-    from ..reproduction import reproduction_report
+    from ..reproduction import paper_report, reproduction_report
     from ..table import read_table
 
-    grid, store = grid_for_reading(args)
-    nothing_ran(args, grid, store)
-    table_dir = table_folder(args, grid)
+    read = [(a, g, store, table_folder(a, g)) for a, g, store in _read_all(args, need_store=True)]
+    tables = []
     with interrupts.protected("export"):
-        table = read_table(grid, store, table_dir)
-        figures = draw_figures(table, table_dir / "figures")
-        path = reproduction_report(table, table_dir, figures)
+        for _, grid, store, table_dir in read:
+            table = read_table(grid, store, table_dir)
+            tables.append((table, table_dir, draw_figures(table, table_dir / "figures")))
+        if len(tables) == 1:
+            path = reproduction_report(*tables[0])
+        else:
+            path = paper_report(tables, results_root(args))
     print(f"written: {path}")
-    return 1 if isinstance(figures, FiguresFailed) else 0
+    return 1 if any(isinstance(f, FiguresFailed) for _, _, f in tables) else 0

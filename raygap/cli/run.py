@@ -1,5 +1,8 @@
 """``raygap run``: a grid's missing trials as Ray Tune trials, then its tables and figures;
-``--dry-run`` lists the trials and what is done, ``--rerun`` runs stored ones again."""
+``--dry-run`` lists the trials and what is done, ``--rerun`` runs stored ones again. Several
+grid files (``raygap run grids/table*.yaml``) are one run: every grid validated first, their
+distinct trials in one Tune experiment, each table exported as soon as its own trials have all
+ended (:class:`_TablesAsDone`), the others at the end."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +11,7 @@ import sys
 
 from .. import interrupts
 from ..errors import ConfigError
-from .grids import FiguresFailed, draw_figures, grid_of, open_store, results_root, table_folder
+from .grids import FiguresFailed, export_one, grid_of, open_store, per_grid, results_root, table_folder
 
 
 def _rerun_keys(args, grid, store=None) -> list[str]:
@@ -25,27 +28,58 @@ def _rerun_keys(args, grid, store=None) -> list[str]:
                    if any(p == "all" or (p == "stale" and s.key in stale) or (p != "stale" and s.key.startswith(p))
                           for p in prefixes)})
     if prefixes == ["stale"] and not keys:
-        print("--rerun stale: no stored trial of this grid ran with other code of its method", file=sys.stderr)
+        these = "these grids" if len(getattr(grid, "grids", ())) > 1 else "this grid"
+        print(f"--rerun stale: no stored trial of {these} ran with other code of its method", file=sys.stderr)
         return []
     if prefixes and not keys:
-        raise ConfigError(f"--rerun {' '.join(prefixes)} matches no trial of this grid", file=args.grid,
+        these = "these grids" if len(getattr(grid, "grids", ())) > 1 else "this grid"
+        raise ConfigError(f"--rerun {' '.join(prefixes)} matches no trial of {these}",
+                          file=", ".join(args.grid) if isinstance(args.grid, list) else args.grid,
                           hint="the hashes are listed by --dry-run")
     return keys
 
 
-def cmd_run(args) -> int:
-    from ..export import ExportRefused, write_tables
-    from ..status import describe, stale_lines, stale_trials
-    from ..table import read_table
+class _TablesAsDone:
+    """With several grids: a grid's tables and figures written as soon as every one of its
+    distinct trials has ended (done or failed), while the run goes on with the other grids'.
+    ``settled`` is the runner's ``on_settled``; ``written``: grid index -> (line, figures)."""
 
-    grid = grid_of(args)
-    table_dir = table_folder(args, grid, create=not args.dry_run)
-    for label, reason in grid.skipped:
-        print(f"skipped row {label!r}: {reason}")
+    def __init__(self, runs, store, force: bool, say, mirror=None):
+        self.runs, self.store, self.force, self.say, self.mirror = runs, store, force, say, mirror
+        self.keys = [set(g.distinct()) for _, g, _ in runs]
+        self.written: dict[int, tuple] = {}
+
+    def settled(self, key: str) -> None:
+        for i, (a, g, table_dir) in enumerate(self.runs):
+            if i in self.written or key not in self.keys[i]:
+                continue
+            st = self.store.status_of(list(self.keys[i]))
+            if all(st.get(k) in ("done", "failed") for k in self.keys[i]):
+                self.written[i] = export_one(a, g, self.store, table_dir, force=self.force, mirror=self.mirror)
+                self.say(f"{g.store_name}: its {len(self.keys[i])} trial(s) have ended: {self.written[i][0]}")
+
+
+def cmd_run(args) -> int:
+    from ..gridset import GridSet, check_apart
+    from ..status import describe, describe_union, stale_lines, stale_trials
+
+    runs = [(a, grid_of(a)) for a in per_grid(args)]        # every grid validated before anything runs
+    check_apart([g for _, g in runs])
+    for a, g in runs:
+        table_folder(a, g, create=False)                    # a grid name that cannot be a folder: said first
+    runs = [(a, g, table_folder(a, g, create=not args.dry_run)) for a, g in runs]
+    several = len(runs) > 1
+    grid = GridSet([g for _, g, _ in runs]) if several else runs[0][1]
+    for _, g, _ in runs:
+        for label, reason in g.skipped:
+            print(f"skipped row {label!r}" + (f" of {g.name}" if several else "") + f": {reason}")
     if args.dry_run:                    # reads only: no store is created, nothing is forgotten
         store = open_store(args, readonly=True)
         keys = _rerun_keys(args, grid, store)
-        print(describe(grid, store, rerun=set(keys)))
+        for _, g, _ in runs:
+            print(describe(g, store, rerun=set(keys)))
+        if several:
+            print(describe_union(grid, store, rerun=set(keys)))
         for line in stale_lines(stale_trials(grid, store)):
             print(f"raygap: {line}", file=sys.stderr)
         if keys:
@@ -81,6 +115,7 @@ def cmd_run(args) -> int:
 
     progress = Progress(verbosity=1 + args.verbose - args.quiet, every=args.progress_every)
     say = lambda s: print(s, file=sys.stderr, flush=True)   # noqa: E731
+    early = _TablesAsDone(runs, store, args.force, progress.note, mirror) if several else None
     # an embedded instance: a token of this run only (Ray reads the mode on import, which is later)
     with private_token(say) if embedded else contextlib.nullcontext():
         try:
@@ -88,27 +123,22 @@ def cmd_run(args) -> int:
                                max_failures=args.max_failures, num_cpus=args.num_cpus,
                                log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
                                share_warmups=not args.no_shared_warmups,
-                               after_done=mirror.push_store if mirror else None)
+                               after_done=mirror.push_store if mirror else None,
+                               on_settled=early.settled if early else None)
         finally:
             if mirror:                  # at exit, whatever ended the run
                 mirror.push_store()
-    with interrupts.protected("export"):
-        table = read_table(grid, store, table_dir)
-        try:
-            paths = write_tables(table, table_dir, force=args.force)
-            written = "tables: " + ", ".join(str(p) for p in paths.values())
-        except ExportRefused as e:
-            paths, written = {}, f"tables not replaced: {e}"
-        figures = draw_figures(table, table_dir / "figures")
-        if mirror and paths:            # the tables (and figures) after every export
-            mirror.push_tables([*paths.values(), table_dir / "figures"])
+    exports = [early.written[i] if early and i in early.written       # (written as their trials ended)
+               else export_one(a, g, store, table_dir, force=args.force, mirror=mirror)
+               for i, (a, g, table_dir) in enumerate(runs)]
     print(f"{summary.total} distinct trial(s): {summary.reused} reused from the store, "
           f"{summary.done} run now, {len(summary.failed)} failed; {summary.wall_seconds:.1f}s")
-    print(written)
-    if figures:
-        drawn = getattr(figures, "drawn", len(figures))
-        kept = f"; {len(figures) - drawn} unchanged, kept" if drawn < len(figures) else ""
-        print(f"figures: {len(figures)} in {table_dir / 'figures'} ({drawn} drawn{kept})")
+    for (_, g, table_dir), (written, figures) in zip(runs, exports, strict=True):
+        print((f"{g.store_name}: " if several else "") + written)
+        if figures:
+            drawn = getattr(figures, "drawn", len(figures))
+            kept = f"; {len(figures) - drawn} unchanged, kept" if drawn < len(figures) else ""
+            print(f"figures: {len(figures)} in {table_dir / 'figures'} ({drawn} drawn{kept})")
     if summary.unfinished:
         marked = (f" ({summary.marked_interrupted} marked interrupted in the store)"
                   if summary.marked_interrupted else "")
@@ -122,6 +152,6 @@ def cmd_run(args) -> int:
         print(f"raygap: {len(summary.failed)} trial(s) failed:", file=sys.stderr)
         for key, err in summary.failed.items():
             print(f"  {key}: {err}", file=sys.stderr)
-    if isinstance(figures, FiguresFailed):
+    if any(isinstance(figures, FiguresFailed) for _, figures in exports):
         return summary.exit_code or 1
     return summary.exit_code

@@ -32,12 +32,13 @@ class _NoTuneRestoreHint(logging.Filter):
 
 def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
                log, progress, tracker=None, forks: dict | None = None, keeps: dict | None = None,
-               after_done=None) -> None:
+               after_done=None, on_settled=None) -> None:
     """One Tune experiment over ``batch`` (trials this driver has claimed). ``shared``: the
     in-memory datasets built in the driver; ``held``: trials another driver runs (said in the
     launch line); ``forks``: key -> the shared warm-up it starts from; ``keeps``: key -> where
     its warm-up's end is kept for others (:mod:`raygap.runner.warmups`); ``after_done``: called
-    once each finished trial is stored (the store's mirror)."""
+    once each finished trial is stored (the store's mirror); ``on_settled(key)``: called as each
+    trial ends, done or failed (the tables of a several-grid run)."""
     import uuid
 
     from ray import tune
@@ -67,7 +68,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
 
     fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
     summary.launched += len(batch)
-    cb = store_callback(store, summary, progress, max_failures, storage_path, after_done)
+    cb = store_callback(store, summary, progress, max_failures, storage_path, after_done, on_settled)
     name = f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Tune's own console output (its status box, a TensorBoard hint into Ray's session folder) and
     # its default CSV and TensorBoard files per trial are off: raygap prints its progress and keeps
@@ -111,6 +112,8 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
             err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
             store.save_failed(key, err)
             summary.failed[key] = err
+            if on_settled is not None:
+                on_settled(key)
 
 
 def _trial_name(trial) -> str:

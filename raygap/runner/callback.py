@@ -19,11 +19,12 @@ from .summary import RunSummary
 
 
 def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, storage: str | None = None,
-                   after_done=None):
+                   after_done=None, on_settled=None):
     """The callback of one Tune experiment (``summary`` counts what finished and what failed;
     ``max_failures``: the retries of a trial's own errors, -1 for no limit; ``storage``: the
     run's, whose query parameters its checkpoints' URIs keep; ``after_done()``, if given, is
-    called once each finished trial is in the store: the mirror)."""
+    called once each finished trial is in the store: the mirror; ``on_settled(key)`` once a
+    trial's end, done or failed, is in the store)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
@@ -122,6 +123,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                 summary.done += 1
                 progress.trial_done(key, f"{self._label(trial)} ({key}): {(name := shown_metric(fin['metrics']))} "
                                          f"{fin['metrics'].get(name, float('nan')):.4f} on {fin['info'].get('device', '?')}")
+                if on_settled is not None:
+                    on_settled(key)
             if "failed" in parts:
                 failed = parts["failed"]
                 self._fail(trial, failed["error"], failed.get("traceback"))
@@ -157,6 +160,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             store.save_failed(key, err)
             summary.failed[key] = err + (f" [full traceback: {trace}]" if trace else "")
             progress.trial_failed(key, f"{self._label(trial)} ({key}): {summary.failed[key]}")
+            if on_settled is not None:
+                on_settled(key)
 
     return StoreCallback()
 

@@ -40,8 +40,14 @@ WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials l
 
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
              max_failures: int = 1, num_cpus: int | None = None, log=print, progress=None,
-             tracker: str | None = None, share_warmups: bool = True, after_done=None) -> RunSummary:
+             tracker: str | None = None, share_warmups: bool = True, after_done=None,
+             on_settled=None) -> RunSummary:
     """Run every trial of ``grid`` that the store does not hold as done.
+
+    ``grid``: a grid, or several as one (:class:`raygap.gridset.GridSet`: its ``grids`` are each
+    registered in the store; their distinct trials run in one Tune experiment, warm-ups shared
+    across them). ``on_settled(key)``: called in this process as each trial ends done or failed
+    here or in another driver (the CLI exports a table as soon as its trials have all ended).
 
     One trial, one run: each trial is claimed in the store before it is launched (a lease
     renewed while this driver lives); trials another live driver holds are left to it and
@@ -65,7 +71,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     from ..store import this_process_owner
 
     t0 = time.perf_counter()
-    store.register(grid)
+    members = getattr(grid, "grids", (grid,))
+    for g in members:
+        store.register(g)
     distinct = {}
     for s in grid.trials:
         distinct.setdefault(s.key, s)
@@ -135,7 +143,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                         log("several machines: each trial builds its in-memory dataset on its own node")
                     renewer.start()
                     ready = True
-                require_resources([s.resources for s in batch], ray.nodes(), grid.path)
+                for g in members:           # a request no node can meet: one line naming its grid file
+                    keys = g.distinct()
+                    require_resources([s.resources for s in batch if s.key in keys], ray.nodes(), g.path)
                 if builder is None and not several:   # joined: built once the cluster can run the batch
                     builder = DataBuilder(batch, log)
                 attempted |= {s.key for s in batch}
@@ -144,11 +154,12 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 shared = builder.result(batch) if builder is not None else {}
                 tune_batch(grid, store, batch, shared, summary, held, storage_path=storage_path,
                            max_failures=max_failures, log=log, progress=progress, tracker=tracker, forks=forks,
-                           keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()}, after_done=after_done)
+                           keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()}, after_done=after_done,
+                           on_settled=on_settled)
                 kept = store.warmups(keeps.values())
                 lone |= {w for w in keeps.values() if w not in kept}   # no warm-up kept: the others train theirs
             elif held:
-                _wait_for_others(store, held, distinct, summary, attempted, log)
+                _wait_for_others(store, held, distinct, summary, attempted, log, on_settled)
     except KeyboardInterrupt:
         summary.interrupted = interrupts.last_signal() or "SIGINT"
     except Exception:
@@ -244,7 +255,8 @@ class _Renewer:
         self._stop.set()
 
 
-def _wait_for_others(store, held: dict, distinct: dict, summary: RunSummary, attempted: set, log) -> None:
+def _wait_for_others(store, held: dict, distinct: dict, summary: RunSummary, attempted: set, log,
+                     on_settled=None) -> None:
     """Every trial left is claimed by another live driver: wait until one of them is
     settled (done, or failed there) or free to claim (its claim died), saying so."""
     drivers = sorted(set(held.values()))
@@ -264,6 +276,8 @@ def _wait_for_others(store, held: dict, distinct: dict, summary: RunSummary, att
                 err = ((store.get(k) or {}).get("error") or "?")
                 summary.failed[k] = f"(in the other raygap run) {err}"
                 log(f"  failed in the other run: {trial_label(s)} ({k}): {err}")
+            if on_settled is not None:
+                on_settled(k)
         still = store.held_elsewhere([k for k in held if k not in settled])
         if settled or len(still) < len(held) - len(settled):
             return
