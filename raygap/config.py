@@ -145,6 +145,10 @@ class TrialConfig:
     def to_dict(self) -> dict:
         return copy.deepcopy(self._d)
 
+    def part(self, *sections: str) -> dict:
+        """A copy of only these sections of :meth:`to_dict` (a 10,000-cell grid copies much less)."""
+        return {s: copy.deepcopy(self._d[s]) for s in sections}
+
     def hashed_part(self) -> dict:
         out = {k: ({kk: vv for kk, vv in v.items() if kk not in NOT_HASHED_KEYS[k]} if k in NOT_HASHED_KEYS else v)
                for k, v in self._d.items() if k not in NOT_HASHED}

@@ -287,7 +287,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
                 except ConfigError as e:
                     raise _blame(e, layers, label, column, file) from None
                 grid.trials.append(TrialSpec(label, dict(column), seed, cfg, cfg.key(),
-                                             dict(cfg.to_dict()["resources"])))
+                                             cfg.part("resources")["resources"]))
     if missing:
         methods = sorted(set(missing.values()))
         if not skip_missing:
@@ -311,7 +311,7 @@ def _check_metrics(grid: Grid, file: str) -> None:
     valid: set[str] = set()
     seen: set[str] = set()
     for t in grid.trials:
-        c = t.config.to_dict()
+        c = t.config.part("data", "method")
         sig = json.dumps([c["data"], c["method"]["name"]], sort_keys=True, default=str)
         if sig in seen:
             continue

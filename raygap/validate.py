@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -20,6 +21,7 @@ from .errors import ConfigError, nearest
 from .registry import Registry
 
 
+@functools.cache            # (get_type_hints evaluates every annotation: most of a 10,000-cell grid's expansion)
 def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
     hints = typing.get_type_hints(cls)
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
@@ -28,7 +30,8 @@ def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
 def field_default(f: dataclasses.Field):
     """A field's default value (a fresh copy of a mutable one)."""
     if f.default is not dataclasses.MISSING:
-        return copy.deepcopy(f.default)
+        v = f.default
+        return copy.deepcopy(v) if isinstance(v, (list, dict, set)) else v     # (others are immutable)
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return f.default_factory()  # type: ignore[misc]
     return None
