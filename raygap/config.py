@@ -31,7 +31,7 @@ from typing import Any
 
 from . import RESULTS_VERSION
 from .data.base import DataCommon
-from .dotted import get_dotted, parse_set, set_dotted
+from .dotted import flatten, get_dotted, parse_set, set_dotted
 from .errors import ConfigError, nearest
 from .params import F
 from .registry import BACKBONES, DATASETS, FUSIONS, METHODS
@@ -144,6 +144,11 @@ class TrialConfig:
 
     def to_dict(self) -> dict:
         return copy.deepcopy(self._d)
+
+    def flat(self) -> dict:
+        """The resolved config as dotted keys -> values (``train.epochs``), as ``flatten(to_dict())``
+        gives, without copying the whole config first (lists are copied)."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in flatten(self._d).items()}
 
     def part(self, *sections: str) -> dict:
         """A copy of only these sections of :meth:`to_dict` (a 10,000-cell grid copies much less)."""

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write
-from .dotted import flatten
 from .render import FORMATS, RENDERERS
 from .table import MANIFEST, Table, read_table
 
@@ -55,7 +54,7 @@ def trials_csv(table: Table) -> str:
                                "hash": t.key, "status": rec.get("status", "new"), "error": rec.get("error") or "",
                                "attempts": rec.get("attempts", 0), "wall_seconds": rec.get("wall_seconds"),
                                "device": (rec.get("info") or {}).get("device", "")}
-        row.update({f"config.{k}": v for k, v in flatten(t.config.to_dict()).items()})
+        row.update({f"config.{k}": v for k, v in t.config.flat().items()})
         row.update({f"metric.{k}": v for k, v in sorted((rec.get("metrics") or {}).items())})
         rows.append(row)
     fields: list[str] = []

@@ -172,14 +172,14 @@ class Connection:
 
     def _refuse_foreign(self, version: int) -> None:
         """A file raygap must not write: a store of a later raygap (its schema version is newer),
-        or an SQLite file that is not a trial store (tables, but no ``trials``)."""
+        or an SQLite file that is not a trial store (tables, none of them raygap's)."""
         if version > SCHEMA_VERSION:
             raise StoreError(self.path, f"a trial store of schema version {version}, written by a newer raygap; "
                                         f"this raygap reads version {SCHEMA_VERSION} (and wrote nothing)",
                              "upgrade raygap, or pass --results DIR with another folder")
         tables = [r[0] for r in self._busy_retry(
             lambda: self._db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall())]
-        if tables and "trials" not in tables:
+        if tables and not set(tables) & {"trials", "memberships", "runs", "forgotten", "warmups"}:
             raise StoreError(self.path, f"an SQLite file that is not a raygap trial store (its tables: "
                                         f"{', '.join(sorted(tables)[:5])}); raygap wrote nothing",
                              "pass --results DIR with a folder of raygap's own")
