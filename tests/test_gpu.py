@@ -91,7 +91,8 @@ def test_the_preload_budget_on_the_gpu_and_the_memory_given_back(tmp_path, prelo
 
     from raygap.data.preload import release_device_memory
     from raygap.errors import DataError
-    from raygap.trial import fit, load_data, pick_device
+    from raygap.devices import pick_device
+    from raygap.trial import fit, load_data
 
     root = _cached_cremad(tmp_path)
     cfg = resolve({"data": {"name": "cremad", "root": str(root), "pipeline": "cache", "image_size": 32,

@@ -17,7 +17,8 @@ TRAIN_FILES = (CHECKPOINT, f"{CHECKPOINT}.tmp", "result.json", "result.json.tmp"
 def cmd_train(args) -> int:
     from ..atomic import atomic_write
     from ..config import load_config
-    from ..trial import cuda_problem, run_trial
+    from ..devices import cuda_problem
+    from ..trial import run_trial
 
     cfg = load_config(args.config, args.set)
     if cfg.train.device == "cuda" and (problem := cuda_problem()):
@@ -76,7 +77,7 @@ def _check_trial_dir(out: Path, key: str, device: str = "auto") -> None:
     """Refuse a trial directory holding another trial's checkpoint or config, or a checkpoint that
     cannot continue exactly on the device this trial trains on (``train.device``) (exit 2)."""
     from .. import checkpoint
-    from ..trial import device_kind
+    from ..devices import device_kind
 
     other = why = None
     cfg_path = out / "config.json"

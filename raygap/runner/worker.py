@@ -38,7 +38,8 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     from ..data.preload import release_device_memory
     from ..errors import CheckpointDeviceMismatch, CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
     from ..models.compiled import CompileLimitHit
-    from ..trial import TrialDiverged, device_kind, fit, load_data, pick_device, prepare_process
+    from ..devices import device_kind, pick_device
+    from ..trial import TrialDiverged, fit, load_data, prepare_process
 
     DETERMINISTIC_FAILURES = (TrialDiverged, ConfigError, DataError, DeviceUnavailable, CheckpointMismatch,
                               CheckpointDeviceMismatch, CompileLimitHit)
