@@ -51,3 +51,21 @@ def test_prepare_into_an_out_dir_that_is_a_file(tmp_path):
     line = one_line(raygap("prepare", "ave", str(tmp_path / "raw"), str(tmp_path / "out"), cwd=tmp_path))
     assert f"{tmp_path / 'out'}: OUT_DIR exists and is not a folder" in line, line
     assert (tmp_path / "out").read_text() == "a user's file\n"
+
+
+@pytest.mark.parametrize("vid, problem", [("..", "is a relative folder name"), (".", "is a relative folder name"),
+                                          ("a/b", "holds a path separator"), ("x" * 201, "is longer than 200 bytes")])
+def test_a_clip_id_that_is_not_one_file_name_touches_nothing(vid, problem, tmp_path):
+    """A split list names a clip ``..``: its frames folder would be OUT itself (issue 25: prepare
+    then replaced it). One line naming the list, the line and the id; OUT is left as it was."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    (raw / "AVE").mkdir(parents=True)
+    out.mkdir()
+    (out / "keep.txt").write_text("a user's file\n")
+    good = "Church bell&abc&good&0&1\n"
+    (raw / "trainSet.txt").write_text(good + f"Church bell&{vid}&good&0&1\n")
+    for name in ("testSet.txt", "valSet.txt"):
+        (raw / name).write_text(good)
+    line = one_line(raygap("prepare", "ave", str(raw), str(out), cwd=tmp_path))
+    assert f"{raw / 'trainSet.txt'}:2: clip id {vid!r} {problem}" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle
-from .loader import assemble, class_list, data_root, dedupe, label_index, read_rows, require_file
+from .loader import assemble, class_list, clip_id, data_root, dedupe, label_index, read_rows, require_file
 from .media import AVE_RATE, NPY_DIR, Clip, ave_front_end
 
 NAME = "ave"
@@ -80,7 +80,7 @@ def read_ave_list(path: Path) -> list[AveRow]:
             raise DataError(f"{path}:{line}: start / end must be whole seconds, got {start!r}, {end!r}")
         if int(end) <= int(start):
             raise DataError(f"{path}:{line}: event ends ({end}) before it starts ({start})")
-        rows.append(AveRow(label, vid, quality, int(start), int(end), line))
+        rows.append(AveRow(label, clip_id(vid, path, line), quality, int(start), int(end), line))
     return rows
 
 

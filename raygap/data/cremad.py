@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle, carve_validation
-from .loader import assemble, data_root, dedupe, label_index, read_rows, require_file
+from .loader import assemble, clip_id, data_root, dedupe, label_index, read_rows, require_file
 from .media import NPY_DIR, Clip, cremad_front_end
 
 NAME = "cremad"
@@ -69,7 +69,7 @@ def read_split_csv(path: Path) -> list[tuple[str, str, int]]:
         fields = next(csv.reader([text]))
         if len(fields) < 2 or not fields[0].strip():
             raise DataError(f"{path}:{line}: expected 'clip,LABEL', got {text!r}")
-        rows.append((fields[0].strip(), fields[1].strip(), line))
+        rows.append((clip_id(fields[0].strip(), path, line), fields[1].strip(), line))
     return rows
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import DataCommon, DataLayout, DatasetBundle, carve_validation
-from .loader import assemble, class_list, data_root, dedupe, label_index, read_rows, require_file
+from .loader import assemble, class_list, clip_id, data_root, dedupe, label_index, read_rows, require_file
 from .media import NPY_DIR, Clip, ks_front_end
 
 NAME = "ks"
@@ -51,7 +51,7 @@ def read_ks_list(path: Path) -> list[tuple[str, str, int]]:
         fields = text.split(",", 2)
         if len(fields) != 3 or not fields[0].strip() or not fields[2].strip():
             raise DataError(f"{path}:{line}: expected 'clip,10,label', got {text!r}")
-        rows.append((fields[0].strip(), fields[2].strip(), line))
+        rows.append((clip_id(fields[0].strip(), path, line), fields[2].strip(), line))
     return rows
 
 

@@ -70,6 +70,28 @@ def read_rows(path: Path) -> list[tuple[int, str]]:
         return [(n, s) for n, line in enumerate(f, 1) if (s := line.strip())]
 
 
+CLIP_ID_MAX_BYTES = 200
+
+
+def clip_id(text: str, path: Path, line: int) -> str:
+    """A clip id from line ``line`` of the list ``path``, checked to be one plain file name: the
+    frames folder and the audio file are named by it, so ``..``, ``.`` or ``a/b`` would point outside
+    the layout (and ``prepare`` would replace what is there). Anything else is one DataError line."""
+    problem = None
+    if text in (".", ".."):
+        problem = "is a relative folder name"
+    elif "/" in text or "\\" in text:
+        problem = "holds a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in text):
+        problem = "holds a control character"
+    elif len(text.encode("utf-8")) > CLIP_ID_MAX_BYTES:
+        problem = f"is longer than {CLIP_ID_MAX_BYTES} bytes"
+    if problem:
+        raise DataError(f"{path}:{line}: clip id {text!r} {problem}; a clip id must be one file name "
+                        "(nothing was written)")
+    return text
+
+
 def sort_labels(labels: Iterable[str]) -> list[str]:
     """Unique labels sorted; numerically when every label is an integer (KS lists use 0..30)."""
     uniq = set(labels)
