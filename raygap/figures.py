@@ -14,6 +14,7 @@ epoch record (docs/method.md, Observability), so any finished trial can be drawn
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -142,6 +143,19 @@ def _slug(s: str) -> str:
     return "_".join(p for p in keep.split("_") if p)[:60] or "row"
 
 
+def unique_slugs(texts) -> dict[str, str]:
+    """text -> its file-name form (:func:`_slug`), kept apart where two texts share one: those
+    get a short hash of the text ("Ours α" and "Ours β" are both ``Ours``: ``Ours_1a2b3c``...),
+    so no figure is drawn over another's."""
+    texts = list(dict.fromkeys(texts))
+    slugs = {t: _slug(t) for t in texts}
+    count: dict[str, int] = {}
+    for v in slugs.values():
+        count[v] = count.get(v, 0) + 1
+    return {t: (v if count[v] == 1 else f"{v}_{hashlib.sha256(t.encode()).hexdigest()[:6]}")
+            for t, v in slugs.items()}
+
+
 INDEX = ".drawn.json"      # figures/<INDEX>: what each figure was drawn from, so unchanged ones are kept
 
 
@@ -173,7 +187,6 @@ def grid_figures(table, out_dir: Path) -> Figures:
     export read once, :class:`~raygap.table.Table`). A figure whose inputs did not change since
     it was drawn (the same finished trials; the index is ``figures/.drawn.json``) is kept, not
     drawn again."""
-    import hashlib
     import json
 
     grid, done = table.grid, table.done_records()
@@ -183,13 +196,15 @@ def grid_figures(table, out_dir: Path) -> Figures:
     out = Figures()
     finished = {k: rec["finished"] for k, rec in done.items()}
     seen = set()
+    names = unique_slugs(t.label for t in grid.trials)
+    cols = unique_slugs("_".join(str(v) for v in t.column.values()) for t in grid.trials)
     for t in grid.trials:
         cell = (t.label, tuple(t.column.items()))
         if cell in seen or t.key not in finished:
             continue
         seen.add(cell)
         col = "_".join(str(v) for v in t.column.values())
-        stem = f"{_slug(t.label)}_{_slug(col)}_seed{t.seed}" if col else f"{_slug(t.label)}_seed{t.seed}"
+        stem = f"{names[t.label]}_{cols[col]}_seed{t.seed}" if col else f"{names[t.label]}_seed{t.seed}"
         sig = f"{t.key}:{finished[t.key]}"
         if _fresh(index, stem, sig, out_dir):
             new_index[stem] = index[stem]
@@ -205,8 +220,9 @@ def grid_figures(table, out_dir: Path) -> Figures:
         out += [out_dir / f for f in new_index[stem]["files"]]
     if finished:
         combos, cells = table.combos, table.cells
+        metric_names = unique_slugs(grid.metrics)
         for m in grid.metrics:
-            name = f"table_{_slug(m)}"
+            name = f"table_{metric_names[m]}"
             data = {"rows": grid.row_labels, "columns": [grid.column_header(c) for c in combos],
                     "values": [[cells[(r, ci, m)].values for ci in range(len(combos))] for r in grid.row_labels]}
             sig = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

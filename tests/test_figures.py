@@ -100,3 +100,25 @@ def test_the_figures_traceback_is_written_atomically_never_through_a_symlink(tmp
     assert not tb.is_symlink() and "no axes today" in tb.read_text()
     assert [p.name for p in tb.parent.iterdir()] == ["error.txt"]          # no temp file left
     assert f"(traceback: {tb})" in capsys.readouterr().err
+
+
+def test_rows_whose_ascii_names_collide_keep_a_figure_each(tmp_path):
+    """"Ours α" and "Ours β" are both ``Ours`` in ASCII: each gets a short hash of its label, so
+    neither figure is drawn over the other (issue 25); a label alone in its form keeps it."""
+    import hashlib
+
+    doc = {"name": "greek", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+                                     "train": {"epochs": 2, "device": "cpu"}},
+           "rows": {"Ours α": {"method": {"name": "concat"}}, "Ours β": {"method": {"name": "warmup_objective"}},
+                    "Base": {"method": {"name": "concat"}, "optim": {"lr": 0.05}}},
+           "seeds": [0], "metrics": ["acc"], "resources": {"cpu": 1, "gpu": 0}}
+    (tmp_path / "greek.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    grid = load_grid(tmp_path / "greek.yaml")
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(grid)
+        for t in grid.trials:
+            _finish(store, t.key, 0.7)
+        figs = grid_figures(read_table(grid, store), tmp_path / "figures")
+    a, b = (f"Ours_{hashlib.sha256(s.encode()).hexdigest()[:6]}" for s in ("Ours α", "Ours β"))
+    assert sorted(p.name for p in figs) == sorted([f"{a}_seed0_accuracy.png", f"{b}_seed0_accuracy.png",
+                                                   "Base_seed0_accuracy.png", "table_acc.png"])
