@@ -40,6 +40,8 @@ class _State:
         self.tune_running = False
         self.installed = False
         self.keep_hup_ignored = False
+        self.holding: list[str] = []           # start-up phases in which a first signal is held (:func:`held`)
+        self.held = 0                          # signals received while holding
 
 
 STATE = _State()
@@ -54,6 +56,11 @@ def _name(signum: int) -> str:
 
 def _handler(signum, frame) -> None:
     STATE.received.append(signum)
+    if STATE.holding and not STATE.protected:
+        STATE.held += 1
+        if STATE.held == 1:
+            return                      # raised as the phase ends (see held()); a second stops at once
+        raise KeyboardInterrupt(f"second {_name(signum)}")
     if STATE.protected:
         STATE.deferred += 1
         if STATE.deferred == 1:
@@ -116,6 +123,23 @@ def protected(what: str) -> Iterator[None]:
                 # Tune's SIGINT handler gets it, as it would have (see _handler), and stops the run
                 os.kill(os.getpid(), signal.SIGINT)
             STATE.deferred = 0
+
+
+@contextmanager
+def held(what: str) -> Iterator[None]:
+    """A start-up phase (Ray's start-up) in which a first stop signal is noted, not raised, and
+    raised as KeyboardInterrupt as soon as the phase is over: raised inside it, it can land in a
+    fork hook of ``logging``, which ignores it (the run went on) and prints a traceback. A second
+    signal stops at once."""
+    STATE.holding.append(what)
+    STATE.held = 0
+    try:
+        yield
+    finally:
+        STATE.holding.pop()
+        held, STATE.held = STATE.held, 0
+    if held:
+        raise KeyboardInterrupt(last_signal() or "SIGINT")
 
 
 @contextmanager

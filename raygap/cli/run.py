@@ -87,7 +87,10 @@ def cmd_run(args) -> int:
         return 0
     mirror = None
     if args.storage:                    # the store outlives the head: restored (or merged) from the storage first
+        from ..runner.storage import require_usable_storage
         from ..store.mirror import Mirror
+
+        require_usable_storage(args.storage)       # (a bad storage is its own one line, before the restore reads it)
 
         mirror = Mirror(args.storage, results_root(args))
         said = mirror.restore()

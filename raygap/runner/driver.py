@@ -201,7 +201,8 @@ def _start_or_join(address, num_cpus, todo, starting: bool, results_folder: Path
             log(f"ended {len(ended)} Ray process(es) a killed raygap run had left running "
                 f"(pids {', '.join(map(str, ended))})")
     try:
-        started = start_ray(address, num_cpus, log, deterministic=any(s.config.train.deterministic for s in todo))
+        with interrupts.held("startup"):     # a signal inside ray.init is raised once it returns
+            started = start_ray(address, num_cpus, log, deterministic=any(s.config.train.deterministic for s in todo))
     except SystemExit as e:              # ray.init's own SIGTERM handler calls sys.exit(15)
         interrupts.note(e.code if isinstance(e.code, int) and e.code > 0 else 15)
         raise KeyboardInterrupt("SIGTERM") from e
