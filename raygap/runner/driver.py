@@ -131,8 +131,6 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                     if starting:             # an embedded instance: the in-memory data built while Ray starts
                         builder = DataBuilder(batch, log)
                     started = _start_or_join(address, num_cpus, todo, starting, results_folder, owner, renewer, log)
-                    if interrupts.interrupted():   # a signal inside ray.init that never raised here (it can land
-                        raise KeyboardInterrupt(interrupts.last_signal())   # in a fork hook, which ignores it)
                     nodes = ray.nodes()
                     require_storage(storage_path, nodes)
                     several = len(node_hosts(nodes)) > 1
