@@ -150,6 +150,15 @@ class TrialConfig:
         gives, without copying the whole config first (lists are copied)."""
         return {k: (list(v) if isinstance(v, list) else v) for k, v in flatten(self._d).items()}
 
+    def with_seed(self, seed) -> "TrialConfig":
+        """This config with another seed (checked as :func:`resolve` checks it), every other
+        value already validated: a grid's seeds of one cell resolve once, not once each."""
+        return TrialConfig({**_plain_copy(self._d), "seed": _seed(seed)})
+
+    def part_json(self, *sections: str) -> str:
+        """These sections as one canonical JSON string (sorted keys), copying nothing."""
+        return json.dumps([self._d[s] for s in sections], sort_keys=True, default=str)
+
     def part(self, *sections: str) -> dict:
         """A copy of only these sections of :meth:`to_dict` (a 10,000-cell grid copies much less)."""
         return {s: copy.deepcopy(self._d[s]) for s in sections}
@@ -227,9 +236,7 @@ def resolve(raw: dict | None) -> TrialConfig:
     for k in raw:
         if k not in TOP_LEVEL:
             raise ConfigError("unknown key", key=str(k), hint=f"nearest valid key: {nearest(k, TOP_LEVEL)}")
-    out: dict[str, Any] = {"seed": coerce(raw.get("seed", 0), int, "seed")}
-    if not (0 <= out["seed"] < 2**31):
-        raise ConfigError(f"{out['seed']} is out of range [0, 2**31)", key="seed")
+    out: dict[str, Any] = {"seed": _seed(raw.get("seed", 0))}
     for s, cls in SECTIONS.items():
         vals = {} if raw.get(s) is None else raw[s]        # a bare `train:` is YAML's null: all defaults
         if not isinstance(vals, dict):
@@ -248,6 +255,25 @@ def resolve(raw: dict | None) -> TrialConfig:
             out[s] = validate_params(cls, vals, s)
     _cross_checks(out)
     return TrialConfig(out)
+
+
+def _plain_copy(o):
+    """A deep copy of a resolved config's values (dicts, lists, tuples, scalars), several times
+    faster than ``copy.deepcopy``; anything else is deep-copied."""
+    if isinstance(o, dict):
+        return {k: _plain_copy(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_plain_copy(v) for v in o]
+    if o is None or isinstance(o, (str, int, float, bool)):
+        return o
+    return copy.deepcopy(o)
+
+
+def _seed(value) -> int:
+    seed = coerce(value, int, "seed")
+    if not (0 <= seed < 2**31):
+        raise ConfigError(f"{seed} is out of range [0, 2**31)", key="seed")
+    return seed
 
 
 def default_of(key: str, raw: dict | None = None):

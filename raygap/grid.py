@@ -276,14 +276,18 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
             if not isinstance(method, str) or method not in METHODS:
                 missing.setdefault(label, str(method))
                 continue
+            first = None                # the cell's config, validated once; its seeds differ in the seed only
             for seed in seeds:
-                raw["seed"] = seed
                 try:
-                    cfg = resolve(raw)
-                    if cfg.train.device == "cuda" and cfg.resources.gpu <= 0:
-                        raise ConfigError("cuda, but resources.gpu is 0: Ray shows a trial no GPU unless it asks "
-                                          "for one", key="train.device",
-                                          hint="set resources.gpu (e.g. 0.5) or train.device=auto")
+                    if first is None:
+                        raw["seed"] = seed
+                        cfg = first = resolve(raw)
+                        if cfg.train.device == "cuda" and cfg.resources.gpu <= 0:
+                            raise ConfigError("cuda, but resources.gpu is 0: Ray shows a trial no GPU unless it "
+                                              "asks for one", key="train.device",
+                                              hint="set resources.gpu (e.g. 0.5) or train.device=auto")
+                    else:
+                        cfg = first.with_seed(seed)
                 except ConfigError as e:
                     raise _blame(e, layers, label, column, file) from None
                 grid.trials.append(TrialSpec(label, dict(column), seed, cfg, cfg.key(),
@@ -311,11 +315,11 @@ def _check_metrics(grid: Grid, file: str) -> None:
     valid: set[str] = set()
     seen: set[str] = set()
     for t in grid.trials:
-        c = t.config.part("data", "method")
-        sig = json.dumps([c["data"], c["method"]["name"]], sort_keys=True, default=str)
+        sig = t.config.part_json("data", "method")
         if sig in seen:
             continue
         seen.add(sig)
+        c = t.config.part("data", "method")
         mods, task = trial_modalities(c)
         valid |= metric_names(task, mods, tuple(METHODS.get(c["method"]["name"]).meta.get("reports", ())))
     for m in grid.metrics:

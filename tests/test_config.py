@@ -81,3 +81,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["train", str(q)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "invalid YAML" in err
+
+
+def test_with_seed_is_resolve_with_that_seed_and_copies_nothing_shared():
+    raw = {"method": {"name": "gap_adaptive"}, "data": {"modalities": ["audio", "visual"]}, "seed": 3}
+    a = resolve(raw)
+    b = a.with_seed(11)
+    assert b.to_dict() == resolve({**raw, "seed": 11}).to_dict()
+    assert b.key() == resolve({**raw, "seed": 11}).key() != a.key()
+    b.data.modalities.append("text")             # the two configs share no list
+    assert a.data.modalities == ["audio", "visual"]
+    for bad in (-1, 2**31, "x"):
+        with pytest.raises(ConfigError) as e:
+            a.with_seed(bad)
+        assert e.value.key == "seed"
