@@ -98,18 +98,27 @@ def test_trials_use_both_nodes_survive_losing_one_and_gpu_shares_without_cuda_fa
         cluster.shutdown()
 
 
-def test_a_worker_node_killed_without_warning_costs_no_retry_and_no_epoch_twice(tmp_path):
+def test_a_worker_node_killed_without_warning_costs_no_retry_and_no_epoch_twice(s3, tmp_path, monkeypatch):
     """A spot preemption: the worker node's raylet is SIGKILLed with every process of that node
     (the machine is gone; no graceful remove_node) while a trial there has a checkpoint. A real
-    `raygap run --address ... --max-failures 0` still finishes that trial, on the head, from its
-    newest checkpoint, every epoch in its history once: the lost node is not counted against
-    --max-failures (Ray Tune 2.60 counts it: on the old runner the trial failed)."""
+    `raygap run --address ... --max-failures 0 --storage s3://...` (a real S3 server, tests/s3server.py)
+    still finishes that trial, on the head, from its newest checkpoint in the bucket, every epoch
+    in its history once: the lost node is not counted against --max-failures (Ray Tune 2.60
+    counts it: on the old runner the trial failed); once done, its checkpoints leave the bucket."""
     import time
 
     import psutil
     from _proc import Raygap
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
+    from s3server import KEYS
+
+    bucket = s3.bucket("raygap-spot")
+    for k, v in KEYS.items():                  # the keys in every node's environment, the endpoint in the URI
+        monkeypatch.setenv(k, v)
+    for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(v, raising=False)
+    query = f"?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.2")
@@ -123,7 +132,7 @@ def test_a_worker_node_killed_without_warning_costs_no_retry_and_no_epoch_twice(
                                      "resources": {"cpu": 1}, "rows": {"Concat": {"method": {"name": "concat"}}}}))
         results = tmp_path / "results"
         run = Raygap("run", str(g), "--address", cluster.address, "--results", str(results),
-                     "--storage", (tmp_path / "tune").as_uri(), "--max-failures", "0")
+                     "--storage", f"s3://{bucket}/spot{query}", "--max-failures", "0")
         run.wait_for("launching 2 trial", 240)
         keys = [t.key for t in load_grid(g).trials]
         reader = Store(results / "store.sqlite")
@@ -138,7 +147,8 @@ def test_a_worker_node_killed_without_warning_costs_no_retry_and_no_epoch_twice(
                     for p in procs:          # the raylet first, then its workers: the whole machine
                         p.kill()
                     killed = {"key": k, "checkpoint": rec["checkpoint_epoch"], "last": hist[-1]["epoch"],
-                              "procs": [p.name() if p.is_running() else p.pid for p in procs]}
+                              "uri": rec["checkpoint"], "procs": [p.name() if p.is_running() else p.pid for p in procs]}
+                    in_bucket = s3.keys(bucket, "spot/")
                     break
             time.sleep(0.2)
         assert killed, f"no trial ran on the worker node long enough to lose it:\n{run.output[-3000:]}"
@@ -156,6 +166,13 @@ def test_a_worker_node_killed_without_warning_costs_no_retry_and_no_epoch_twice(
         assert lost["info"]["node"] != worker.node_id                     # it ended on the head ...
         assert lost["info"]["resumed_from_epoch"] >= killed["checkpoint"]  # ... from its newest checkpoint
         assert killed["last"] - lost["info"]["resumed_from_epoch"] <= base["train"]["checkpoint_every"]
+        # the checkpoint it resumed from was in the bucket when the node went; done, none is left there
+        assert killed["uri"].startswith(f"s3://{bucket}/spot/") and killed["uri"].endswith(query), killed
+        ckpt = killed["uri"].split("?")[0].removeprefix(f"s3://{bucket}/")
+        assert any(k.startswith(ckpt + "/") for k in in_bucket), (ckpt, in_bucket)
+        after = s3.keys(bucket, "spot/")
+        print(f"bucket when the node went: {len(in_bucket)} objects; after: {len(after)}")
+        assert not [k for k in after if "/checkpoint_" in k], after
     finally:
         if run is not None:
             run.kill_tree()
