@@ -3,8 +3,8 @@
 Each other row minus the reference, seed by seed (the same seed is the same split,
 initialisation and data order: the comparison is paired), per column and metric: the mean
 difference, its 95 % interval and a paired t-test's p-value (scipy's ``ttest_rel``), the
-p-values adjusted over the table's comparisons by Benjamini-Hochberg (scipy's
-``false_discovery_control``). See :func:`paired_comparisons` for why these.
+p-values adjusted by Benjamini-Hochberg (scipy's ``false_discovery_control``) within each
+metric's comparisons of the table; a design quantity (``data_pct``) is reported, not tested. See :func:`paired_comparisons` for why these.
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import io
 import json
 import statistics
 
-from .cells import DASH, metric_digits, metric_label, seed_values
+from .cells import DASH, is_done, is_percent, metric_digits, metric_label, seed_values
 
 SIGNIFICANT = "‡"          # adjusted p < 0.05 (not "*": the row footnotes use it)
-COMPARISON_TEST = "paired t (scipy ttest_rel), 95 % interval, Benjamini-Hochberg"   # part of the inputs' digest
+COMPARISON_TEST = ("paired t (scipy ttest_rel), 95 % interval, Benjamini-Hochberg per metric, design quantities "
+                   "untested, a spread under half a test sample is no spread")      # part of the inputs' digest
+DESIGN = {"data_pct": "the share of data kept"}   # set by the method's design, not an outcome: reported, not tested
 
 
 class Comparisons(list):
@@ -29,7 +31,8 @@ def paired_comparisons(grid, records: dict, known: dict | None = None) -> Compar
     """Every row other than ``grid.reference`` against it, per column and metric, over the
     seeds both have done (``records``: key -> stored record of the grid's trials): n, the mean
     of the per-seed differences (row - reference), its 95 % interval and the p-value of a
-    paired t-test, and p adjusted over all of the table's comparisons (Benjamini-Hochberg).
+    paired t-test, and p adjusted over the table's comparisons of that metric (Benjamini-Hochberg;
+    one family per metric, design quantities outside every family).
 
     Why these: a seed fixes the split, the initialisation and the data order of both rows, so
     the differences are paired, and pairing removes the seed-to-seed spread that dominates the
@@ -38,7 +41,8 @@ def paired_comparisons(grid, records: dict, known: dict | None = None) -> Compar
     differences are roughly normal, which 3 values cannot check. BH controls the share of false
     discoveries among a table's many comparisons (Holm's family-wise control would be
     stricter still). ``note`` says when nothing can be concluded: fewer than 2 pairs, or the
-    same difference in every seed (no spread: the t statistic is undefined).
+    same difference in every seed (no spread -- within half a test sample, see :func:`_no_spread`:
+    the t statistic is undefined, or rests on rounding).
 
     ``known``: the comparisons an earlier export stored in ``table.json`` (``{"inputs", "rows"}``).
     When the inputs -- every pair of per-seed values, and how they are tested -- are the same,
@@ -57,32 +61,54 @@ def paired_comparisons(grid, records: dict, known: dict | None = None) -> Compar
                 a = seed_values(grid, records, label, col, m)
                 r = seed_values(grid, records, grid.reference, col, m)
                 seeds = sorted(set(a) & set(r))
-                pairs.append((label, grid.column_header(col), m, [a[s] for s in seeds], [r[s] for s in seeds]))
+                pairs.append((label, grid.column_header(col), m, [a[s] for s in seeds], [r[s] for s in seeds],
+                              _no_spread(m, _n_test(grid, records, (label, grid.reference), col))))
     out.inputs = hashlib.sha256(json.dumps([COMPARISON_TEST, pairs]).encode()).hexdigest()[:16]
     if known and known.get("inputs") == out.inputs and isinstance(known.get("rows"), list):
         out += [dict(row) for row in known["rows"]]
         return out
     from scipy import stats
 
-    for label, column, m, a, r in pairs:
+    for label, column, m, a, r, tol in pairs:
         d = [x - y for x, y in zip(a, r)]
         row = {"row": label, "column": column, "metric": m, "n": len(d),
                "mean_diff": statistics.fmean(d) if d else None, "ci_low": None, "ci_high": None,
                "p": None, "p_adj": None, "note": ""}
         if len(d) < 2:
             row["note"] = f"n={len(d)}: too few paired seeds"
-        elif max(d) - min(d) == 0:
-            row["note"] = "the same difference in every seed" if d[0] else "identical in every seed"
+        elif m in DESIGN:
+            row["note"] = f"{DESIGN[m]}: reported, not tested"
+        elif max(d) - min(d) <= tol:
+            row["note"] = ("the same difference in every seed" if abs(statistics.fmean(d)) > tol
+                           else "identical in every seed")
         else:
             res = stats.ttest_rel(a, r)
             ci = res.confidence_interval(0.95)
             row.update(p=float(res.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
         out.append(row)
-    tested = [row for row in out if row["p"] is not None]
-    if tested:
-        for row, q in zip(tested, stats.false_discovery_control([row["p"] for row in tested])):
-            row["p_adj"] = float(q)
+    for m in grid.metrics:               # one family per metric: Acc's discoveries are not diluted by F1's
+        tested = [row for row in out if row["p"] is not None and row["metric"] == m]
+        if tested:
+            for row, q in zip(tested, stats.false_discovery_control([row["p"] for row in tested])):
+                row["p_adj"] = float(q)
     return out
+
+
+def _n_test(grid, records: dict, labels, col: dict) -> int | None:
+    """The fewest test samples any done trial of these rows' cells in ``col`` was scored on."""
+    ns = [rec["info"]["n_test"] for label in labels for t in grid.cell(label, col)
+          if is_done(rec := records.get(t.key)) and isinstance((rec.get("info") or {}).get("n_test"), int)]
+    return min(ns) if ns else None
+
+
+def _no_spread(metric: str, n_test: int | None) -> float:
+    """The largest spread of per-seed differences that is no spread: for a metric counted over
+    test samples (accuracy, F1: shown in percent), half of what one test sample moves it by,
+    0.5 * 100 / n_test -- an equal count difference then reads as equal although x100 left it a
+    last bit apart; otherwise (or with n_test unknown) float noise only."""
+    if is_percent(metric) and n_test:
+        return 50.0 / n_test
+    return 1e-9
 
 
 def comparison_text(c: dict, digits: int = 2) -> str:
@@ -113,8 +139,10 @@ def comparison_note(grid, comps: list[dict]) -> str:
            "difference reaches p < 0.05, and a difference that does not is not shown to be absent."
            if ns and max(ns) <= 5 else "")
     return (f"Each row minus {grid.reference}, seed by seed (same seed: same split, initialisation and data order), "
-            f"mean difference [95 % interval], paired t-test p (scipy ttest_rel), adjusted over the table's "
-            f"{n_tested} tested comparisons by Benjamini-Hochberg; {SIGNIFICANT} adjusted p < 0.05.{few}")
+            f"mean difference [95 % interval], paired t-test p (scipy ttest_rel), adjusted by Benjamini-Hochberg "
+            f"within each metric's comparisons ({n_tested} tested in all); {SIGNIFICANT} adjusted p < 0.05."
+            + "".join(f" {metric_label(m)} is {DESIGN[m]}, set by the method's design: reported, not tested."
+                      for m in grid.metrics if m in DESIGN) + few)
 
 
 def comparisons_csv(comps: list[dict]) -> str:

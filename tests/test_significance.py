@@ -204,3 +204,76 @@ print(json.dumps({{"scipy.stats": "scipy.stats" in sys.modules,
     assert comps["B"]["mean_diff"] == pytest.approx(10 / 3)
     assert comps["B"]["p"] == pytest.approx(t2_p((10 / 3) / (math.sqrt(7 / 3) / math.sqrt(3))), rel=1e-6)
     assert json.loads((out / "table.json").read_text())["comparisons"]["inputs"] != kept["inputs"]
+
+
+def _grid_of(tmp_path, rows: dict, metrics: list[str], name="fam"):
+    doc = {"name": name, "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+                                  "train": {"epochs": 2, "device": "cpu"}},
+           "rows": rows, "seeds": [0, 1, 2], "metrics": metrics, "resources": {"cpu": 1, "gpu": 0},
+           "reference": next(iter(rows))}
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    return load_grid(tmp_path / f"{name}.yaml")
+
+
+def _store_of(tmp_path, grid, metrics_of, n_test=None) -> Store:
+    store = Store(tmp_path / "store.sqlite")
+    store.register(grid)
+    for t in grid.trials:
+        store.mark_running(t.key, {})
+        store.save_done(t.key, metrics_of(t.label, t.seed), [{"epoch": 0}], 1.0,
+                        {} if n_test is None else {"n_test": n_test})
+    return store
+
+
+def test_benjamini_hochberg_is_one_family_per_metric(tmp_path):
+    rows = {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}}, "E": {"optim": {"lr": 0.5}}}
+    grid = _grid_of(tmp_path, rows, ["acc", "macro_f1"])
+    f1 = {"Ref": [0.50, 0.60, 0.70], "B": [0.52, 0.61, 0.74], "E": [0.60, 0.72, 0.81]}
+    with _store_of(tmp_path, grid, lambda lab, s: {"acc": ACC[lab][s], "macro_f1": f1[lab][s]}) as store:
+        comps = {(c["row"], c["metric"]): c for c in read_table(grid, store).comparisons}
+    # acc: B - Ref = 2, 5, 1 and E - Ref = 10, 12, 11, as in the first test: BH over these two only
+    assert comps[("E", "acc")]["p_adj"] == pytest.approx(2 * t2_p(11 * math.sqrt(3)), rel=1e-6)
+    assert comps[("B", "acc")]["p_adj"] == pytest.approx(t2_p((8 / 3) / (math.sqrt(13 / 3) / math.sqrt(3))), rel=1e-6)
+    # macro-F1: B - Ref = 2, 1, 4 (mean 7/3, sd sqrt(7/3)); E - Ref = 10, 12, 11 (mean 11, sd 1)
+    p_b = t2_p((7 / 3) / (math.sqrt(7 / 3) / math.sqrt(3)))
+    p_e = t2_p(11 * math.sqrt(3))
+    assert comps[("B", "macro_f1")]["p"] == pytest.approx(p_b, rel=1e-6)
+    assert p_e < p_b           # BH within F1: the larger p as is, the smaller times 2 (not times 4 of all four)
+    assert comps[("B", "macro_f1")]["p_adj"] == pytest.approx(p_b, rel=1e-6)
+    assert comps[("E", "macro_f1")]["p_adj"] == pytest.approx(2 * p_e, rel=1e-6)
+
+
+def test_the_share_of_data_kept_is_reported_but_not_tested(tmp_path):
+    rows = {"Base": {"method": {"name": "warmup_objective"}},
+            "tau=0.5": {"method": {"name": "gap_adaptive", "purify_tau": 0.5, "warmup_epochs": 1}}}
+    grid = _grid_of(tmp_path, rows, ["data_pct", "acc"], name="t7")
+    pct = {"Base": [100.0, 100.0, 100.0], "tau=0.5": [86.0, 84.0, 85.0]}
+    acc = {"Base": [0.80, 0.70, 0.90], "tau=0.5": [0.82, 0.75, 0.91]}
+    with _store_of(tmp_path, grid, lambda lab, s: {"data_pct": pct[lab][s], "acc": acc[lab][s]}) as store:
+        comps = {c["metric"]: c for c in read_table(grid, store).comparisons}
+        paths = export_grid(grid, store, tmp_path / "out")
+    d = comps["data_pct"]
+    assert d["mean_diff"] == pytest.approx(-15.0) and d["p"] is None and d["p_adj"] is None
+    assert d["note"] == "the share of data kept: reported, not tested"
+    # acc alone in its family: adjusted p is its p (2, 5, 1 percentage points)
+    assert comps["acc"]["p_adj"] == pytest.approx(comps["acc"]["p"]) == pytest.approx(
+        t2_p((8 / 3) / (math.sqrt(13 / 3) / math.sqrt(3))), rel=1e-6)
+    md = paths["table.md"].read_text()
+    assert "-15.00 (the share of data kept: reported, not tested)" in md
+    assert "Data % is the share of data kept, set by the method's design: reported, not tested." in md
+
+
+def test_the_same_count_difference_in_every_seed_is_not_t_tested_on_rounding(tmp_path):
+    rows = {"Ref": {"method": {"name": "concat"}}, "Two more": {"optim": {"lr": 0.2}},
+            "One two three": {"optim": {"lr": 0.3}}}
+    grid = _grid_of(tmp_path, rows, ["acc"])
+    counts = {"Ref": [57, 113, 140], "Two more": [59, 115, 142], "One two three": [58, 115, 143]}
+    # x100, 59/200 - 57/200 is 1.0000000000000036, 115/200 - 113/200 is 1.0: unequal in the last bit only
+    assert 59 / 200 * 100 - 57 / 200 * 100 != 115 / 200 * 100 - 113 / 200 * 100
+    with _store_of(tmp_path, grid, lambda lab, s: {"acc": counts[lab][s] / 200}, n_test=200) as store:
+        comps = {c["row"]: c for c in read_table(grid, store).comparisons}
+    same = comps["Two more"]
+    assert same["p"] is None and same["note"] == "the same difference in every seed"
+    assert same["mean_diff"] == pytest.approx(1.0)
+    # 1, 2, 3 more samples: 0.5, 1.0, 1.5 points, a real spread: mean 1, sd 0.5, t = 1 / (0.5 / sqrt 3)
+    assert comps["One two three"]["p"] == pytest.approx(t2_p(2 * math.sqrt(3)), rel=1e-6)
