@@ -78,7 +78,7 @@ ACTS_AT = {
     "cpsl": (0, None),              # aux + statistical losses and the conflict penalty (vs concat on gated)
     "mla": (0, None),               # one step per modality per batch (vs concat on the shared head)
     "mmcosine": (0, None),          # cosine logits without bias
-    "ogm_ge": (0, None),            # window [0, 50): the dominant encoder's gradient scaled, GE noise
+    "ogm_ge": (0, None),            # window 0..50, both included: the dominant encoder's gradient scaled, GE noise
     "pmr": (0, None),               # start_epoch 0: the weaker modality's prototype CE
     "warmup_objective": (0, None),  # L_f + sum_m L_m
     "dnr": (2, None),               # plain CE; the first re-initialization (every: 1) is at the start of epoch 2

@@ -185,10 +185,13 @@ def test_agm_scales_each_encoders_gradient_by_its_coefficient_and_keeps_running_
     k2 = {m: math.exp(1.5 * min(math.exp(scores[other[m]] - scores[m]) - math.exp(s2[other[m]] - s2[m]), 7.0))
           for m in MS}
     assert floats(meth.coeff) == pytest.approx(k2)
-    # outside the window the coefficients are 1
-    late = make(AGM, "agm", modulation_ends=3)
+    # outside the window (0..2, both included) the coefficients are 1; its end epoch is inside
+    late = make(AGM, "agm", modulation_ends=2)
     late.loss(late.forward(model, b), b, state(epoch=3))
     assert late.coeff == {"audio": 1.0, "visual": 1.0}
+    last = make(AGM, "agm", modulation_ends=3)
+    last.loss(last.forward(model, b), b, state(epoch=3))
+    assert last.coeff != {"audio": 1.0, "visual": 1.0}
 
 
 # ----------------------------------------------------------------------------- MLA

@@ -123,3 +123,46 @@ def test_dry_run_counts_the_warmups_shared_among_the_trials_to_run(tmp_path):
     a0 = next(t for t in grid.trials if t.label == "a0" and t.seed == 0)
     store.save_done(a0.key, {"acc": 0.5}, [], 1.0, {})     # done: seed 0's Full has no one to share with
     assert describe(grid, store).splitlines()[-1].startswith("shared warm-ups: 1 warm-up(s) for 2 of the trials")
+
+
+@pytest.fixture
+def numpy_drawing_method():
+    """gap_adaptive plus one draw from numpy's global generator per batch in both stages, which
+    scales the adaptive stage's loss: a fork that did not restore numpy's state would see other
+    draws after the switch than the trial trained alone."""
+    import numpy as np
+
+    from raygap.methods.gap_adaptive import GapAdaptive, GapAdaptiveParams
+    from raygap.registry import METHODS
+
+    @METHODS.register("test_gap_numpy", params=GapAdaptiveParams, version=1, min_modalities=2, reports=("data_pct",))
+    class GapNumpy(GapAdaptive):
+        def loss(self, out, batch, st):
+            loss, logs = super().loss(out, batch, st)
+            r = float(np.random.rand())
+            return (loss * (0.5 + r) if self.stage(st.epoch) == "adaptive" else loss), logs
+
+    yield "test_gap_numpy"
+    METHODS._entries.pop("test_gap_numpy")
+
+
+def test_a_fork_continues_numpys_generator_as_trained_alone(tmp_path, numpy_drawing_method):
+    kept = {}
+
+    def keep(record, ckpt):
+        if ckpt is not None and record["epoch"] == W - 1:
+            kept["ck"] = torch.load(ckpt / CHECKPOINT, weights_only=True)
+
+    lead = cfg(name=numpy_drawing_method)
+    run_trial(lead, checkpoint_dir=tmp_path / "leader", keep_warmup=True, report=keep)
+    assert kept["ck"]["rng_numpy"]["kind"] == "MT19937" and kept["ck"]["rng_numpy"]["keys"].shape == (624,)
+    variant = cfg(name=numpy_drawing_method, purify_tau=0.4)
+    assert variant.warmup() == lead.warmup()
+    alone = run_trial(variant, checkpoint_dir=tmp_path / "alone")
+    d = tmp_path / "fork"
+    d.mkdir()
+    torch.save(kept["ck"], d / CHECKPOINT)
+    forked = run_trial(variant, checkpoint_dir=d)
+    assert forked.info["warmup_from"] == lead.key()
+    assert strip(forked.history) == strip(alone.history)
+    assert forked.metrics == alone.metrics

@@ -21,7 +21,7 @@ others' features zeroed):
                  encoders diverge once the modalities' losses drift apart
 
 A modality doing better than its running level (r_m > r*_m) is slowed, one falling behind is sped
-up. Outside [modulation_starts, modulation_ends) the coefficients are 1 (the running means still
+up. Outside modulation_starts..modulation_ends (both included) the coefficients are 1 (the running means still
 update).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ torch = lazy("torch")
 class AGMParams(WindowParams):
     alpha: float = F(1.5, range=(0.0, 100.0), help="alpha of k = exp(alpha * (target - ratio)) (1.5 on CREMA-D)")
     clip: float = F(7.0, range=(0.0, 100.0), help="upper clip of target - ratio before the exponential (official: 7)")
-    modulation_ends: int = F(100000, range=(0, 100000), help="end of the modulation window (exclusive): every epoch")
+    modulation_ends: int = F(100000, range=(0, 100000), help="last epoch of modulation (included): every epoch")
     grad_clip: float = F(1.0, range=(0.0, 1e6),
                          help="when a fusion-head weight gradient leaves [-c, c], clip the model's gradient norm to c "
                               "(AGM training code: 1; BalanceBenchmark: 5); 0: never clip")
@@ -113,7 +113,8 @@ def clip_when_head_leaves(model, bound: float) -> torch.Tensor:
 
 # version 2: per-batch scores and coefficients as device tensors (float32 ratios): results differ in rounding
 # version 3: the gradient clip of the AGM training code (grad_clip, on by default)
-@METHODS.register("agm", params=AGMParams, version=3, min_modalities=2)
+# version 4: the window's end epoch included, as the official test (a set modulation_ends modulates one more epoch)
+@METHODS.register("agm", params=AGMParams, version=4, min_modalities=2)
 class AGM(Method):
     """CE(fused) with each modality's feature gradient scaled by its Shapley-response coefficient."""
 

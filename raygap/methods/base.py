@@ -179,20 +179,22 @@ def check_epoch_window(start_key: str, start: int, epochs: int, end_key: str | N
     if start >= epochs:
         raise ConfigError(f"{start} >= train.epochs ({epochs}): {what} would never act", key=f"method.{start_key}",
                           hint=f"set method.{start_key} below {epochs} or train more epochs")
-    if end is not None and end <= start:
-        raise ConfigError(f"the window [{start}, {end}) is empty: {what} would never act", key=f"method.{end_key}",
-                          hint=f"set method.{end_key} above {start}")
+    if end is not None and end < start:
+        raise ConfigError(f"the window {start}..{end} (both included) is empty: {what} would never act",
+                          key=f"method.{end_key}", hint=f"set method.{end_key} to {start} or more")
 
 
 @dataclass
 class WindowParams:
-    """The epochs ``[modulation_starts, modulation_ends)`` in which a gradient-modulating method
-    acts (OGM-GE, OPM&OGM, AGM): declared once, checked once (``check_window``)."""
-    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of modulation (inclusive)")
-    modulation_ends: int = F(50, range=(0, 100000), help="end of the modulation window (exclusive)")
+    """The epochs ``modulation_starts <= epoch <= modulation_ends`` (both ends included, as the
+    official OGM-GE, OPM&OGM/BML and AGM scripts test them) in which a gradient-modulating
+    method acts: declared once, checked once (``check_window``). Epochs count from 0."""
+    modulation_starts: int = F(0, range=(0, 100000), help="first epoch of modulation (included)")
+    modulation_ends: int = F(50, range=(0, 100000), help="last epoch of modulation (included, as the official "
+                                                         "scripts: 0..50 modulates 51 epochs)")
 
     def in_window(self, epoch: int) -> bool:
-        return self.modulation_starts <= epoch < self.modulation_ends
+        return self.modulation_starts <= epoch <= self.modulation_ends
 
     def check_window(self, epochs: int, what: str) -> None:
         check_epoch_window("modulation_starts", self.modulation_starts, epochs, "modulation_ends",

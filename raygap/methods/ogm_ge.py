@@ -11,7 +11,7 @@ Per batch, after the backward pass of L = CE(fused):
             = 1                             otherwise
     g       <- k_m * g + N(0, std(g))                         for the encoder parameters of m
 
-inside the epoch window [modulation_starts, modulation_ends). The helpers below are shared
+inside the epoch window modulation_starts <= epoch <= modulation_ends. The helpers below are shared
 with ``opm_ogm``. The choices argued against the official code are in docs/methods.md.
 """
 from __future__ import annotations
@@ -148,7 +148,8 @@ class OGMStats:
 # version 2: GE noise drawn on the device for every modality, times 0 where not modulated (another
 # random stream than version 1), ratios in float32
 # version 3: GE noise on both encoders by default (ge_noise_to: both), as the official code
-@METHODS.register("ogm_ge", params=OGMGEParams, version=3, min_modalities=2)
+# version 4: the window's end epoch included, as the official test (0..50: 51 epochs, was 50)
+@METHODS.register("ogm_ge", params=OGMGEParams, version=4, min_modalities=2)
 class OGMGE(Method):
     """L = CE(fused); the dominant modality's encoder gradient scaled by k, plus GE noise."""
 

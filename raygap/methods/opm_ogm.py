@@ -54,7 +54,8 @@ def drop_probabilities(ratios: dict, q_base: float, lam: float) -> dict[str, tor
 
 # version 2: the execute draw on the host, drop masks for every modality on the device (other
 # random streams than version 1), ratios in float32
-@METHODS.register("opm_ogm", params=OPMOGMParams, version=2, min_modalities=2)
+# version 3: OGM's window end epoch included, as BML's official test (train_ogm.sh's 6..60: 55 epochs)
+@METHODS.register("opm_ogm", params=OPMOGMParams, version=3, min_modalities=2)
 class OPMOGM(Method):
     """Drop the dominant modality's features at rate q (OPM) and scale its gradients by k (OGM)."""
 
