@@ -3,7 +3,7 @@ holds, and how it is read back on any device.
 
 :func:`raygap.trial.fit` writes one after an epoch: the model, optimizer, scheduler, GradScaler
 and method states, the history, the training indices (a tensor), the random states -- the CPU
-generator's (``rng_torch``) and, on a GPU, the default CUDA generator of the trial's device
+generator's (``rng_torch``), numpy's global one (``rng_numpy``, as a tensor and plain values) and, on a GPU, the default CUDA generator of the trial's device
 (``rng_cuda``: OGM-GE's GE noise and any other draw on the device without a generator of its
 own) -- the trial key, the shared warm-up key, and ``device``, the kind of device it was written
 on (``cpu`` or ``cuda``). Only tensors and plain Python values: no numpy, no other objects.
@@ -48,9 +48,23 @@ def save(obj: dict, path: Path) -> None:
 
 
 def rng_states(device: torch.device) -> dict:
-    """The states of the generators a trial draws from without a generator of its own."""
+    """The states of the generators a trial draws from without a generator of its own: torch's
+    CPU generator, the device's CUDA generator, and numpy's global one (``fit`` seeds it; no
+    built-in method draws from it, a method that does continues exactly after a resume or a
+    warm-up fork), this last as a tensor and plain values (the weights-only loader takes no numpy)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "rng_numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+
+def _set_numpy_state(state: dict | None) -> None:
+    """Back into numpy's global generator; a checkpoint written before it was kept has none
+    (numpy then goes on from the trial's seed, as those raygaps did)."""
+    if state is not None:
+        np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                             state["has_gauss"], state["gauss"]))
 
 
 def indices(train_indices: np.ndarray | torch.Tensor | None):
@@ -98,5 +112,6 @@ def restore(ck: dict, device: torch.device, *, model, optimizer, scheduler, scal
     scaler.load_state_dict(ck["scaler"])
     method.load_state_dict(ck["method"])
     torch.set_rng_state(ck["rng_torch"])
+    _set_numpy_state(ck.get("rng_numpy"))
     if device.type == "cuda":
         torch.cuda.set_rng_state(ck["rng_cuda"], device)
