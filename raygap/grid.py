@@ -117,6 +117,7 @@ class Grid:
     sets: list[str] = field(default_factory=list)       # the --set items, as given
     reference: str | None = None                        # the row the others are compared with
     paper: dict = field(default_factory=dict)           # paper_results: label -> column value -> metric -> number
+    profiles_dir: Path | None = None                    # where its profile came from (None: grids/profiles)
 
     @property
     def variant(self) -> str:
@@ -253,7 +254,8 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
                 row_labels=list(rows), columns=columns, column_labels=f.column_labels, seeds=seeds, notes=f.notes,
                 profile=profile, resources={**f.resources, **prof_resources}, sets=list(sets or []),
                 reference=f.reference,      # paper_results name the grid file's columns, not a profile's:
-                paper=check_paper_results(f.paper_results, rows, f.columns, f.metrics, file))
+                paper=check_paper_results(f.paper_results, rows, f.columns, f.metrics, file),
+                profiles_dir=Path(profiles_dir) if profiles_dir else None)
     missing: dict[str, str] = {}
     for label, over in rows.items():
         for column in grid.column_combos():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .cells import DASH, WARMUP_NOTE, metric_label
+from .comparability import against_paper, header_lines
 from .dotted import flatten
 from .render import comparison_md, md_escape, md_table
 
@@ -59,15 +60,21 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
     grid, combos, cells, comps = table.grid, table.combos, table.cells, table.comparisons
     paper = grid.paper
     col_values = [str(next(iter(c.values()))) if len(c) == 1 else None for c in combos]
-    matched = bool(paper) and grid.profile != "demo" and all(
-        v is not None and any(v in per for per in paper.values()) for v in col_values)
+    # ours beside the paper's where the columns are the paper's; "ours − paper" only where a cell's settings are
+    matched = bool(paper) and all(v is not None and any(v in per for per in paper.values()) for v in col_values)
+    comp = against_paper(grid) if paper else None
     lines = [f"{h} Reproduction report: {grid.name}" + (f" ({grid.profile} profile)" if grid.profile else ""), "",
-             grid.description, ""]
+             md_escape(grid.description), ""]
     lines.append(f"{table.done} of {len(grid.trials)} cells done; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.")
-    if not matched:
-        lines += ["", "**Not comparable with the paper**: this profile's data, model or schedule are not the paper's"
-                  + (f" (columns: {', '.join(grid.column_header(c) for c in combos)})" if combos else "")
+    if paper and not matched:
+        lines += ["", "**Not comparable with the paper**: this profile's data are not the paper's"
+                  + (f" (columns: {', '.join(md_escape(grid.column_header(c)) for c in combos)})" if combos else "")
                   + ". The paper's numbers are listed for reference only."]
+    elif comp is not None and not any(comp.matches(label, ci) for label in grid.row_labels for ci in range(len(combos))):
+        lines += ["", "**Not comparable with the paper**: no cell runs with the paper's settings (below). The paper's "
+                  "numbers stand beside ours for reference; no difference is computed."]
+    if comp is not None:
+        lines += header_lines(comp)
     lines += ["", f"{h}# Ours" + (" beside the paper" if matched else ""), ""]
     header = ["Method"]
     for c in combos:
@@ -82,7 +89,9 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
                 cell = cells[(label, ci, m)]
                 if matched:
                     p = paper.get(label, {}).get(col_values[ci], {}).get(m)
-                    diff = f"{cell.mean - p:+.2f}" if p is not None and cell.mean is not None else DASH
+                    same = comp is not None and comp.matches(label, ci)
+                    diff = (f"{cell.mean - p:+.2f}" if p is not None and cell.mean is not None and same
+                            else DASH if same or p is None else "(settings differ)")
                     r += [f"{p:.2f}" if p is not None else DASH, cell.text(), diff]
                 else:
                     r.append(cell.text())

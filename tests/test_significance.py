@@ -128,6 +128,7 @@ def _paper_grid(tmp_path):
     prof = tmp_path / "profiles"
     prof.mkdir()
     (prof / "demo.yaml").write_text(yaml.safe_dump({"columns": {"data.name": ["avdigits"]}}))
+    (prof / "paper.yaml").write_text(yaml.safe_dump({"description": "this test's paper settings: the grid's own"}))
     return tmp_path / "rep.yaml", prof
 
 
@@ -144,8 +145,8 @@ def _report(tmp_path, grid) -> str:
 
 
 def test_report_sets_ours_beside_the_papers_numbers(tmp_path):
-    path, _ = _paper_grid(tmp_path)
-    md = _report(tmp_path, load_grid(path))
+    path, prof = _paper_grid(tmp_path)
+    md = _report(tmp_path, load_grid(path, profile="paper", profiles_dir=prof))
     # Ref: ours 80.00 ± 10.00 vs the paper's 79.00 -> +1.00; B: 82.67 vs 85.50 -> -2.83
     assert "| Ref | 79.00 | 80.00 ± 10.00 (n=3) | +1.00 |" in md
     assert "| B | 85.50 | 82.67 ± 8.02 (n=3) | -2.83 |" in md
@@ -154,6 +155,23 @@ def test_report_sets_ours_beside_the_papers_numbers(tmp_path):
     assert "Shared warm-ups: 1 of the 6 done trials started from the end of a warm-up" in md
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "Reproduction report: rep" in html and "85.50" in html
+
+
+def test_report_with_set_items_lists_them_and_computes_no_difference(tmp_path):
+    path, prof = _paper_grid(tmp_path)
+    grid = load_grid(path, profile="paper", profiles_dir=prof, sets=["train.epochs=3", "model.width=8"])
+    md = _report(tmp_path, grid)
+    assert "--set in force: train.epochs=3, model.width=8." in md
+    assert "**Not comparable with the paper**: no cell runs with the paper's settings" in md
+    assert "**Settings that differ from the paper's** (2 of 2 cells;" in md
+    assert "- model.width: ours 8; the paper's 4 (raygap's reading (docs/method.md); 2 cell(s))" in md
+    assert "- train.epochs: ours 3; the paper's 2 (raygap's reading (docs/method.md); 2 cell(s))" in md
+    # the paper's number beside ours, and no "ours − paper" number
+    assert "| Ref | 79.00 | 80.00 ± 10.00 (n=3) | (settings differ) |" in md
+    assert "| B | 85.50 | 82.67 ± 8.02 (n=3) | (settings differ) |" in md
+    # the settings table marks what the paper states and what is read
+    assert "| optim.lr | 0.002 | 0.002 | stated: initial learning rate 2e-3 (Section IV-B) |" in md
+    assert "| train.epochs | 3 | 2 | raygap's reading (docs/method.md) |" in md and "method.alpha" not in md
 
 
 def test_report_of_a_demo_run_says_it_is_not_comparable(tmp_path):
