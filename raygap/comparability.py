@@ -135,3 +135,41 @@ def header_lines(c: Comparability) -> list[str]:
         lines += ["", *md_table(["setting", "ours", "the paper's", "source"],
                                 [[k, _text(o), _text(p), src] for k, (o, p, src) in c.shown.items()])]
     return lines
+
+
+def paper_conflicts(grid, siblings: list | None = None) -> list[tuple]:
+    """Where the paper contradicts itself for this grid: a cell whose trials are also a cell of
+    another grid (raygap runs a config once, so one trial stands beside both published numbers)
+    for which the paper reports another number. ``siblings``: the other grids (default: every
+    other grid file beside ``grid``'s with ``paper_results``, expanded as ``grid`` was). Returns
+    (row, column value, metric, the number here, other grid, its row, the number there), sorted."""
+    if siblings is None:
+        from .grid import load_grid
+
+        siblings = []
+        for path in sorted(grid.path.parent.glob("*.yaml")):
+            if path.resolve() == grid.path.resolve():
+                continue
+            try:
+                g = load_grid(path, profile=grid.profile, sets=grid.sets, profiles_dir=grid.profiles_dir)
+            except ConfigError:
+                continue                   # a grid that does not expand here has no cell to share
+            if g.paper:
+                siblings.append(g)
+    where: dict[str, list[tuple]] = {}
+    for g in siblings:
+        for t in g.trials:
+            if len(t.column) == 1:
+                where.setdefault(t.key, []).append((g, t.label, str(next(iter(t.column.values())))))
+    out = set()
+    for t in grid.trials:
+        if len(t.column) != 1:
+            continue
+        v = str(next(iter(t.column.values())))
+        for m in grid.metrics:
+            here = grid.paper.get(t.label, {}).get(v, {}).get(m)
+            for g, label, v2 in where.get(t.key, []):
+                there = g.paper.get(label, {}).get(v2, {}).get(m)
+                if here is not None and there is not None and here != there:
+                    out.add((t.label, v, m, here, g.name, label, there))
+    return sorted(out)

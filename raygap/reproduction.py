@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .cells import DASH, WARMUP_NOTE, metric_label
-from .comparability import against_paper, header_lines
+from .comparability import against_paper, header_lines, paper_conflicts
 from .dotted import flatten
 from .render import comparison_md, md_escape, md_table
 
@@ -104,6 +104,14 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
         pb = [[label] + [f"{per[c][m]:.2f}" if m in per.get(c, {}) else DASH for c in pcols for m in grid.metrics]
               for label, per in paper.items()]
         lines += ["", f"{h}# The paper's numbers (for reference)", "", *md_table(ph, pb)]
+    conflicts = paper_conflicts(grid) if paper and matched else []
+    if conflicts:
+        lines += ["", f"{h}# Where the paper disagrees with itself", "",
+                  "raygap runs a config once, so these cells' trials are also cells of another table, for which the "
+                  "paper reports another number; ours is the same in both:", ""]
+        lines += [md_escape(f"- {label}, {grid.column_labels.get(v, v)} {metric_label(m)}: the paper reports {here:.2f} "
+                            f"here and {there:.2f} for {other}'s {other_label!r}")
+                  for label, v, m, here, other, other_label, there in conflicts]
     if comps:
         lines += [("#" * (level - 1) + ln) if ln.startswith("## ") else ln      # one level below the title
                   for ln in comparison_md(grid, comps, "Which differences are real: paired differences vs")]

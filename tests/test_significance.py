@@ -295,3 +295,22 @@ def test_the_same_count_difference_in_every_seed_is_not_t_tested_on_rounding(tmp
     assert same["mean_diff"] == pytest.approx(1.0)
     # 1, 2, 3 more samples: 0.5, 1.0, 1.5 points, a real spread: mean 1, sd 0.5, t = 1 / (0.5 / sqrt 3)
     assert comps["One two three"]["p"] == pytest.approx(t2_p(2 * math.sqrt(3)), rel=1e-6)
+
+
+def test_the_report_notes_where_the_paper_disagrees_with_itself():
+    """Table III's Full Model on Kinetics-Sounds is the same trial as Table VI's rho = 0.95 (both
+    are the paper's default config): the paper prints 72.61 in Table III and 72.42 in Table VI."""
+    from pathlib import Path
+
+    from raygap.comparability import paper_conflicts
+
+    grids = Path(__file__).resolve().parent.parent / "grids"
+    t3 = load_grid(grids / "table3.yaml", profile="paper")
+    found = paper_conflicts(t3)
+    assert ("Ours (Full Model)", "ks", "acc", 72.61, "table6", "rho=0.95", 72.42) in found
+    assert all(here != there for _, _, _, here, _, _, there in found)
+    # Table V's GMM(KL) is Table II's Ours (KL Gap): three datasets, three pairs of numbers
+    t5 = load_grid(grids / "table5.yaml", profile="paper")
+    kl = {(v, here, there) for label, v, _, here, other, olabel, there in paper_conflicts(t5)
+          if label == "GMM(KL)" and other == "table2" and olabel == "Ours (KL Gap)"}
+    assert kl == {("cremad", 78.63, 79.84), ("ave", 69.15, 69.65), ("ks", 71.83, 72.26)}
