@@ -11,7 +11,7 @@ from raygap.config import resolve
 from raygap.errors import ConfigError
 from raygap.methods.agm import AGM, agm_coefficients, clip_when_head_leaves, response_scores, score_ratios, shapley_responses
 from raygap.methods.base import MethodContext, TrainState
-from raygap.methods.mla import MLA, entropy_weights, update_projector
+from raygap.methods.mla import MLA, batch_entropy_weights, entropy_weights, update_projector
 from raygap.methods.mmcosine import MMCosine, cosine_logits
 from raygap.models.fusion import ConcatFusion, SharedHead
 from raygap.models.net import ModelOutput
@@ -215,6 +215,18 @@ def test_entropy_weights_by_hand():
     assert w["visual"].item() == pytest.approx(1 - 0.5326555, abs=1e-6)
 
 
+def test_batch_entropy_weights_of_the_official_code_by_hand():
+    # audio logits [[0, 0], [ln 3, 0]]: softmax over the batch (dim 0) per class: (1/4, 3/4) and (1/2, 1/2),
+    # e_a = -(1/4 ln 1/4 + 3/4 ln 3/4) + ln 2 = 0.5623351 + 0.6931472 = 1.2554823; visual all 0: e_v = 2 ln 2
+    # lambda_a = exp(e_v - e_a) / (exp(e_v - e_a) + 1) = exp(0.1308121) / 2.1397491 = 0.5326555, for both samples
+    w = batch_entropy_weights({"audio": torch.tensor([[0.0, 0.0], [LN3, 0.0]]), "visual": torch.zeros(2, 2)})
+    assert w["audio"].tolist() == pytest.approx([0.5326555, 0.5326555], abs=1e-6)
+    assert w["visual"].tolist() == pytest.approx([1 - 0.5326555] * 2, abs=1e-6)
+    # the per-sample form gives the two samples different weights: 1/2 (both uniform) and 0.5326555
+    per = entropy_weights({"audio": torch.tensor([[0.0, 0.0], [LN3, 0.0]]), "visual": torch.zeros(2, 2)})
+    assert per["audio"].tolist() == pytest.approx([0.5, 0.5326555], abs=1e-6)
+
+
 def test_mla_alternates_and_its_head_step_is_orthogonal_to_the_other_modality():
     model = Tiny(SharedHead)
     meth = make(MLA, "mla", gamma=1e-9, project=True)
@@ -262,6 +274,11 @@ def test_mla_prediction_is_entropy_weighted():
     lam = entropy_weights(out.logits)
     assert torch.allclose(out.fused, lam["audio"][:, None] * out.logits["audio"]
                           + lam["visual"][:, None] * out.logits["visual"])
+    official = make(MLA, "mla", fusion_test="entropy_batch").predict(model, b)
+    lam = batch_entropy_weights(official.logits)
+    assert torch.allclose(official.fused, lam["audio"][:, None] * official.logits["audio"]
+                          + lam["visual"][:, None] * official.logits["visual"])
+    assert not torch.allclose(official.fused, out.fused)
     mean = make(MLA, "mla", fusion_test="mean").predict(model, b)
     assert torch.allclose(mean.fused, (mean.logits["audio"] + mean.logits["visual"]) / 2)
 

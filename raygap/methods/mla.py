@@ -18,7 +18,8 @@ leaves the head's outputs on those directions unchanged.
 
 Test-time fusion, per sample: the entropy e_m = -sum_k p_mk log p_mk of softmax(logits_m), weights
 lambda_m = exp(max_j e_j - e_m) / sum_l exp(max_j e_j - e_l), fused = sum_m lambda_m logits_m
-(the more confident modality counts more).
+(the more confident modality counts more). ``fusion_test: entropy_batch`` is the official code's
+``--dynamic`` form instead (one weight per modality per batch, see :func:`batch_entropy_weights`).
 """
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ class MLAParams:
     project: bool = F(False, help="orthogonal projection of the shared head's weight gradient (the paper's; "
                                   "the official code's projection never fires, so its published numbers are "
                                   "plain alternation: off by default)")
-    fusion_test: str = F("entropy", choices=["entropy", "mean"],
-                         help="test-time fusion: entropy-weighted logits (paper) or their plain mean")
+    fusion_test: str = F("entropy", choices=["entropy", "entropy_batch", "mean"],
+                         help="test-time fusion: entropy-weighted logits per sample (the paper's), one weight per "
+                              "modality per batch from the entropy of a softmax over the batch dimension (the "
+                              "official code's --dynamic; depends on train.eval_batch_size), or their plain mean "
+                              "(the official code without --dynamic)")
 
 
 def update_projector(P: torch.Tensor, x: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -60,6 +64,23 @@ def entropy_weights(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     w = torch.exp(e.max(1, keepdim=True).values - e)
     w = w / w.sum(1, keepdim=True)
     return {m: w[:, i] for i, m in enumerate(ms)}
+
+
+def batch_entropy_weights(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official code's ``--dynamic`` weighting: per modality one entropy over the whole batch,
+    e_m = -sum_{i,k} q_mik log q_mik with q_m = softmax(logits_m) over the batch dimension (dim 0),
+    and lambda_m = exp(max_j e_j - e_m) / sum_l exp(max_j e_j - e_l), the same for every sample
+    of the batch (returned per sample, shape (B,))."""
+    ms = list(logits)
+    ent = []
+    for m in ms:
+        logq = torch.log_softmax(logits[m].float(), dim=0)
+        ent.append(-(logq.exp() * logq).sum())
+    e = torch.stack(ent)                                               # (M,)
+    w = torch.exp(e.max() - e)
+    w = w / w.sum()
+    n = next(iter(logits.values())).shape[0]
+    return {m: w[i].expand(n) for i, m in enumerate(ms)}
 
 
 # version 2: no projection by default (project: false), as the official code runs
@@ -111,8 +132,8 @@ class MLA(Method):
 
     def predict(self, model, batch) -> ModelOutput:
         out = model(batch)
-        if self.p.fusion_test == "entropy":
-            lam = entropy_weights(out.logits)
+        if self.p.fusion_test != "mean":
+            lam = (entropy_weights if self.p.fusion_test == "entropy" else batch_entropy_weights)(out.logits)
             out.fused = sum(lam[m][:, None].to(out.logits[m].dtype) * out.logits[m] for m in out.logits)
         return out
 
