@@ -85,6 +85,7 @@ from .dotted import deep_merge, flatten, get_dotted, parse_set, set_dotted
 from .errors import ConfigError, nearest
 from .gridfile import MAX_CELLS, NO_PROFILE, check_paper_results, check_seeds, load_profile, read_grid_file
 from .metrics import metric_names
+from .plugins import load_plugins
 from .registry import METHODS
 
 
@@ -221,10 +222,8 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
 
 def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_missing: bool,
             profiles_dir: Path | str | None) -> Grid:
-    from .plugins import load_all
-
-    load_all()
     f = read_grid_file(path)
+    load_plugins(f.plugins, f.file)             # (the built-ins and installed plug-ins first)
     file, rows, columns, seeds = f.file, f.rows, f.columns, f.seeds
     prof = load_profile(profile, profiles_dir) if profile else {}
     pfile = prof.get("_path")

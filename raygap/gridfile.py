@@ -20,10 +20,11 @@ from typing import Any
 
 from .dotted import set_dotted
 from .errors import ConfigError, nearest
+from .plugins import KEY as PLUGINS_KEY, plugin_list
 from .safe_yaml import read_yaml
 
 # the keys a grid file and a profile may hold (their formats: the docstring of raygap.grid)
-GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
+GRID_KEYS = ["name", "description", "plugins", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
              "column_labels", "notes"]
 PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
 ROW_NOTE = "note"
@@ -195,6 +196,7 @@ class GridFile:
     resources: dict
     column_labels: dict
     paper_results: Any                                 # unchecked: check_paper_results, once the cells are counted
+    plugins: list[str]                                 # module names or .py files (relative to the file), not loaded
 
 
 def read_grid_file(path: str | Path) -> GridFile:
@@ -255,4 +257,5 @@ def read_grid_file(path: str | Path) -> GridFile:
     return GridFile(file=file, name=name, description=description, base=base, base_by=base_by, rows=rows,
                     row_by=row_by, notes=notes, reference=None if reference is None else str(reference),
                     columns=columns, seeds=seeds, metrics=metrics, resources=grid_resources,
-                    column_labels=column_labels, paper_results=doc.get("paper_results"))
+                    column_labels=column_labels, paper_results=doc.get("paper_results"),
+                    plugins=plugin_list(doc.get(PLUGINS_KEY), file))
