@@ -118,6 +118,7 @@ class Grid:
     sets: list[str] = field(default_factory=list)       # the --set items, as given
     reference: str | None = None                        # the row the others are compared with
     paper: dict = field(default_factory=dict)           # paper_results: label -> column value -> metric -> number
+    profile_note: str | None = None                     # the profile is raygap's own, the grid's folder has none
 
     @property
     def variant(self) -> str:
@@ -225,7 +226,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     f = read_grid_file(path)
     load_plugins(f.plugins, f.file)             # (the built-ins and installed plug-ins first)
     file, rows, columns, seeds = f.file, f.rows, f.columns, f.seeds
-    prof = load_profile(profile, profiles_dir) if profile else {}
+    prof = load_profile(profile, profiles_dir, Path(file).parent) if profile else {}
     pfile = prof.get("_path")
     if prof:
         columns = prof.get("columns", columns)
@@ -251,7 +252,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     grid = Grid(name=f.name, description=f.description, path=Path(path), metrics=[str(m) for m in f.metrics],
                 row_labels=list(rows), columns=columns, column_labels=f.column_labels, seeds=seeds, notes=f.notes,
                 profile=profile, resources={**f.resources, **prof_resources}, sets=list(sets or []),
-                reference=f.reference,      # paper_results name the grid file's columns, not a profile's:
+                reference=f.reference, profile_note=prof.get("_note"),   # paper_results name the grid file's columns, not a profile's:
                 paper=check_paper_results(f.paper_results, rows, f.columns, f.metrics, file))
     missing: dict[str, str] = {}
     for label, over in rows.items():

@@ -7,6 +7,7 @@ import os
 
 from .datasets import cmd_cache, cmd_prepare
 from .grids import RESULTS
+from .init import cmd_init
 from .info import REGISTRIES, cmd_list, version_line
 from .pull import cmd_pull
 from .results import cmd_export, cmd_report, cmd_status
@@ -138,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("files", nargs="*", metavar="FILE",
                     help="grid or trial config files: the plug-ins their `plugins:` name are listed too")
     ls.set_defaults(func=cmd_list)
+
+    it = sub.add_parser("init", help="write a project of one's own into DIR: a method and a dataset as plug-in "
+                                     "files, a grid beside raygap's baselines, a profile, a README and a test")
+    it.add_argument("dir", metavar="DIR", help="a new or empty folder")
+    it.set_defaults(func=cmd_init)
 
     ca = sub.add_parser("cache", help="decode a prepared dataset into the tensor cache (data.pipeline: cache)")
     ca.add_argument("dataset")
