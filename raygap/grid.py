@@ -7,6 +7,10 @@ Grid file (``grids/*.yaml``)
                   ``-``, starting with a letter or digit; not ``ray`` or ``train`` (folders
                   raygap uses) and not the name of a file in the results folder
 ``description``   free text, printed in the exported tables
+``plugins``       optional: plug-ins imported before anything is validated, each a module
+                  name (importable on every node) or a ``.py`` file relative to this file
+                  (shipped to every Ray node): ``[../my_method.py, mypkg.plugin]``
+                  (:mod:`raygap.plugins`; ``raygap init`` writes a project that uses it)
 ``base``          a trial config shared by every trial
 ``base_by``       optional: ``{dotted key: {value: overrides}}`` -- part of the base, applied
                   to the trials whose resolved key has that value (like a profile's
@@ -37,7 +41,8 @@ Grid file (``grids/*.yaml``)
                   value}}}`` in the table's units (percent as printed); ``raygap report``
                   sets ours beside them. Labels, column values and metrics must be the grid's
 
-Profiles (``grids/profiles/NAME.yaml``) overlay any grid:
+Profiles (``profiles/NAME.yaml`` beside the grid file, else raygap's own
+``grids/profiles/NAME.yaml``: said when the grid's ``profiles/`` lacks it) overlay any grid:
 ``description``; ``overlay`` (merged onto every trial); ``overlay_by``
 (``{dotted key: {value: overrides}}``: applied to the trials whose resolved value of that
 key -- defaults included -- equals ``value``; needed because method- and dataset-specific
