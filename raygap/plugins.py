@@ -32,11 +32,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .errors import ConfigError, nearest
-from .registry import Clash, registering_from
+from .registry import BACKBONES, DATASETS, FUSIONS, METHODS, MIXTURES, Clash, registering_from
 
 GROUP = "raygap.plugins"          # the entry-point group of installed plug-ins
 ENV = "RAYGAP_PLUGINS"            # in a Ray worker: the driver's plug-in modules, comma-separated
 KEY = "plugins"                   # the key of a grid file or a trial config file
+
+REGISTRIES = (METHODS, DATASETS, MIXTURES, BACKBONES, FUSIONS)
 
 _loaded = False
 _files: dict[str, str] = {}       # module name -> the file plug-in imported as it (absolute path)
@@ -130,23 +132,33 @@ def _import_module(name: str, origin: str, file: str | None) -> None:
 
 
 def _run_import(run, origin: str, shown: str, file: str | None, path: Path | None = None) -> None:
-    """``run()`` (an import) with its registrations from ``origin``; any failure one line."""
+    """``run()`` (an import) with its registrations from ``origin``; any failure one line, and
+    what the plug-in had registered before it failed is taken back."""
+    before = {reg: set(reg._entries) for reg in REGISTRIES}
     try:
         with registering_from(origin):
             run()
-    except Clash as e:
-        raise ConfigError(str(e), file=file, key=KEY if file else None,
-                          hint=f"rename the {e.kind} in the plug-in") from None
-    except KeyboardInterrupt:
-        raise
     except BaseException as e:  # noqa: BLE001 -- a plug-in's own error, reported in one line
-        what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-        where = ""
-        if path is not None and not isinstance(e, SyntaxError):
-            lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == path]
-            where = f" (line {lines[-1]})" if lines else ""
-        raise ConfigError(f"{shown}: the plug-in failed to import{where}: {what}", file=file,
-                          key=KEY if file else None) from None
+        for reg, names in before.items():
+            for name in set(reg._entries) - names:
+                del reg._entries[name]
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise _one_line(e, shown, file, path) from None
+
+
+def _one_line(e: BaseException, shown: str, file: str | None, path: Path | None) -> ConfigError:
+    """What importing a plug-in raised, as one ConfigError line (a clash names both origins; any
+    other error its type, first line and, for a plug-in file, the file's line it came from)."""
+    key = KEY if file else None
+    if isinstance(e, Clash):
+        return ConfigError(str(e), file=file, key=key, hint=f"rename the {e.kind} in the plug-in")
+    what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    where = ""
+    if path is not None and not isinstance(e, SyntaxError):
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == path]
+        where = f" (line {lines[-1]})" if lines else ""
+    return ConfigError(f"{shown}: the plug-in failed to import{where}: {what}", file=file, key=key)
 
 
 def worker_env() -> dict:

@@ -61,8 +61,9 @@ BASE = {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4}
 
 
 @pytest.fixture
-def isolated():
-    """Every registration and plug-in import of the test undone afterwards (the built-ins loaded before)."""
+def isolated(tmp_path):
+    """Every registration and plug-in import of the test undone afterwards (the built-ins loaded
+    before; of the modules imported meanwhile only the test's own files are dropped)."""
     plugins.load_all()
     regs = {r: dict(r._entries) for r in (METHODS, DATASETS, MIXTURES, BACKBONES, FUSIONS)}
     files, modules, mods = dict(plugins._files), list(plugins._modules), set(sys.modules)
@@ -73,7 +74,8 @@ def isolated():
     plugins._files.update(files)
     plugins._modules[:] = modules
     for m in set(sys.modules) - mods:
-        del sys.modules[m]
+        if str(getattr(sys.modules[m], "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[m]
 
 
 def grid_file(folder: Path, rows: dict, plugin_list: list, name: str = "mine", **extra) -> Path:
@@ -130,7 +132,7 @@ def test_clashes_and_broken_plugins_are_one_line_naming_the_files(tmp_path, isol
     (tmp_path / "b.py").write_text(METHOD.format(name="twin", version=1))
     (tmp_path / "c.py").write_text(METHOD.format(name="concat", version=1))
     (tmp_path / "syntax.py").write_text("def broken(:\n    pass\n")
-    (tmp_path / "missing.py").write_text("import os\n\nimport not_a_module_anywhere_26\n")
+    (tmp_path / "missing.py").write_text(METHOD.format(name="half", version=1) + "import not_a_module_anywhere_26\n")
     rows = {"A": {}}
     a, b, c = (str((tmp_path / f"{n}.py").resolve()) for n in "abc")
     with pytest.raises(ConfigError) as e:
@@ -148,8 +150,8 @@ def test_clashes_and_broken_plugins_are_one_line_naming_the_files(tmp_path, isol
     with pytest.raises(ConfigError) as e:
         load_grid(grid_file(tmp_path, rows, ["missing.py"], "imp"))
     assert e.value.line() == (f"{tmp_path / 'imp.yaml'}: plugins: {tmp_path / 'missing.py'}: the plug-in failed to "
-                              "import (line 3): ModuleNotFoundError: No module named 'not_a_module_anywhere_26'")
-    assert "missing" not in sys.modules          # a failed import leaves no half module behind
+                              "import (line 11): ModuleNotFoundError: No module named 'not_a_module_anywhere_26'")
+    assert "missing" not in sys.modules and "half" not in METHODS     # a failed import leaves nothing behind
     with pytest.raises(ConfigError, match=r"plugins: mising\.py: no such file .*\(nearest: 'missing\.py'\)"):
         load_grid(grid_file(tmp_path, rows, ["mising.py"], "typo"))
     with pytest.raises(ConfigError, match="plugins: expected a list of module names or .py files"):
@@ -245,3 +247,10 @@ def test_file_digest_follows_the_file(tmp_path):
     p = tmp_path / "x.py"
     p.write_text("a = 1\n")
     assert _file_digest(str(p)) == hashlib.sha256(b"a = 1\n").hexdigest()[:12]
+
+
+def test_a_plugin_that_imports_torch_at_its_top_still_works(tmp_path, isolated):
+    (tmp_path / "heavy.py").write_text("import torch\n\n" + METHOD.format(name="heavy", version=1).replace(
+        '    tasks = ("classification",)', '    tasks = ("classification",)\n    scale = torch.tensor(2.0)'))
+    grid = load_grid(grid_file(tmp_path, {"H": {"method": {"name": "heavy"}}}, ["heavy.py"]))
+    assert grid.trials[0].config.method.name == "heavy" and float(METHODS.get("heavy").obj.scale) == 2.0
