@@ -34,6 +34,7 @@ from .data.base import DataCommon
 from .dotted import flatten, get_dotted, parse_set, set_dotted
 from .errors import ConfigError, nearest
 from .params import F
+from .plugins import KEY as PLUGINS_KEY, load_all, load_plugins, plugin_list
 from .registry import BACKBONES, DATASETS, FUSIONS, METHODS
 from .safe_yaml import read_yaml
 from .validate import coerce, field_default, plugin_params, validate_params
@@ -227,8 +228,6 @@ def epochs_not_trained_again(groups: dict[tuple[str, int], list]) -> int:
 
 def resolve(raw: dict | None) -> TrialConfig:
     """Validate a raw nested mapping and fill every default."""
-    from .plugins import load_all
-
     load_all()
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -355,9 +354,11 @@ def _cross_checks(c: dict) -> None:
 
 
 def load_config(path: str | Path, sets: list[str] | None = None) -> TrialConfig:
+    """A trial config file (with ``--set`` items); its ``plugins:`` are imported first."""
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError("a trial config must be a mapping", file=str(path))
+    load_plugins(plugin_list(raw.pop(PLUGINS_KEY, None), str(path)), str(path))
     try:
         for k, v in parse_set(sets):
             set_dotted(raw, k, v)

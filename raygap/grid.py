@@ -7,6 +7,10 @@ Grid file (``grids/*.yaml``)
                   ``-``, starting with a letter or digit; not ``ray`` or ``train`` (folders
                   raygap uses) and not the name of a file in the results folder
 ``description``   free text, printed in the exported tables
+``plugins``       optional: plug-ins imported before anything is validated, each a module
+                  name (importable on every node) or a ``.py`` file relative to this file
+                  (shipped to every Ray node): ``[../my_method.py, mypkg.plugin]``
+                  (:mod:`raygap.plugins`; ``raygap init`` writes a project that uses it)
 ``base``          a trial config shared by every trial
 ``base_by``       optional: ``{dotted key: {value: overrides}}`` -- part of the base, applied
                   to the trials whose resolved key has that value (like a profile's
@@ -37,7 +41,8 @@ Grid file (``grids/*.yaml``)
                   value}}}`` in the table's units (percent as printed); ``raygap report``
                   sets ours beside them. Labels, column values and metrics must be the grid's
 
-Profiles (``grids/profiles/NAME.yaml``) overlay any grid:
+Profiles (``profiles/NAME.yaml`` beside the grid file, else raygap's own
+``grids/profiles/NAME.yaml``: said when the grid's ``profiles/`` lacks it) overlay any grid:
 ``description``; ``overlay`` (merged onto every trial); ``overlay_by``
 (``{dotted key: {value: overrides}}``: applied to the trials whose resolved value of that
 key -- defaults included -- equals ``value``; needed because method- and dataset-specific
@@ -85,6 +90,7 @@ from .dotted import deep_merge, flatten, get_dotted, parse_set, set_dotted
 from .errors import ConfigError, nearest
 from .gridfile import MAX_CELLS, NO_PROFILE, check_paper_results, check_seeds, load_profile, read_grid_file
 from .metrics import metric_names
+from .plugins import load_plugins
 from .registry import METHODS
 
 
@@ -117,7 +123,8 @@ class Grid:
     sets: list[str] = field(default_factory=list)       # the --set items, as given
     reference: str | None = None                        # the row the others are compared with
     paper: dict = field(default_factory=dict)           # paper_results: label -> column value -> metric -> number
-    profiles_dir: Path | None = None                    # where its profile came from (None: grids/profiles)
+    profiles_dir: Path | None = None                    # the profiles folder it was expanded with (None: the default)
+    profile_note: str | None = None                     # the profile is raygap's own, the grid's folder has none
 
     @property
     def variant(self) -> str:
@@ -222,12 +229,10 @@ def load_grid(path: str | Path, profile: str | None = None, sets: list[str] | No
 
 def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_missing: bool,
             profiles_dir: Path | str | None) -> Grid:
-    from .plugins import load_all
-
-    load_all()
     f = read_grid_file(path)
+    load_plugins(f.plugins, f.file)             # (the built-ins and installed plug-ins first)
     file, rows, columns, seeds = f.file, f.rows, f.columns, f.seeds
-    prof = load_profile(profile, profiles_dir) if profile else {}
+    prof = load_profile(profile, profiles_dir, Path(file).parent) if profile else {}
     pfile = prof.get("_path")
     if prof:
         columns = prof.get("columns", columns)
@@ -253,7 +258,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     grid = Grid(name=f.name, description=f.description, path=Path(path), metrics=[str(m) for m in f.metrics],
                 row_labels=list(rows), columns=columns, column_labels=f.column_labels, seeds=seeds, notes=f.notes,
                 profile=profile, resources={**f.resources, **prof_resources}, sets=list(sets or []),
-                reference=f.reference,      # paper_results name the grid file's columns, not a profile's:
+                reference=f.reference, profile_note=prof.get("_note"),   # paper_results name the grid file's columns, not a profile's:
                 paper=check_paper_results(f.paper_results, rows, f.columns, f.metrics, file),
                 profiles_dir=Path(profiles_dir) if profiles_dir else None)
     missing: dict[str, str] = {}

@@ -20,10 +20,11 @@ from typing import Any
 
 from .dotted import set_dotted
 from .errors import ConfigError, nearest
+from .plugins import KEY as PLUGINS_KEY, plugin_list
 from .safe_yaml import read_yaml
 
 # the keys a grid file and a profile may hold (their formats: the docstring of raygap.grid)
-GRID_KEYS = ["name", "description", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
+GRID_KEYS = ["name", "description", "plugins", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
              "column_labels", "notes"]
 PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
 ROW_NOTE = "note"
@@ -100,15 +101,32 @@ def _check_columns(columns: dict, file: str, what: str = "columns") -> dict[str,
     return out
 
 
-def load_profile(name: str, profiles_dir: Path | str | None = None) -> dict:
-    """Read and check ``profiles_dir/NAME.yaml`` (default ``grids/profiles``)."""
-    d = Path(profiles_dir or PROFILES_DIR)
+def profile_path(name: str, grid_dir: Path | str | None = None,
+                 profiles_dir: Path | str | None = None) -> tuple[Path, str | None]:
+    """Where profile ``name`` is read from, and a note when it is raygap's own although the grid
+    is elsewhere: ``profiles_dir/NAME.yaml`` when given; else the grid's own
+    ``profiles/NAME.yaml`` (``grids/profiles`` beside ``grids/mine.yaml`` in a project of one's
+    own), falling back to raygap's :data:`PROFILES_DIR` (noted when the grid's folder has a
+    ``profiles/`` without it). None of them holding it is one line listing the profiles there are."""
     check_name(name, "profile", None, "--profile")
-    path = d / f"{name}.yaml"
-    if not path.exists():
-        have = sorted(p.stem for p in d.glob("*.yaml"))
-        raise ConfigError(f"no profile {name!r}", file=str(path), key="--profile",
-                          hint=f"choices: {', '.join(have)}; nearest: {nearest(name, have)!r}" if have else None)
+    dirs = [Path(profiles_dir)] if profiles_dir else \
+        [*([Path(grid_dir) / "profiles"] if grid_dir and (Path(grid_dir) / "profiles").resolve() != PROFILES_DIR
+           else []), PROFILES_DIR]
+    for i, d in enumerate(dirs):
+        path = d / f"{name}.yaml"
+        if path.exists():
+            note = None if i == 0 or not dirs[0].is_dir() else \
+                f"profile {name}: raygap's own ({path}); {dirs[0]} has no {name}.yaml"
+            return path, note
+    have = sorted({p.stem for d in dirs for p in d.glob("*.yaml")})
+    raise ConfigError(f"no profile {name!r} in {' or '.join(str(d) for d in dirs)}", file=str(dirs[0] / f"{name}.yaml"),
+                      key="--profile", hint=f"choices: {', '.join(have)}; nearest: {nearest(name, have)!r}" if have else None)
+
+
+def load_profile(name: str, profiles_dir: Path | str | None = None, grid_dir: Path | str | None = None) -> dict:
+    """Read and check the profile :func:`profile_path` finds (default ``grids/profiles``);
+    ``_note`` says when it is raygap's own though the grid has a folder of its own."""
+    path, note = profile_path(name, grid_dir, profiles_dir)
     file = str(path)
     doc = read_yaml(path)
     doc = {} if doc is None else doc
@@ -118,7 +136,7 @@ def load_profile(name: str, profiles_dir: Path | str | None = None) -> dict:
         if k not in PROFILE_KEYS:
             raise ConfigError("unknown key", file=file, key=str(k),
                               hint=f"nearest valid key: {nearest(k, PROFILE_KEYS)}")
-    out = {"_path": file, "description": str(doc.get("description") or "")}
+    out = {"_path": file, "_note": note, "description": str(doc.get("description") or "")}
     out["overlay"] = _mapping(doc.get("overlay"), "overlay", file)
     out["overlay_by"] = _by_value(doc.get("overlay_by"), "overlay_by", file)
     if doc.get("columns") is not None:
@@ -195,6 +213,7 @@ class GridFile:
     resources: dict
     column_labels: dict
     paper_results: Any                                 # unchecked: check_paper_results, once the cells are counted
+    plugins: list[str]                                 # module names or .py files (relative to the file), not loaded
 
 
 def read_grid_file(path: str | Path) -> GridFile:
@@ -255,4 +274,5 @@ def read_grid_file(path: str | Path) -> GridFile:
     return GridFile(file=file, name=name, description=description, base=base, base_by=base_by, rows=rows,
                     row_by=row_by, notes=notes, reference=None if reference is None else str(reference),
                     columns=columns, seeds=seeds, metrics=metrics, resources=grid_resources,
-                    column_labels=column_labels, paper_results=doc.get("paper_results"))
+                    column_labels=column_labels, paper_results=doc.get("paper_results"),
+                    plugins=plugin_list(doc.get(PLUGINS_KEY), file))

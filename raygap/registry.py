@@ -9,6 +9,10 @@ modules cannot be imported cheaply (the encoders and fusion heads are ``nn.Modul
 importing them imports torch): the name and its meta are known at once, so configs are
 validated without torch, and ``module`` is imported -- registering the name for real -- when
 the entry's ``obj`` is first used.
+
+Every entry records where it comes from (``Entry.origin``, shown by ``raygap list``): a
+built-in module, or the plug-in being imported (:func:`registering_from`, set by
+:mod:`raygap.plugins`). A name registered twice is a :class:`Clash` naming both origins.
 """
 from __future__ import annotations
 
@@ -16,7 +20,34 @@ import difflib
 import functools
 import hashlib
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
+
+_ORIGINS: list[str] = []          # the plug-in being imported now (innermost last)
+
+
+@contextmanager
+def registering_from(origin: str) -> Iterator[None]:
+    """Entries registered or declared inside this block come from ``origin`` (a plug-in:
+    ``file /path/x.py``, ``entry point dist 1.0 (module)``, ``module name``)."""
+    _ORIGINS.append(origin)
+    try:
+        yield
+    finally:
+        _ORIGINS.pop()
+
+
+def _origin(module: str) -> str:
+    return _ORIGINS[-1] if _ORIGINS else f"built-in {module}"
+
+
+class Clash(ValueError):
+    """A name registered twice: one line naming the kind, the name and both origins."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str):
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+        super().__init__(f"{kind} {name!r} is registered by {second} and already by {first}")
 
 
 class Entry:
@@ -25,10 +56,11 @@ class Entry:
     entry imports its ``module`` on the first read of ``obj`` or ``doc``."""
 
     def __init__(self, name: str, obj: Any = None, params: type | None = None, doc: str = "",
-                 meta: dict | None = None, module: str | None = None):
+                 meta: dict | None = None, module: str | None = None, origin: str = ""):
         self.name, self._obj, self.params, self._doc = name, obj, params, doc
         self.meta = dict(meta or {})
         self.module = module          # declared, registered when this module is imported
+        self.origin = origin          # where it comes from: "built-in raygap.methods.concat", "file /x/m.py", ...
 
     def _load(self) -> None:
         if self._obj is None and self.module is not None:
@@ -65,18 +97,20 @@ class Registry:
                                      f"{obj.__module__} registers it with {meta}" + (" and params" if params else ""))
                 have._obj, have._doc = obj, doc
                 return obj
+            origin = _origin(obj.__module__)
             if have is not None:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = Entry(name, obj, params, doc, meta)
+                raise Clash(self.kind, name, have.origin, origin)
+            self._entries[name] = Entry(name, obj, params, doc, meta, origin=origin)
             return obj
         return deco
 
     def declare(self, name: str, module: str, **meta) -> None:
         """``name`` (with ``meta``) is registered by ``module``, imported when the entry's code is
         first used (see the module doc)."""
+        origin = _origin(module)
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} registered twice")
-        self._entries[name] = Entry(name, meta=meta, module=module)
+            raise Clash(self.kind, name, self._entries[name].origin, origin)
+        self._entries[name] = Entry(name, meta=meta, module=module, origin=origin)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

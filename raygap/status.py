@@ -35,8 +35,9 @@ def stale_lines(stale: dict[str, list[str]]) -> list[str]:
         entry = METHODS.get(name)
         try:
             path = Path(inspect.getsourcefile(entry.obj) or "?")
-            shown = path.relative_to(Path(__file__).resolve().parent.parent) if path.is_absolute() else path
-        except (TypeError, ValueError):
+            inside = path.is_absolute() and path.is_relative_to(Path(__file__).resolve().parent.parent)
+            shown = path.relative_to(Path(__file__).resolve().parent.parent) if inside else path  # (a plug-in's: whole)
+        except TypeError:
             shown = "its file"
         lines.append(f"warning: {len(keys)} stored trial(s) of method {name} ran with other code ({shown} changed "
                      f"since; version {entry.meta.get('version', 1)} unchanged): their results are reused as "

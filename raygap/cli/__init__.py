@@ -6,8 +6,8 @@ Exit codes: 0 done; 1 a trial failed (one summary line says which and why);
 
 One module a job: ``parser`` (every verb's arguments), ``train`` (``raygap train``), ``grids``
 (what the grid verbs share), ``run`` (``raygap run``), ``results`` (``status``, ``export``,
-``report``), ``pull`` (``raygap pull``), ``datasets`` (``prepare``, ``cache``) and ``info`` (``list``,
-``--version``).
+``report``), ``pull`` (``raygap pull``), ``datasets`` (``prepare``, ``cache``), ``init`` (``raygap
+init``) and ``info`` (``list``, ``--version``).
 """
 from __future__ import annotations
 

@@ -43,12 +43,21 @@ def per_grid(args) -> list:
     return out
 
 
+_NOTED: set[str] = set()
+
+
 def grid_of(args, profile=None, sets=None, use_args=True):
+    """The grid the command names, expanded; a profile that is raygap's own while the grid's
+    folder has a ``profiles/`` of its own without it is said on stderr (once)."""
     from ..grid import load_grid
 
-    return load_grid(args.grid, profile=getattr(args, "profile", None) if use_args else profile,
+    grid = load_grid(args.grid, profile=getattr(args, "profile", None) if use_args else profile,
                      sets=getattr(args, "set", None) if use_args else sets,
                      skip_missing=getattr(args, "skip_missing", False))
+    if grid.profile_note and grid.profile_note not in _NOTED:
+        _NOTED.add(grid.profile_note)
+        print(f"raygap: {grid.profile_note}", file=sys.stderr)
+    return grid
 
 
 def grid_for_reading(args):

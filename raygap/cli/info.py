@@ -1,5 +1,7 @@
-"""What raygap ships and runs with: ``raygap list methods|datasets|mixtures|grids|profiles`` (one
-line each: name and description) and the ``--version`` line."""
+"""What raygap ships and runs with: ``raygap list methods|datasets|mixtures|backbones|fusions|grids|
+profiles`` (one line each: name, description and, for a registry entry, where it comes from: a
+built-in module, an installed plug-in's entry point or a plug-in file that the grid or config
+files given name in ``plugins:``) and the ``--version`` line."""
 from __future__ import annotations
 
 import os
@@ -38,14 +40,28 @@ def _summary(text: str, limit: int = 110, sentence: bool = True) -> str:
     return out if len(out) <= limit else out[:limit - 1].rstrip() + "…"
 
 
-def cmd_list(args) -> int:
-    """One line per method, dataset, mixture, grid or profile: name and description."""
-    rows: list[tuple[str, str]] = []
-    if args.what in ("methods", "datasets", "mixtures"):
-        from .. import data, methods, mixtures  # noqa: F401  (register every plug-in)
-        from ..registry import DATASETS, METHODS, MIXTURES
+REGISTRIES = ("methods", "datasets", "mixtures", "backbones", "fusions")
 
-        reg = {"methods": METHODS, "datasets": DATASETS, "mixtures": MIXTURES}[args.what]
+
+def cmd_list(args) -> int:
+    """One line per method, dataset, mixture, encoder, fusion head, grid or profile: name and
+    description (and where a registry entry comes from)."""
+    rows: list[tuple[str, str]] = []
+    files = getattr(args, "files", None) or []
+    if files and args.what not in REGISTRIES:
+        raise ConfigError(f"files name plug-ins, which `raygap list {args.what}` does not show", key="FILE",
+                          hint=f"raygap list {{{','.join(REGISTRIES)}}} FILE ...")
+    if args.what in REGISTRIES:
+        from ..plugins import KEY, load_all, load_plugins, plugin_list
+        from ..registry import BACKBONES, DATASETS, FUSIONS, METHODS, MIXTURES
+        from ..safe_yaml import read_yaml
+
+        load_all()
+        for f in files:                   # a grid or a trial config file: its plug-ins too
+            doc = read_yaml(f)
+            load_plugins(plugin_list(doc.get(KEY) if isinstance(doc, dict) else None, str(f)), str(f))
+        reg = {"methods": METHODS, "datasets": DATASETS, "mixtures": MIXTURES, "backbones": BACKBONES,
+               "fusions": FUSIONS}[args.what]
         for name in reg.names():
             e = reg.get(name)
             extra = []
@@ -55,7 +71,7 @@ def cmd_list(args) -> int:
                     extra.append(f">= {e.meta['min_modalities']} modalities")
             if args.what == "datasets":
                 extra.append("in memory" if e.meta.get("in_memory") else "files / cache")
-            rows.append((name, _summary(e.doc) + (f" [{', '.join(extra)}]" if extra else "")))
+            rows.append((name, _summary(e.doc) + (f" [{', '.join(extra)}]" if extra else "") + f" (from {e.origin})"))
     else:
         from ..gridfile import PROFILES_DIR
         from ..safe_yaml import read_yaml

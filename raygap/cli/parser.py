@@ -7,7 +7,8 @@ import os
 
 from .datasets import cmd_cache, cmd_prepare
 from .grids import RESULTS
-from .info import cmd_list, version_line
+from .init import cmd_init
+from .info import REGISTRIES, cmd_list, version_line
 from .pull import cmd_pull
 from .results import cmd_export, cmd_report, cmd_status
 from .run import cmd_run
@@ -132,9 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     _key_values(pr, "--option", "dataset-specific option")
     pr.set_defaults(func=cmd_prepare)
 
-    ls = sub.add_parser("list", help="what raygap ships: methods, datasets, mixtures, grids, profiles")
-    ls.add_argument("what", choices=["methods", "datasets", "mixtures", "grids", "profiles"])
+    ls = sub.add_parser("list", help="what raygap ships and the plug-ins add: methods, datasets, mixtures, "
+                                     "backbones, fusions (each with where it comes from), grids, profiles")
+    ls.add_argument("what", choices=[*REGISTRIES, "grids", "profiles"])
+    ls.add_argument("files", nargs="*", metavar="FILE",
+                    help="grid or trial config files: the plug-ins their `plugins:` name are listed too")
     ls.set_defaults(func=cmd_list)
+
+    it = sub.add_parser("init", help="write a project of one's own into DIR: a method and a dataset as plug-in "
+                                     "files, a grid beside raygap's baselines, a profile, a README and a test")
+    it.add_argument("dir", metavar="DIR", help="a new or empty folder")
+    it.set_defaults(func=cmd_init)
 
     ca = sub.add_parser("cache", help="decode a prepared dataset into the tensor cache (data.pipeline: cache)")
     ca.add_argument("dataset")

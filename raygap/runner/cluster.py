@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import interrupts
 from ..errors import ConfigError
+from ..plugins import worker_env
 from ..system import NETWORK_FS, mount_fs_type
 from .storage import is_remote
 
@@ -35,21 +36,22 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def worker_runtime_env(deterministic: bool) -> dict | None:
-    """Ray's ``runtime_env`` for the run's worker processes: ``CUBLAS_WORKSPACE_CONFIG`` when a
-    trial is deterministic, so it is set before CUDA starts in every worker, on any node (a
-    joined cluster's workers do not inherit this driver's environment). None when no trial needs
-    it, or when the submitted job's own runtime_env sets it (Ray refuses a variable set twice)."""
+    """Ray's ``runtime_env`` for the run's worker processes: the plug-ins the grid files named
+    (:func:`raygap.plugins.worker_env`: each file shipped with ``py_modules``, the modules every
+    worker imports in ``RAYGAP_PLUGINS``), and ``CUBLAS_WORKSPACE_CONFIG`` when a trial is
+    deterministic, so it is set before CUDA starts in every worker, on any node (a joined
+    cluster's workers do not inherit this driver's environment) -- unless the submitted job's own
+    runtime_env sets it (Ray refuses a variable set twice). None when there is nothing to set."""
     from ..system import CUBLAS_DETERMINISTIC, CUBLAS_ENV
 
-    if not deterministic:
-        return None
+    env = worker_env()
     try:
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     except ValueError:
         job = {}
-    if CUBLAS_ENV in ((job.get("runtime_env") or {}).get("env_vars") or {}):
-        return None
-    return {"env_vars": {CUBLAS_ENV: os.environ.get(CUBLAS_ENV, CUBLAS_DETERMINISTIC[0])}}
+    if deterministic and CUBLAS_ENV not in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        env["env_vars"] = {**env.get("env_vars", {}), CUBLAS_ENV: os.environ.get(CUBLAS_ENV, CUBLAS_DETERMINISTIC[0])}
+    return env or None
 
 
 AUTH_MODE, AUTH_TOKEN_PATH, AUTH_TOKEN = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"
