@@ -95,6 +95,48 @@ def test_a_token_is_never_handed_out_twice_even_after_rerun(tmp_path):
     assert row(db, "k")[0] == "pending" and row(db, "k")[8] == "host-b:2:t2:2"
 
 
+def test_a_store_of_schema_4_is_migrated_and_its_old_claims_judged_by_the_heartbeat(tmp_path):
+    """A version-4 store (no token, beats, lease_s; owners ``host:pid:psutil time``) with a done
+    row and a running one claimed by a driver of this machine in the old owner format: the rows
+    are kept, the new columns take their defaults, and the old claim (its owner string not
+    judged by pid any more) holds until an observer has watched it stand still for a lease."""
+    import socket
+
+    from raygap.store import SCHEMA_VERSION
+    from raygap.store import claims as claims_mod
+
+    db = tmp_path / "store.sqlite"
+    old_owner = f"{socket.gethostname()}:1:123.45"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE trials (key TEXT PRIMARY KEY, status TEXT NOT NULL CHECK (status IN ('pending', "
+                  "'running', 'done', 'failed', 'interrupted')), config TEXT, metrics TEXT, history TEXT, error TEXT, "
+                  "attempts INTEGER NOT NULL DEFAULT 0, created REAL, started REAL, finished REAL, wall_seconds REAL, "
+                  "info TEXT, owner TEXT, heartbeat REAL, lease_until REAL, checkpoint TEXT, checkpoint_epoch INTEGER)")
+        c.execute("INSERT INTO trials VALUES ('d', 'done', '{}', '{\"acc\": 0.5}', '[]', NULL, 1, 1.0, 2.0, 3.0, 1.0, "
+                  "'{}', ?, 3.0, NULL, NULL, NULL)", (old_owner,))
+        c.execute("INSERT INTO trials VALUES ('r', 'running', '{}', NULL, '[]', NULL, 1, 1.0, 2.0, NULL, NULL, "
+                  "NULL, ?, 3.0, 9e9, 'file:///x/ck', 2)", (old_owner,))
+        c.execute("PRAGMA user_version=4")
+    s = Store(db)
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert row(db, "d") == ("done", '{"acc": 0.5}', "[]", None, 1, 3.0, 1.0, "{}", old_owner, 3.0, None, None, None,
+                            0, 0, None)
+    assert row(db, "r")[-3:] == (0, 0, None) and row(db, "r")[11:13] == ("file:///x/ck", 2)
+    clock = [0.0]
+    real = claims_mod.time.monotonic
+    try:
+        claims_mod.time.monotonic = lambda: clock[0]
+        me = "new-driver:2:t2:2"
+        assert s.claim(["d", "r"], me) == ([], {"r": old_owner})        # not judged gone: held, first look
+        clock[0] = 119.0
+        assert s.claim(["r"], me) == ([], {"r": old_owner})
+        clock[0] = 120.5                                                 # the lease (120 s) of standing still
+        assert s.claim(["r"], me) == (["r"], {}) and row(db, "r")[13] == 1 and row(db, "r")[8] == me
+    finally:
+        claims_mod.time.monotonic = real
+
+
 OWNER_B = textwrap.dedent("""
     # driver B of another machine, whose wall clock is 200 s behind: it claims and beats
     import sys, time

@@ -53,9 +53,9 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
         if rec.get("checkpoint"):
             found = resume_candidates(rec["checkpoint"])     # newest first: one a killed driver did not record too
             if rec.get("status") == "failed":        # a failure starts over: its checkpoints are stale
-                store.take_checkpoint(s.key)
-                for c in found:
-                    delete_checkpoint(c)
+                if store.take_checkpoint(s.key) is not None:     # (None: the claim moved meanwhile, not ours)
+                    for c in found:
+                        delete_checkpoint(c)
             else:
                 resume = found
         items.append({"key": s.key, "label": trial_label(s),

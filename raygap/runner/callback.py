@@ -144,6 +144,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                     return
                 delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
+                fence.settle(key)                    # released: `--rerun` elsewhere may take it out now
                 if after_done is not None:
                     after_done()
                 summary.done += 1
@@ -160,6 +161,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             errors within ``max_failures``, restarts it from its latest checkpoint; otherwise the
             restarted trial is told to report itself failed (Tune has already queued it)."""
             key, label = self._key(trial), self._label(trial)
+            if self._gone(trial):                    # lost to another driver: nothing to retry here
+                return
             why = node_lost(last_error(trial), self.node.pop(key, None), alive_nodes())
             err = _error_line(trial)
             if why:
@@ -187,6 +190,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             key = self._key(trial)
             if not fence.after_write(key, store.save_failed(key, err), self._label(trial)):
                 return
+            fence.settle(key)
             summary.failed[key] = err + (f" [full traceback: {trace}]" if trace else "")
             progress.trial_failed(key, f"{self._label(trial)} ({key}): {summary.failed[key]}")
             if on_settled is not None:

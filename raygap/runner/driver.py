@@ -168,7 +168,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 kept = store.warmups(keeps.values())
                 lone |= {w for w in keeps.values() if w not in kept}   # no warm-up kept: the others train theirs
             elif held:
-                _wait_for_others(store, held, distinct, summary, attempted, log, on_settled, min(WAIT_POLL_S, lease / 4))
+                _wait_for_others(store, held, distinct, summary, attempted, log, on_settled,
+                                 min(WAIT_POLL_S, lease / 4))
     except KeyboardInterrupt:
         summary.interrupted = interrupts.last_signal() or "SIGINT"
     except Exception:
@@ -261,7 +262,7 @@ class _Renewer:
                 continue
             last_renew = time.monotonic()
             try:
-                keys = [k for k in self.keys if k not in self.fence.dropped]
+                keys = [k for k in self.keys if k not in self.fence.dropped and k not in self.fence.settled]
                 self.store.renew(keys, self.owner, self.lease)
                 lost = self.store.lost(keys)
                 if lost:

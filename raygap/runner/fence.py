@@ -16,14 +16,21 @@ class Fence:
     def __init__(self, store, summary=None, progress=None):
         self.store, self.summary, self.progress = store, summary, progress
         self.dropped: dict[str, str] = {}
+        self.settled: set[str] = set()         # ended here (done, failed) and released: no claim to keep
         self._lock = threading.Lock()
 
     def __getstate__(self):            # Tune pickles its callbacks and stopper: the state, not the lock
-        return {"store": self.store, "summary": self.summary, "progress": self.progress, "dropped": self.dropped}
+        return {"store": self.store, "summary": self.summary, "progress": self.progress, "dropped": self.dropped,
+                "settled": self.settled}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    def settle(self, key: str) -> None:
+        """``key`` ended here, its end in the store: its claim is released, not renewed any more."""
+        self.settled.add(key)
+        self.store.release([key])
 
     def check(self, key: str, label: str | None = None) -> bool:
         """Whether this driver still holds ``key`` (one read); says so and drops it if not."""

@@ -21,7 +21,8 @@ class Checkpoints(Connection):
         is not written, and nothing is returned: its checkpoints are the other driver's."""
         fence, token = self._fence(key)
         with self._tx():
-            row = self._db.execute(f"SELECT status, checkpoint FROM trials WHERE key=?{fence}", (key, *token)).fetchone()
+            row = self._db.execute(f"SELECT status, checkpoint FROM trials WHERE key=?{fence}",
+                                   (key, *token)).fetchone()
             if fence and row is None:
                 return []
             if row and row[0] == "done":

@@ -107,7 +107,10 @@ class Watch:
         user's cache folder (``$XDG_CACHE_HOME/raygap/watch``, else ``~/.cache/...``)."""
         import hashlib
 
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raygap" / "watch"
+        try:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raygap" / "watch"
+        except RuntimeError:             # no home folder: this command's own looks only
+            return cls()
         digest = hashlib.sha256(str(Path(store_path).resolve()).encode()).hexdigest()[:20]
         return cls(base / f"{digest}.json")
 
@@ -163,8 +166,8 @@ class Claims(Connection):
                 claimed.append(key)
                 if judged == "mine" and self._fences.get(key, row[6]) == row[6]:
                     token = row[6]               # still this driver's: the same hands, the same token
-                else:
-                    token = last = last + 1
+                else:                            # (above any token a merged row brought, too)
+                    token = last = max(last, int(row[6] or 0)) + 1
                 self._db.execute("UPDATE trials SET owner=?, lease_until=?, lease_s=?, beats=beats+1, token=? "
                                  "WHERE key=?", (owner, time.time() + lease_s, lease_s, token, key))
                 self._fences[key] = token

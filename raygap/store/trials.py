@@ -7,8 +7,9 @@ or ``mark_interrupted`` when the driver is stopped. A ``running`` row whose owne
 process of this machine that no longer exists (a driver killed with SIGKILL) reads as
 ``interrupted``. A ``done`` row is never run again and never overwritten (by a failure or by
 another ``save_done``); every write of a trial this connection claimed checks its token
-(:mod:`raygap.store.claims`) and does nothing once it has moved; :meth:`Claims.forget` (``raygap run --rerun``) moves rows to the ``forgotten``
-table so they run again while their old results stay readable.
+(:mod:`raygap.store.claims`) and does nothing once it has moved; :meth:`Claims.forget`
+(``raygap run --rerun``) moves rows to the ``forgotten`` table so they run again while their
+old results stay readable.
 
 Records (``get``, ``records``, ``rows_for_grid``) are plain dicts with the columns of the
 ``trials`` table (:mod:`raygap.store.schema`), the JSON columns decoded (``None`` where empty).
