@@ -146,6 +146,10 @@ class Progress:
         self._print(f"[{len(self.done) + len(self.failed)}/{len(self.epochs)}] FAILED {text}")
         self.tick()
 
+    def trial_dropped(self, key: str) -> None:
+        """A trial this driver lost to another driver (its claim moved): no longer shown running."""
+        self.running.pop(key, None)
+
     def note(self, text: str) -> None:
         """A line from the runner (start-up, resumes, waits)."""
         if self.verbosity > 0:

@@ -74,13 +74,25 @@ def describe(grid: Grid, store, rerun: set[str] | frozenset = frozenset()) -> st
     return "\n".join(lines)
 
 
-def status_text(grid: Grid, store) -> str:
-    """``raygap status``: per row and column the trials done / running / failed /
+def with_stale(store, keys, watch=None) -> dict[str, str]:
+    """``status_of`` with ``stale`` for the running trials whose claim has lapsed by the heartbeat
+    rule as ``watch`` (the observer's memory: :class:`raygap.store.Watch`) judges it: their driver,
+    on another machine or in another container, has not moved its heartbeat for its lease."""
+    st = store.status_of(keys)
+    for k in store.stale_claims([k for k, v in st.items() if v == "running"], watch):
+        st[k] = "stale"
+    return st
+
+
+def status_text(grid: Grid, store, watch=None) -> str:
+    """``raygap status``: per row and column the trials done / running / stale / failed /
     interrupted / missing (missing = pending or never started), the totals over distinct
     trials, each failed trial's error on one line, and the skipped rows. A trial whose
-    driver on this machine is gone counts as interrupted, never as running."""
+    driver on this machine is gone counts as interrupted, never as running; one whose driver
+    elsewhere has not moved its heartbeat for its lease, as this observer (``watch``) has seen
+    it, counts as stale."""
     distinct = grid.distinct()
-    st = store.status_of(list(distinct))
+    st = with_stale(store, list(distinct), watch)
     combos = grid.column_combos()
     lines = [f"grid {grid.name} ({grid.path})" + (f", profile {grid.profile}" if grid.profile else "")
              + (f", --set {' '.join(grid.sets)}" if grid.sets else "")
@@ -88,17 +100,17 @@ def status_text(grid: Grid, store) -> str:
     lw = max([len(r) for r in grid.row_labels] + [3])
     cols = [", ".join(str(v) for v in c.values()) or "-" for c in combos]
     cw = max([len(c) for c in cols] + [6])
-    kinds = ("done", "running", "failed", "interrupted")
-    lines.append(f"  {'row':{lw}s}  {'column':{cw}s}  done running failed interrupted missing")
+    kinds = ("done", "running", "stale", "failed", "interrupted")
+    lines.append(f"  {'row':{lw}s}  {'column':{cw}s}  done running stale failed interrupted missing")
     for label in grid.row_labels:
         for col, colname in zip(combos, cols, strict=True):
             keys = [t.key for t in grid.cell(label, col)]
             c = {s: sum(1 for k in keys if st.get(k) == s) for s in kinds}
             miss = len(keys) - sum(c.values())
-            lines.append(f"  {label:{lw}s}  {colname:{cw}s}  {c['done']:4d} {c['running']:7d} {c['failed']:6d} "
-                         f"{c['interrupted']:11d} {miss:7d}")
+            lines.append(f"  {label:{lw}s}  {colname:{cw}s}  {c['done']:4d} {c['running']:7d} {c['stale']:5d} "
+                         f"{c['failed']:6d} {c['interrupted']:11d} {miss:7d}")
     tot = {s: sum(1 for k in distinct if st.get(k) == s) for s in kinds}
-    lines.append(f"total: {tot['done']} done, {tot['running']} running, {tot['failed']} failed, "
+    lines.append(f"total: {tot['done']} done, {tot['running']} running, {tot['stale']} stale, {tot['failed']} failed, "
                  f"{tot['interrupted']} interrupted, {len(distinct) - sum(tot.values())} missing "
                  f"(of {len(distinct)} distinct trials)")
     failed = [k for k in distinct if st.get(k) == "failed"]
@@ -109,6 +121,9 @@ def status_text(grid: Grid, store) -> str:
             col = ", ".join(str(v) for v in t.column.values())
             err = ((recs.get(k) or {}).get("error") or "").splitlines()
             lines.append(f"  failed {k} ({t.label} | {col} | seed {t.seed}): {err[0] if err else '?'}")
+    if tot["stale"]:
+        lines.append(f"  stale: {tot['stale']} trial(s) whose driver has not moved its heartbeat for its lease "
+                     "(gone, or stopped): the next `raygap run` takes them over")
     for label, reason in grid.skipped:
         lines.append(f"  skipped row {label!r}: {reason}")
     return "\n".join(lines)
@@ -132,11 +147,12 @@ def describe_union(grids, store, rerun: set[str] | frozenset = frozenset()) -> s
     return "\n".join(lines)
 
 
-def union_status(grids, store) -> str:
+def union_status(grids, store, watch=None) -> str:
     """After ``raygap status`` of each of several grids: the totals over their distinct trials."""
     distinct = grids.distinct()
-    st = store.status_of(list(distinct))
-    tot = {s: sum(1 for k in distinct if st.get(k) == s) for s in ("done", "running", "failed", "interrupted")}
-    return (f"{len(grids.grids)} grids together: {tot['done']} done, {tot['running']} running, {tot['failed']} failed, "
+    st = with_stale(store, list(distinct), watch)
+    tot = {s: sum(1 for k in distinct if st.get(k) == s) for s in ("done", "running", "stale", "failed", "interrupted")}
+    return (f"{len(grids.grids)} grids together: {tot['done']} done, {tot['running']} running, {tot['stale']} stale, "
+            f"{tot['failed']} failed, "
             f"{tot['interrupted']} interrupted, {len(distinct) - sum(tot.values())} missing (of {len(distinct)} "
             f"distinct trials; {grids.shared()} used by more than one grid)")

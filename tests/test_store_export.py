@@ -50,7 +50,7 @@ def test_store_round_trip_on_a_real_sqlite_file(tmp_path):
         cols = [r[1] for r in c.execute("PRAGMA table_info(trials)")]
         assert cols == ["key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
                         "finished", "wall_seconds", "info", "owner", "heartbeat", "lease_until", "checkpoint",
-                        "checkpoint_epoch"]
+                        "checkpoint_epoch", "token", "beats", "lease_s"]
         assert [r[1] for r in c.execute("PRAGMA table_info(memberships)")] == ["grid", "key", "label", "column", "seed"]
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert json.loads(c.execute("SELECT metrics FROM trials").fetchone()[0]) == {"acc": 0.5, "f": None}
@@ -286,9 +286,10 @@ def test_status_text(filled):
     st = status_text(grid, store)
     lines = st.splitlines()
     assert "6 cells" not in lines[0] and "18 cells, 18 distinct trials" in lines[0]
-    assert any(ln.split()[:7] == ["A", "0.1", "3", "0", "0", "0", "0"] for ln in lines)
-    assert any(ln.split()[:7] == ["B", "0.2", "1", "1", "1", "0", "0"] for ln in lines)
-    assert "total: 4 done, 1 running, 1 failed, 0 interrupted, 12 missing (of 18 distinct trials)" in st
+    assert lines[1].split() == ["row", "column", "done", "running", "stale", "failed", "interrupted", "missing"]
+    assert any(ln.split()[:8] == ["A", "0.1", "3", "0", "0", "0", "0", "0"] for ln in lines)
+    assert any(ln.split()[:8] == ["B", "0.2", "1", "1", "0", "1", "0", "0"] for ln in lines)
+    assert "total: 4 done, 1 running, 0 stale, 1 failed, 0 interrupted, 12 missing (of 18 distinct trials)" in st
     assert sum("TrialDiverged: nan" in ln for ln in lines) == 1
     failed_line = next(ln for ln in lines if "TrialDiverged" in ln)
     assert "B | 0.2 | seed 1" in failed_line
@@ -339,15 +340,14 @@ def test_a_running_trial_whose_local_driver_is_gone_reads_as_interrupted(tmp_pat
     import subprocess
     import sys
 
-    from raygap.store import this_process_owner
+    from raygap.store import owner_of
 
     s = Store(tmp_path / "store.sqlite")
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    import psutil
-    dead_owner = f"{this_process_owner().split(':')[0]}:{p.pid}:{psutil.Process(p.pid).create_time():.2f}"
+    dead_owner = owner_of(p.pid)                 # host:pid:start (clock ticks after boot):PID namespace
     s.mark_running("gone", {"seed": 0}, owner=dead_owner)
     s.mark_running("alive", {"seed": 1})                              # owned by this (live) process
-    s.mark_running("remote", {"seed": 2}, owner="another-host:1:1.00")
+    s.mark_running("remote", {"seed": 2}, owner="another-host:1:t1:4026531836")
     assert s.status_of(["gone", "alive", "remote"]) == {"gone": "running", "alive": "running", "remote": "running"}
     p.kill()
     p.wait()
@@ -370,7 +370,7 @@ def test_a_store_of_the_previous_schema_is_migrated_with_its_rows(tmp_path):
     s.mark_running("r", {"seed": 0})
     assert s.mark_interrupted(["r"]) == 1 and s.get("r")["status"] == "interrupted"
     with sqlite3.connect(db) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 5
     # version 4: the shared warm-ups' table
     assert s.warmups(["w"]) == {}
     assert s.record_warmup("w", "/store/warmups/w", 3, "k") is None
@@ -409,53 +409,73 @@ def test_the_empty_store_of_a_folder_where_nothing_ran_reads_nothing_and_writes_
     assert not (tmp_path / "results").exists()
 
 
-def test_claims_leases_and_the_recorded_checkpoint(tmp_path, monkeypatch):
+def test_claims_heartbeats_tokens_and_the_recorded_checkpoint(tmp_path, monkeypatch):
+    """Two drivers (two connections, each with its fences and its own watch), an observer's
+    monotonic clock faked: a claim holds while its heartbeat moves, lapses once it has stood
+    still for the lease as the observer measured it, and the trial changes hands with a new token."""
+    import os
     import socket
     import subprocess
     import sys
 
     from raygap.store import claims as store_mod
+    from raygap.store.owners import pid_namespace
 
     g = write(tmp_path, {"name": "c", "rows": {"A": {}}, "seeds": [0, 1, 2]})
     grid = load_grid(g)
-    s = Store(tmp_path / "store.sqlite")
-    s.register(grid)
+    db = tmp_path / "store.sqlite"
+    sa, sb, sc = Store(db), Store(db), Store(db)
+    sa.register(grid)
     k0, k1, k2 = [t.key for t in grid.trials]
-    s.save_done(k2, {"acc": 0.5}, [], 1.0, {})
-    host = socket.gethostname()
-    a, b = f"{host}:1:10.00", f"{host}:2:20.00"          # two drivers of this machine, both alive here
+    sa.save_done(k2, {"acc": 0.5}, [], 1.0, {})
+    host, ns = socket.gethostname(), pid_namespace()
+    a, b = f"{host}:1:t10:{ns}", f"{host}:2:t20:{ns}"          # two drivers of this machine, both alive here
     monkeypatch.setattr(store_mod, "owner_alive", lambda o: {a: True, b: True}.get(o, False))
-    now = [1000.0]
-    monkeypatch.setattr(store_mod.time, "time", lambda: now[0])
+    mono = [1000.0]
+    monkeypatch.setattr(store_mod.time, "monotonic", lambda: mono[0])
 
-    assert s.claim([k0, k1, k2], a, lease_s=120) == ([k0, k1], {})    # a done trial is never claimed
-    assert s.claim([k0, k1], b, lease_s=120) == ([], {k0: a, k1: a})  # a live lease holds
-    assert s.held_elsewhere([k0, k1, k2], b) == {k0: a, k1: a} and s.held_elsewhere([k0], a) == {}
-    now[0] = 1000.0 + 119
-    assert s.renew([k0], a, lease_s=120) == 1                         # k0 now until 1239, k1 until 1120
-    now[0] = 1000.0 + 121
-    assert s.claim([k0, k1], b, lease_s=120) == ([k1], {k0: a})       # k1's lease expired
-    assert s.release([k0], a) == 1 and s.claim([k0], b) == ([k0], {})
-    assert s.release([k0], a) == 0                                    # only the owner's own claims
-    # a dead owner's claim is void at once, lease or not
-    c_ = f"{host}:3:30.00"
-    s.release([k0, k1], b)
-    assert s.claim([k0], c_, lease_s=10_000) == ([k0], {})            # owner_alive(c_) is False here
-    assert s.claim([k0], b) == ([k0], {})
+    def cols(key):
+        return sa._query("SELECT owner, token, beats, lease_s FROM trials WHERE key=?", (key,))[0]
+
+    assert sa.claim([k0, k1, k2], a, lease_s=120) == ([k0, k1], {})    # a done trial is never claimed
+    assert (cols(k0), cols(k1)) == ((a, 1, 1, 120.0), (a, 2, 1, 120.0)) and sa._fences == {k0: 1, k1: 2}
+    assert sb.claim([k0, k1], b, lease_s=120) == ([], {k0: a, k1: a})  # never seen before: live
+    assert sb.held_elsewhere([k0, k1, k2], b) == {k0: a, k1: a} and sa.held_elsewhere([k0], a) == {}
+    mono[0] = 1000.0 + 119
+    assert sa.renew([k0], a, lease_s=120) == 1 and cols(k0) == (a, 1, 2, 120.0)   # a heartbeat of k0
+    mono[0] = 1000.0 + 121
+    assert sb.claim([k0, k1], b, lease_s=120) == ([k1], {k0: a})       # k1 stood still 121 s by b's clock
+    assert cols(k1) == (b, 3, 2, 120.0) and sb._fences == {k1: 3}     # a new token: the next of the store
+    assert sa.lost([k0, k1]) == [k1] and sb.lost([k1]) == []
+    assert sa.mark_running(k1, {"seed": 1}) is False                   # a's writes of k1 are fenced off
+    assert sa.release([k1], a) == 0 and cols(k1) == (b, 3, 2, 120.0)
+    assert sa.release([k0], a) == 1 and sb.claim([k0], b) == ([k0], {}) and cols(k0) == (b, 4, 3, 120.0)
+    assert sa.release([k0], a) == 0                                     # only the owner's own claims
+    # a dead owner's claim (a gone process of this machine) is void at once, whatever its lease
+    c_ = f"{host}:3:t30:{ns}"
+    sb.release([k0, k1], b)
+    assert sc.claim([k0], c_, lease_s=10_000) == ([k0], {})
+    assert sb.claim([k0], b) == ([k0], {}) and cols(k0) == (b, 6, 5, 120.0)
     # the recorded checkpoint: the earlier one comes back to be deleted; a done trial returns its own
-    assert s.record_checkpoint(k0, "file:///r/ck_e4", 4) == []
-    assert s.record_checkpoint(k0, "file:///r/ck_e4", 4) == []
-    assert s.record_checkpoint(k0, "file:///r/ck_e9", 9) == ["file:///r/ck_e4"]
-    assert (s.get(k0)["checkpoint"], s.get(k0)["checkpoint_epoch"]) == ("file:///r/ck_e9", 9)
-    assert s.record_checkpoint(k2, "file:///r/late", 3) == ["file:///r/late"]
-    assert s.take_checkpoint(k0) == "file:///r/ck_e9" and s.get(k0)["checkpoint"] is None
+    assert sb.record_checkpoint(k0, "file:///r/ck_e4", 4) == []
+    assert sb.record_checkpoint(k0, "file:///r/ck_e4", 4) == []
+    assert sb.record_checkpoint(k0, "file:///r/ck_e9", 9) == ["file:///r/ck_e4"]
+    assert (sb.get(k0)["checkpoint"], sb.get(k0)["checkpoint_epoch"]) == ("file:///r/ck_e9", 9)
+    # ... and a driver that lost k0 neither records one nor is handed b's to delete
+    assert sc.record_checkpoint(k0, "file:///r/c_e5", 5) == [] and sc.take_checkpoint(k0) is None
+    assert (sb.get(k0)["checkpoint"], sb.get(k0)["checkpoint_epoch"]) == ("file:///r/ck_e9", 9)
+    assert sb.record_checkpoint(k2, "file:///r/late", 3) == ["file:///r/late"]
+    assert sb.take_checkpoint(k0) == "file:///r/ck_e9" and sb.get(k0)["checkpoint"] is None
     # a real process that has ended is a dead owner (no monkeypatch of the check)
     monkeypatch.undo()
     p = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE, text=True)
     pid = int(p.communicate()[0])
-    assert store_mod.owner_alive(f"{host}:{pid}:123.45") is False
+    assert store_mod.owner_alive(f"{host}:{pid}:t123:{ns}") is False
     assert store_mod.owner_alive(store_mod.this_process_owner()) is True
-    assert store_mod.owner_alive("elsewhere-host:1:1.00") is None          # another machine: the lease decides
+    assert store_mod.owner_alive("elsewhere-host:1:t1:1") is None        # another machine: its heartbeat decides
+    me = store_mod.this_process_owner()
+    assert store_mod.owner_alive(me.rsplit(":", 1)[0] + ":1") is None   # this host, another PID namespace: too
+    assert store_mod.owner_alive(f"{host}:{os.getpid()}:1.00") is None  # an older raygap's owner string: too
 
 
 def test_every_query_by_key_takes_more_keys_than_sqlite_binds_at_once(tmp_path):
@@ -471,8 +491,10 @@ def test_every_query_by_key_takes_more_keys_than_sqlite_binds_at_once(tmp_path):
     s = Store(db)
     n = 40_000
     keys = [f"k{i:05d}" for i in range(n)]
-    gone = f"{socket.gethostname()}:{os.getpid()}:1.00"       # this pid, another start time: a gone driver
-    elsewhere = "elsewhere-host:1:1.00"                        # another machine's driver: its lease decides
+    from raygap.store.owners import pid_namespace
+
+    gone = f"{socket.gethostname()}:{os.getpid()}:t1:{pid_namespace()}"   # this pid, another start time: gone
+    elsewhere = "elsewhere-host:1:t1:1"                        # another machine's driver: its heartbeat decides
     rows = []
     for i, k in enumerate(keys):
         status = ("done", "running", "pending", "failed")[i % 4]
@@ -498,7 +520,7 @@ def test_every_query_by_key_takes_more_keys_than_sqlite_binds_at_once(tmp_path):
     assert s.finished_times(asked) == {k: float(int(k[1:])) for k in done}
     assert s.warmups(asked)["k12345"] == {"wkey": "k12345", "uri": "file:///w/k12345", "epoch": 3, "leader": "k12345"}
     assert len(s.warmups(asked)) == n
-    me = f"{socket.gethostname()}:{os.getpid()}:2.00"
+    me = f"{socket.gethostname()}:{os.getpid()}:t2:{pid_namespace()}"
     assert s.held_elsewhere(asked, me) == dict.fromkeys(pending, elsewhere)
     claimed, held = s.claim(asked, me)                      # not done, not held: the running and failed ones
     assert sorted(claimed) == sorted(running | failed) and held == dict.fromkeys(pending, elsewhere)

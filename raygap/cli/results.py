@@ -30,13 +30,19 @@ def cmd_status(args) -> int:
     from ..gridset import GridSet
     from ..status import stale_lines, stale_trials, status_text, union_status
 
+    from ..store import Watch
+
     read = _read_all(args)
+    # what this user's earlier `status` saw of each claim's heartbeat, on this machine's monotonic clock:
+    # a claim whose heartbeat has not moved for its lease since is stale
+    watch = Watch.for_store(read[0][2].path)
     for _, grid, store in read:
-        print(status_text(grid, store))
+        print(status_text(grid, store, watch))
         for line in stale_lines(stale_trials(grid, store)):
             print(f"raygap: {line}", file=sys.stderr)
     if len(read) > 1:
-        print(union_status(GridSet([g for _, g, _ in read]), read[0][2]))
+        print(union_status(GridSet([g for _, g, _ in read]), read[0][2], watch))
+    watch.save()
     return 0
 
 

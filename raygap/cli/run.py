@@ -39,6 +39,27 @@ def _rerun_keys(args, grid, store=None) -> list[str]:
     return keys
 
 
+def _forget(args, store, keys: list[str]) -> int:
+    """``--rerun``: set the trials ``keys`` aside, unless another live driver holds any of them
+    (then one line, exit 2, nothing set aside). Live as this user's one-shot commands have seen
+    it (:meth:`raygap.store.Watch.for_store`): a claim of a gone process of this machine is dead at
+    once; one whose heartbeat has not moved for its lease since an earlier look is stale."""
+    from ..store import TrialsHeld, Watch, lease_period
+
+    watch = Watch.for_store(store.path)
+    try:
+        return store.forget(keys, watch=watch)
+    except TrialsHeld as e:
+        key, owner = next(iter(e.held.items()))
+        raise ConfigError(f"--rerun refused: {len(e.held)} of the {len(keys)} trial(s) named are held by another live "
+                          f"raygap run (trial {key}, driver {owner}); nothing was set aside",
+                          file=", ".join(args.grid) if isinstance(args.grid, list) else args.grid,
+                          hint="let that run finish, or stop it, then --rerun; a claim whose heartbeat stands still "
+                               f"for its lease ({lease_period():.0f} s) is void: `raygap status` shows it stale")
+    finally:
+        watch.save()
+
+
 class _TablesAsDone:
     """With several grids: a grid's tables and figures written as soon as every one of its
     distinct trials has ended (done or failed), while the run goes on with the other grids'.
@@ -102,7 +123,7 @@ def cmd_run(args) -> int:
                              if any(k not in keys for k in ks)}):
         print(f"raygap: {line}", file=sys.stderr)
     if keys:
-        n = store.forget(keys)
+        n = _forget(args, store, keys)
         print(f"--rerun: {n} stored trial(s) set aside (kept in the store's `forgotten` table) to run again")
     from ..progress import Progress
     from ..runner import LOOPBACK_ENV, private_token, run_grid, tracker_problem   # (importing it does not import Ray)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import interrupts
 from .callback import store_callback
+from .fence import Fence, lost_stopper
 from .storage import delete_checkpoint, experiment_at, is_remote, open_storage, resume_candidates
 from .summary import RunSummary
 from .trackers import tracker_callbacks
@@ -32,13 +33,14 @@ class _NoTuneRestoreHint(logging.Filter):
 
 def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
                log, progress, tracker=None, forks: dict | None = None, keeps: dict | None = None,
-               after_done=None, on_settled=None) -> None:
+               after_done=None, on_settled=None, fence=None) -> None:
     """One Tune experiment over ``batch`` (trials this driver has claimed). ``shared``: the
     in-memory datasets built in the driver; ``held``: trials another driver runs (said in the
     launch line); ``forks``: key -> the shared warm-up it starts from; ``keeps``: key -> where
     its warm-up's end is kept for others (:mod:`raygap.runner.warmups`); ``after_done``: called
     once each finished trial is stored (the store's mirror); ``on_settled(key)``: called as each
-    trial ends, done or failed (the tables of a several-grid run)."""
+    trial ends, done or failed (the tables of a several-grid run); ``fence``: the driver's
+    :class:`~raygap.runner.fence.Fence` (a trial whose claim moved is stopped and dropped)."""
     import uuid
 
     from ray import tune
@@ -51,9 +53,9 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
         if rec.get("checkpoint"):
             found = resume_candidates(rec["checkpoint"])     # newest first: one a killed driver did not record too
             if rec.get("status") == "failed":        # a failure starts over: its checkpoints are stale
-                store.take_checkpoint(s.key)
-                for c in found:
-                    delete_checkpoint(c)
+                if store.take_checkpoint(s.key) is not None:     # (None: the claim moved meanwhile, not ours)
+                    for c in found:
+                        delete_checkpoint(c)
             else:
                 resume = found
         items.append({"key": s.key, "label": trial_label(s),
@@ -66,9 +68,11 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
         r = config["t"]["trial"]["resources"]
         return {"cpu": r["cpu"], "gpu": r["gpu"]}
 
+    if fence is None:
+        fence = Fence(store, summary, progress)
     fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
     summary.launched += len(batch)
-    cb = store_callback(store, summary, progress, max_failures, storage_path, after_done, on_settled)
+    cb = store_callback(store, summary, progress, max_failures, storage_path, after_done, on_settled, fence)
     name = f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Tune's own console output (its status box, a TensorBoard hint into Ray's session folder) and
     # its default CSV and TensorBoard files per trial are off: raygap prints its progress and keeps
@@ -93,6 +97,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
             # Tune retries every failure; the callback counts them: a trial's own errors against
             # max_failures, the loss of its node not (raygap.runner.failures)
             failure_config=tune.FailureConfig(max_failures=-1),
+            stop=lost_stopper(fence),        # a trial whose claim another driver took over: stopped
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[cb, *trackers], verbose=0),
     )
@@ -108,9 +113,11 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
     # Tuner.fit() does not raise on trial errors: reconcile with what the callback saw
     for r in results:
         key = (r.config or {}).get("t", {}).get("key")
-        if key and r.error is not None and key not in summary.failed and store.status_of([key]).get(key) != "done":
+        if key and r.error is not None and key not in summary.failed and key not in fence.dropped \
+                and store.status_of([key]).get(key) != "done":
             err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
-            store.save_failed(key, err)
+            if not fence.after_write(key, store.save_failed(key, err)):
+                continue
             summary.failed[key] = err
             if on_settled is not None:
                 on_settled(key)

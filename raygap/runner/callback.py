@@ -19,17 +19,23 @@ from .summary import RunSummary
 
 
 def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, storage: str | None = None,
-                   after_done=None, on_settled=None):
+                   after_done=None, on_settled=None, fence=None):
     """The callback of one Tune experiment (``summary`` counts what finished and what failed;
     ``max_failures``: the retries of a trial's own errors, -1 for no limit; ``storage``: the
     run's, whose query parameters its checkpoints' URIs keep; ``after_done()``, if given, is
     called once each finished trial is in the store: the mirror; ``on_settled(key)`` once a
-    trial's end, done or failed, is in the store)."""
+    trial's end, done or failed, is in the store; ``fence``: the driver's :class:`~raygap.runner.fence.Fence`,
+    through which a trial whose claim another driver took over is dropped: nothing more of it is
+    written or deleted)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
 
     log = progress.note
+    if fence is None:
+        from .fence import Fence
+
+        fence = Fence(store, summary, progress)
 
     class StoreCallback(Callback):
         """Writes every epoch, every finished trial and every failure to the trial store."""
@@ -48,8 +54,14 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
         def _label(self, trial) -> str:
             return trial.config["t"]["label"]
 
+        def _gone(self, trial) -> bool:
+            """This driver lost the trial's claim (said once, by the fence): write nothing of it."""
+            return self._key(trial) in fence.dropped
+
         def on_trial_start(self, iteration, trials, trial, **info):
             key = self._key(trial)
+            if not fence.check(key, self._label(trial)):
+                return
             resume = trial.config["t"].get("resume")
             if resume and key not in self.history:    # keep the epochs the earlier run recorded, up to its checkpoint
                 rec = store.get(key) or {}
@@ -59,21 +71,24 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                 log(f"  {self._label(trial)}: resuming from the checkpoint of an earlier run "
                     f"(recorded: epoch {upto}){newer}")
             self.history.setdefault(key, [])
-            store.mark_running(key, trial.config["t"]["trial"])
-            progress.trial_started(key, self._label(trial))
+            if fence.after_write(key, store.mark_running(key, trial.config["t"]["trial"]), self._label(trial)):
+                progress.trial_started(key, self._label(trial))
 
         def on_step_end(self, iteration, trials, **info):
             progress.tick()
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             key = self._key(trial)
+            if self._gone(trial):
+                return
             epoch = (trial.last_result or {}).get("epoch")
             uri = checkpoint_uri(checkpoint, storage)
             self.ours.add(uri)
             for stale in store.record_checkpoint(key, uri, epoch):
                 if stale == uri or stale not in self.ours:   # (Tune deletes this run's older ones itself)
                     delete_checkpoint(stale)          # an earlier run's, or the trial finished meanwhile
-            self._drop_earlier(trial)
+            if fence.check(key, self._label(trial)):  # (a lost trial's earlier checkpoints are another driver's)
+                self._drop_earlier(trial)
 
         def _drop_earlier(self, trial):
             """The earlier run's checkpoints of this trial: of no use once it has its own, or is done."""
@@ -83,6 +98,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
+            if self._gone(trial):                    # (the stopper stops it: this result is not written)
+                return
             hist = self.history.setdefault(key, [])
             if result.get("node"):
                 self.node[key] = result["node"]
@@ -109,15 +126,25 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             if "record" in parts:
                 rec = parts["record"]                # (with the worker's pid and node)
                 hist[:] = [h for h in hist if h["epoch"] < rec["epoch"]] + [rec]   # a restart replays epochs
-                store.record_epoch(key, hist)
+                if not fence.after_write(key, store.record_epoch(key, hist), self._label(trial)):
+                    return
                 name = shown_metric(rec, "val_")
                 progress.epoch(key, self._label(trial), int(rec["epoch"]), name, rec.get("val_" + name, float("nan")),
                                rec.get("epoch_seconds", float("nan")), rec.get("device", ""))
             if "final" in parts:
                 fin = parts["final"]
-                store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
+                if not store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0),
+                                       fin["info"]):
+                    # not written: the claim moved (the fence says so), or the row was done already
+                    # (never replaced: a done row changes only through --rerun)
+                    if fence.check(key, self._label(trial)):
+                        log(f"  {self._label(trial)} ({key}): already done in the store; its stored result is kept")
+                        if on_settled is not None:
+                            on_settled(key)
+                    return
                 delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
+                fence.settle(key)                    # released: `--rerun` elsewhere may take it out now
                 if after_done is not None:
                     after_done()
                 summary.done += 1
@@ -134,6 +161,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             errors within ``max_failures``, restarts it from its latest checkpoint; otherwise the
             restarted trial is told to report itself failed (Tune has already queued it)."""
             key, label = self._key(trial), self._label(trial)
+            if self._gone(trial):                    # lost to another driver: nothing to retry here
+                return
             why = node_lost(last_error(trial), self.node.pop(key, None), alive_nodes())
             err = _error_line(trial)
             if why:
@@ -153,11 +182,15 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             trial.config["t"]["give_up"] = {"error": out[:500], "traceback": _error_file(trial)}
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            if self._gone(trial):
+                return
             self._fail(trial, _error_line(trial), _error_file(trial))
 
         def _fail(self, trial, err: str, trace: str | None = None):
             key = self._key(trial)
-            store.save_failed(key, err)
+            if not fence.after_write(key, store.save_failed(key, err), self._label(trial)):
+                return
+            fence.settle(key)
             summary.failed[key] = err + (f" [full traceback: {trace}]" if trace else "")
             progress.trial_failed(key, f"{self._label(trial)} ({key}): {summary.failed[key]}")
             if on_settled is not None:

@@ -1,10 +1,14 @@
 """The driver loop: :func:`run_grid` runs a grid's missing trials, batch by batch.
 
-* One trial, one run: each trial is claimed in the store before it is launched, on a lease a
-  thread renews while this driver lives (:class:`_Renewer`); trials another live driver holds
-  are waited for (:func:`_wait_for_others`: the store looked at every WAIT_POLL_S, a line a
-  minute), then counted as reused; trials another raygap command took out of the store
-  meanwhile are added back, said in one line (:func:`_add_back`), not asked for in a loop.
+* One trial, one run: each trial is claimed in the store before it is launched (a token, the
+  fence every write of it checks: :mod:`raygap.store.claims`), its heartbeat counter moved by a
+  thread every lease / 4 while this driver lives (:class:`_Renewer`); trials another live driver
+  holds are waited for (:func:`_wait_for_others`: the store looked at every WAIT_POLL_S, a line
+  a minute) -- a claim whose heartbeat stands still for the lease is taken over -- then counted as
+  reused; trials another raygap command took out of the store meanwhile are added back, said in
+  one line (:func:`_add_back`), not asked for in a loop. A trial whose claim this driver lost
+  (it was stopped past its lease) is dropped (:mod:`raygap.runner.fence`) and then waited for
+  like any trial another driver holds.
 * Each batch is one Tune experiment (:func:`raygap.runner.batch.tune_batch`); the first starts
   or joins Ray (:mod:`raygap.runner.cluster`), an embedded instance while the in-memory data is
   built (:mod:`raygap.runner.shared_data`; a joined cluster's once it can run the batch: a
@@ -26,16 +30,16 @@ from pathlib import Path
 
 from .. import interrupts
 from .batch import trial_label, tune_batch
+from .fence import Fence
 from .cluster import node_hosts, require_address, require_resources, require_storage, start_ray
 from .shared_data import DataBuilder
 from .storage import delete_checkpoint, require_usable_storage, storage_root, warmup_at
 from .summary import RunSummary
 from .warmups import drop_finished_warmups, plan_warmups, say_warmups
 
-LEASE_S = 120.0        # a claim on a trial lasts this long unless renewed (a crashed driver's trials free up)
-RENEW_S = 30.0         # how often a running driver renews its claims
+# the lease: raygap.store.lease_period() (120 s; RAYGAP_LEASE_S sets another); the heartbeat every lease / 4
 LEDGER_S = 5.0        # how often the ledger of the embedded Ray's processes is refreshed (for a killed driver's successor)
-WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials looks at the store
+WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials looks at the store (at most)
 
 
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
@@ -68,8 +72,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     ``after_done()``, if given, is called once each finished trial is in the store (``raygap run
     --storage`` mirrors the store there: :mod:`raygap.store.mirror`).
     """
-    from ..store import this_process_owner
+    from ..store import lease_period, this_process_owner
 
+    lease = lease_period()
     t0 = time.perf_counter()
     members = getattr(grid, "grids", (grid,))
     for g in members:
@@ -99,7 +104,8 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     started = starting = False
     mine: set[str] = set()              # every trial this driver claimed (released at the end)
     attempted: set[str] = set()         # launched here, or settled by another driver: not launched (again)
-    renewer = _Renewer(store, owner)
+    fence = Fence(store, summary, progress)
+    renewer = _Renewer(store, owner, lease, fence)
     builder = None                      # the in-memory data (one machine), built once
     ready = several = False             # Ray started or joined; its nodes on more than one machine
     refused = False                     # stopped by an error before any trial launched
@@ -116,9 +122,13 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                                                    store.warmups({w[0] for s in left if (w := s.config.warmup())}),
                                                    lone) if share_warmups else (set(), {}, {}))
             asked = [s.key for s in left if s.key not in deferred]     # (never empty: a deferral has a leader)
-            claimed, held = store.claim(asked, owner, LEASE_S)
+            claimed, held = store.claim(asked, owner, lease)
+            for k in claimed:                # claimed again (a new token): no longer dropped
+                fence.dropped.pop(k, None)
             mine |= set(claimed)
             renewer.keys = set(mine)
+            if claimed:
+                renewer.start()              # the heartbeat from the claim on (Ray's start-up may be slow)
             batch = [s for s in left if s.key in set(claimed)]
             if not batch and not held:
                 # none to launch, none to wait for: those asked for were done meanwhile by another run (not
@@ -153,11 +163,13 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 tune_batch(grid, store, batch, shared, summary, held, storage_path=storage_path,
                            max_failures=max_failures, log=log, progress=progress, tracker=tracker, forks=forks,
                            keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()}, after_done=after_done,
-                           on_settled=on_settled)
+                           on_settled=on_settled, fence=fence)
+                attempted -= set(fence.dropped)     # lost to another driver: waited for like its other trials
                 kept = store.warmups(keeps.values())
                 lone |= {w for w in keeps.values() if w not in kept}   # no warm-up kept: the others train theirs
             elif held:
-                _wait_for_others(store, held, distinct, summary, attempted, log, on_settled)
+                _wait_for_others(store, held, distinct, summary, attempted, log, on_settled,
+                                 min(WAIT_POLL_S, lease / 4))
     except KeyboardInterrupt:
         summary.interrupted = interrupts.last_signal() or "SIGINT"
     except Exception:
@@ -224,11 +236,14 @@ def _add_back(store, left, asked: list[str], log) -> None:
 
 
 class _Renewer:
-    """Renews this driver's claims every RENEW_S seconds while it runs, and refreshes the
-    ledger of the embedded Ray's processes (``ledger``: the results folder) every LEDGER_S."""
+    """Moves the heartbeat of this driver's claims every lease / 4 while it runs (a claim found
+    moved is lost: the fence says so and drops its trial), and refreshes the ledger of the
+    embedded Ray's processes (``ledger``: the results folder) every LEDGER_S."""
 
-    def __init__(self, store, owner: str):
+    def __init__(self, store, owner: str, lease: float, fence: Fence):
         self.store, self.owner, self.keys = store, owner, set()
+        self.lease, self.fence = lease, fence
+        self.every = lease / 4
         self.ledger: Path | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raygap-lease", daemon=True)
@@ -238,15 +253,20 @@ class _Renewer:
             self._thread.start()
 
     def _run(self):
-        last_renew = time.monotonic()
-        while not self._stop.wait(min(LEDGER_S, RENEW_S)):
-            if self.ledger is not None:
+        last_renew = last_ledger = time.monotonic()
+        while not self._stop.wait(min(LEDGER_S, self.every)):
+            if self.ledger is not None and time.monotonic() - last_ledger >= LEDGER_S * 0.9:
                 interrupts.record_children(self.ledger, self.owner)
-            if time.monotonic() - last_renew < RENEW_S:
+                last_ledger = time.monotonic()
+            if time.monotonic() - last_renew < self.every * 0.9:
                 continue
             last_renew = time.monotonic()
             try:
-                self.store.renew(list(self.keys), self.owner, LEASE_S)
+                keys = [k for k in self.keys if k not in self.fence.dropped and k not in self.fence.settled]
+                self.store.renew(keys, self.owner, self.lease)
+                lost = self.store.lost(keys)
+                if lost:
+                    self.fence.lose(lost)
             except Exception as e:  # noqa: BLE001 -- said, retried at the next tick
                 print(f"raygap: could not renew the claims on {len(self.keys)} trial(s): {e}", flush=True)
 
@@ -255,7 +275,7 @@ class _Renewer:
 
 
 def _wait_for_others(store, held: dict, distinct: dict, summary: RunSummary, attempted: set, log,
-                     on_settled=None) -> None:
+                     on_settled=None, poll: float = WAIT_POLL_S) -> None:
     """Every trial left is claimed by another live driver: wait until one of them is
     settled (done, or failed there) or free to claim (its claim died), saying so."""
     drivers = sorted(set(held.values()))
@@ -263,7 +283,7 @@ def _wait_for_others(store, held: dict, distinct: dict, summary: RunSummary, att
         "they count as reused when done")
     last_said = time.monotonic()
     while True:
-        time.sleep(WAIT_POLL_S)
+        time.sleep(poll)
         st = store.status_of(list(held))
         settled = [k for k in held if st.get(k) in ("done", "failed")]
         for k in settled:

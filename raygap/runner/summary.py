@@ -14,6 +14,7 @@ class RunSummary:
     unfinished: int = 0               # launched but neither done nor failed (the run was interrupted)
     interrupted: str | None = None    # the signal that stopped the run, if one did
     marked_interrupted: int = 0       # running trials marked interrupted in the store
+    dropped: dict[str, str] = field(default_factory=dict)   # key -> the line: its claim was lost to another driver
     wall_seconds: float = 0.0
 
     @property

@@ -2,12 +2,12 @@
 
 A trial is keyed by :meth:`TrialConfig.key` (a hash of its resolved config, resources
 excluded, plus the results version of the code and of its method). A ``done`` row is
-never run again and never overwritten by a later failure.
+never run again and never overwritten (only ``--rerun`` takes it out).
 
 One job a module: ``schema`` (the file format and its migration), ``connection`` (opening
 the file, faults, waiting on a lock, transactions, the one chunked query by key), ``owners``
 (which driver runs a trial, and whether it still runs), ``trials`` (registering a grid, a
-trial's life, reading it back), ``claims`` (one trial, one run: leases) and ``checkpoints``
+trial's life, reading it back), ``claims`` (one trial, one run: fencing tokens, heartbeats) and ``checkpoints``
 (each trial's latest checkpoint, the shared warm-ups). :class:`Store` is all of them on one
 connection; ``mirror`` (not imported here: it needs pyarrow) copies the store and tables to the
 run's storage and merges them back (``raygap run --storage``, ``raygap pull``);
@@ -19,12 +19,13 @@ import sqlite3
 from pathlib import Path
 
 from .checkpoints import Checkpoints
-from .claims import Claims
-from .owners import owner_alive, this_process_owner
+from .claims import Claims, TrialsHeld, Watch, lease_period
+from .owners import owner_alive, owner_of, this_process_owner
 from .schema import SCHEMA_VERSION, STATUSES, create
 from .trials import Trials
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "EmptyStore", "Store", "owner_alive", "this_process_owner"]
+__all__ = ["SCHEMA_VERSION", "STATUSES", "EmptyStore", "Store", "TrialsHeld", "Watch", "lease_period", "owner_alive",
+           "owner_of", "this_process_owner"]
 
 
 class Store(Trials, Claims, Checkpoints):

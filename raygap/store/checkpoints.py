@@ -16,9 +16,15 @@ class Checkpoints(Connection):
     def record_checkpoint(self, key: str, uri: str, epoch: int | None) -> list[str]:
         """The latest checkpoint of a running trial is at ``uri`` (epoch ``epoch``). Returns
         the checkpoints now of no use, for the caller to delete: the one recorded before (an
-        earlier run's, once this run has its own), or ``uri`` itself when the trial is done."""
+        earlier run's, once this run has its own), or ``uri`` itself when the trial is done.
+        A trial whose token moved since this connection claimed it (another driver has it)
+        is not written, and nothing is returned: its checkpoints are the other driver's."""
+        fence, token = self._fence(key)
         with self._tx():
-            row = self._db.execute("SELECT status, checkpoint FROM trials WHERE key=?", (key,)).fetchone()
+            row = self._db.execute(f"SELECT status, checkpoint FROM trials WHERE key=?{fence}",
+                                   (key, *token)).fetchone()
+            if fence and row is None:
+                return []
             if row and row[0] == "done":
                 return [uri]
             self._db.execute("UPDATE trials SET checkpoint=?, checkpoint_epoch=?, heartbeat=? WHERE key=?",
@@ -27,10 +33,13 @@ class Checkpoints(Connection):
 
     def take_checkpoint(self, key: str) -> str | None:
         """Clear and return the trial's recorded checkpoint (to delete it: the trial is done,
-        or will start over)."""
+        or will start over); None, with nothing cleared, once its token has moved since this
+        connection claimed it."""
+        fence, token = self._fence(key)
         with self._tx():
-            row = self._db.execute("SELECT checkpoint FROM trials WHERE key=?", (key,)).fetchone()
-            self._db.execute("UPDATE trials SET checkpoint=NULL, checkpoint_epoch=NULL WHERE key=?", (key,))
+            row = self._db.execute(f"SELECT checkpoint FROM trials WHERE key=?{fence}", (key, *token)).fetchone()
+            if row is not None:
+                self._db.execute("UPDATE trials SET checkpoint=NULL, checkpoint_epoch=NULL WHERE key=?", (key,))
         return row[0] if row else None
 
     def record_warmup(self, wkey: str, uri: str, epoch: int, leader: str) -> str | None:

@@ -75,6 +75,7 @@ class Connection:
         self.path = Path(path)
         self.readonly = readonly
         self._notify = notify
+        self._fences: dict[str, int] = {}     # key -> the token of this connection's claim (claims.py)
         self._connect()
 
     # -- faults -------------------------------------------------------------------------
@@ -141,6 +142,7 @@ class Connection:
             self._open()
             cols = [r[1] for r in self._db.execute("PRAGMA table_info(trials)")]
             self._has_owner = "owner" in cols
+            self._columns = set(cols)          # (a store of an older schema opened read-only lacks some)
 
     def _open(self) -> None:
         if self.readonly:
@@ -207,13 +209,14 @@ class Connection:
                     raise
         raise self._fault(last)  # type: ignore[arg-type]
 
-    def __getstate__(self):            # Tune pickles its callbacks: carry the path, not the connection
-        return {"path": self.path, "readonly": self.readonly}
+    def __getstate__(self):            # Tune pickles its callbacks: carry the path and the fences, not the connection
+        return {"path": self.path, "readonly": self.readonly, "fences": dict(self._fences)}
 
     def __setstate__(self, state):
         self.path = Path(state["path"])
         self.readonly = state.get("readonly", False)
         self._notify = None
+        self._fences = dict(state.get("fences") or {})
         self._connect()
 
     def close(self) -> None:
@@ -276,6 +279,21 @@ class Connection:
     def _changed(self, sql: str, args: Iterable = ()) -> list[int]:
         """Run a write (inside :meth:`_tx`); ``[the number of rows it changed]``."""
         return [self._db.execute(sql, tuple(args)).rowcount]
+
+    def _fence(self, key: str) -> tuple[str, tuple]:
+        """The condition (``AND token=?``) and its parameter by which a write of ``key``'s state
+        checks this connection's claim; nothing for a trial it never claimed (a tool, a test)."""
+        return (" AND token=?", (self._fences[key],)) if key in self._fences else ("", ())
+
+    def _fenced_update(self, head: str, keys: Iterable[str], args: Iterable = ()) -> int:
+        """Run ``head`` (an UPDATE ending in its WHERE condition) for each of ``keys`` (inside
+        :meth:`_tx`), those this connection claimed only while their token has not moved.
+        Returns how many rows changed."""
+        keys = list(dict.fromkeys(keys))
+        fenced = [(*args, k, self._fences[k]) for k in keys if k in self._fences]
+        n = self._db.executemany(f"{head} AND key=? AND token=?", fenced).rowcount if fenced else 0
+        return n + sum(self._keyed(f"{head} AND", [k for k in keys if k not in self._fences], args,
+                                   run=self._changed))
 
     def _keyed(self, head: str, keys: Iterable[str], args: Iterable = (), column: str = "key",
                run: Callable[[str, tuple], list] | None = None) -> list:

@@ -1,4 +1,4 @@
-"""The store's file format: its tables (``PRAGMA user_version`` 4) and the migration of any
+"""The store's file format: its tables (``PRAGMA user_version`` 5) and the migration of any
 earlier schema to them.
 
 Schema::
@@ -8,11 +8,15 @@ Schema::
            config JSON, metrics JSON, history JSON, error TEXT, attempts INT,
            created REAL, started REAL, finished REAL  -- unix times
            wall_seconds REAL, info JSON,
-           owner TEXT      -- the driver running it: "host:pid:process start time"
-           heartbeat REAL  -- its last sign of life (start, each epoch)
-           lease_until REAL    -- the owner's claim holds until then (renewed while it runs)
+           owner TEXT      -- the driver that claimed it: "host:pid:process start:PID namespace"
+           heartbeat REAL  -- its last sign of life by the owner's clock (for people: never compared)
+           lease_until REAL    -- the owner's clock + its lease (for people); NULL: no claim
            checkpoint TEXT     -- the latest checkpoint on the run's storage (path or URI) ...
-           checkpoint_epoch INT)  -- ... and its epoch: the next run resumes there
+           checkpoint_epoch INT,  -- ... and its epoch: the next run resumes there
+           token INT       -- the fence: a new one each time the trial changes hands (claims.py)
+           beats INT       -- the heartbeat counter its owner increments while it runs
+           lease_s REAL)   -- the owner's lease: stale once beats stands still this long
+    fences(last INT)   -- the last token handed out (one row; tokens are never used twice)
     memberships(grid, key, label, "column" JSON, seed, PRIMARY KEY(grid, key, label, "column"))
         -- grid is "<name>/<variant>" (table3/demo): which cells of an expansion use a trial
     runs(grid, variant, profile, sets JSON, path, started REAL, PRIMARY KEY(grid, variant))
@@ -26,7 +30,7 @@ from __future__ import annotations
 import sqlite3
 
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 TRIALS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     key TEXT PRIMARY KEY,
@@ -45,7 +49,10 @@ CREATE TABLE IF NOT EXISTS trials (
     heartbeat REAL,
     lease_until REAL,
     checkpoint TEXT,
-    checkpoint_epoch INTEGER
+    checkpoint_epoch INTEGER,
+    token INTEGER NOT NULL DEFAULT 0,
+    beats INTEGER NOT NULL DEFAULT 0,
+    lease_s REAL
 );
 """
 SCHEMA = TRIALS_SCHEMA + """
@@ -72,6 +79,9 @@ CREATE TABLE IF NOT EXISTS forgotten (
     forgotten REAL NOT NULL,
     record TEXT
 );
+CREATE TABLE IF NOT EXISTS fences (
+    last INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS warmups (
     wkey TEXT PRIMARY KEY,
     uri TEXT NOT NULL,
@@ -82,7 +92,7 @@ CREATE TABLE IF NOT EXISTS warmups (
 """
 TRIAL_COLUMNS = ("key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
                  "finished", "wall_seconds", "info", "owner", "heartbeat", "lease_until", "checkpoint",
-                 "checkpoint_epoch")
+                 "checkpoint_epoch", "token", "beats", "lease_s")
 JSON_COLUMNS = ("config", "metrics", "history", "info")
 
 
@@ -110,7 +120,9 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("DROP TABLE trials_old")
     elif "trials" in have:
         for col, kind in (("owner", "TEXT"), ("heartbeat", "REAL"), ("lease_until", "REAL"),
-                          ("checkpoint", "TEXT"), ("checkpoint_epoch", "INTEGER")):
+                          ("checkpoint", "TEXT"), ("checkpoint_epoch", "INTEGER"),
+                          ("token", "INTEGER NOT NULL DEFAULT 0"), ("beats", "INTEGER NOT NULL DEFAULT 0"),
+                          ("lease_s", "REAL")):
             if col not in cols:
                 db.execute(f"ALTER TABLE trials ADD COLUMN {col} {kind}")
     create(db)

@@ -5,9 +5,11 @@ Life of a trial: ``register(grid)`` records the grid's cells and adds a ``pendin
 -> ``record_epoch`` (partial history, while running) -> ``save_done`` or ``save_failed``,
 or ``mark_interrupted`` when the driver is stopped. A ``running`` row whose owner is a
 process of this machine that no longer exists (a driver killed with SIGKILL) reads as
-``interrupted``. A ``done`` row is never run again and never overwritten by a later
-failure; :meth:`Trials.forget` (``raygap run --rerun``) moves rows to the ``forgotten``
-table so they run again while their old results stay readable.
+``interrupted``. A ``done`` row is never run again and never overwritten (by a failure or by
+another ``save_done``); every write of a trial this connection claimed checks its token
+(:mod:`raygap.store.claims`) and does nothing once it has moved; :meth:`Claims.forget`
+(``raygap run --rerun``) moves rows to the ``forgotten`` table so they run again while their
+old results stay readable.
 
 Records (``get``, ``records``, ``rows_for_grid``) are plain dicts with the columns of the
 ``trials`` table (:mod:`raygap.store.schema`), the JSON columns decoded (``None`` where empty).
@@ -111,71 +113,80 @@ class Trials(Connection):
             "INSERT OR IGNORE INTO trials(key, status, config, attempts, created) VALUES (?, 'pending', ?, 0, ?)",
             (s.key, dumps(s.config.to_dict()), now)).rowcount for s in {s.key: s for s in specs}.values())
 
-    def mark_running(self, key: str, config: dict, owner: str | None = None) -> None:
+    def mark_running(self, key: str, config: dict, owner: str | None = None) -> bool:
         """A trial starts (or restarts): status running, attempts + 1, owned by ``owner``
-        (default: this process). No-op on a done trial."""
+        (default: this process). No-op on a done trial, and on one this connection claimed
+        whose token has moved (another driver has it now). Returns whether it was written."""
         now = time.time()
         owner = owner or this_process_owner()
+        fence, token = self._fence(key)
         with self._tx():
             row = self._db.execute("SELECT status FROM trials WHERE key=?", (key,)).fetchone()
             if row and row[0] == "done":
-                return
+                return False
             if row is None:
+                if fence:                      # claimed, and taken out of the store since (--rerun)
+                    return False
                 self._db.execute("INSERT INTO trials(key, status, config, attempts, created, started, owner, heartbeat) "
                                  "VALUES (?, 'running', ?, 1, ?, ?, ?, ?)", (key, dumps(config), now, now, owner, now))
-            else:
-                self._db.execute("UPDATE trials SET status='running', config=?, attempts=attempts+1, started=?, "
-                                 "finished=NULL, error=NULL, owner=?, heartbeat=? WHERE key=?",
-                                 (dumps(config), now, owner, now, key))
+                return True
+            return self._db.execute("UPDATE trials SET status='running', config=?, attempts=attempts+1, started=?, "
+                                    f"finished=NULL, error=NULL, owner=?, heartbeat=? WHERE key=?{fence}",
+                                    (dumps(config), now, owner, now, key, *token)).rowcount > 0
 
-    def record_epoch(self, key: str, history: list[dict]) -> None:
-        """The history so far of a running trial (ignored unless the trial is running)."""
+    def record_epoch(self, key: str, history: list[dict]) -> bool:
+        """The history so far of a running trial (ignored unless the trial is running and, if
+        this connection claimed it, its token has not moved). Returns whether it was written."""
+        fence, token = self._fence(key)
         with self._tx():
-            self._db.execute("UPDATE trials SET history=?, heartbeat=? WHERE key=? AND status='running'",
-                             (dumps(history), time.time(), key))
+            return self._db.execute(f"UPDATE trials SET history=?, heartbeat=? WHERE key=? AND status='running'{fence}",
+                                    (dumps(history), time.time(), key, *token)).rowcount > 0
 
     def save_done(self, key: str, metrics: dict, history: list[dict], wall_seconds: float,
-                  info: dict | None = None) -> None:
-        """A trial finished: final metrics, full history, wall time, free-form info."""
+                  info: dict | None = None) -> bool:
+        """A trial finished: final metrics, full history, wall time, free-form info. A done row
+        is never replaced (only ``--rerun`` takes it out), nor is a row whose token moved since
+        this connection claimed it. Returns whether it was written."""
         now = time.time()
+        fence, token = self._fence(key)
         with self._tx():
-            if self._db.execute("SELECT 1 FROM trials WHERE key=?", (key,)).fetchone() is None:
+            row = self._db.execute("SELECT status FROM trials WHERE key=?", (key,)).fetchone()
+            if row is None:
+                if fence:
+                    return False
                 self._db.execute("INSERT INTO trials(key, status, attempts, created, started) "
                                  "VALUES (?, 'running', 1, ?, ?)", (key, now, now))
-            self._db.execute("UPDATE trials SET status='done', metrics=?, history=?, wall_seconds=?, info=?, "
-                             "finished=?, error=NULL WHERE key=?",
-                             (dumps(metrics), dumps(history), wall_seconds, dumps(info or {}), now, key))
+            elif row[0] == "done":
+                return False
+            return self._db.execute("UPDATE trials SET status='done', metrics=?, history=?, wall_seconds=?, info=?, "
+                                    f"finished=?, error=NULL WHERE key=?{fence}",
+                                    (dumps(metrics), dumps(history), wall_seconds, dumps(info or {}), now, key,
+                                     *token)).rowcount > 0
 
-    def save_failed(self, key: str, error: str) -> None:
-        """A trial failed with ``error`` (kept to its first line). A done trial stays done."""
+    def save_failed(self, key: str, error: str) -> bool:
+        """A trial failed with ``error`` (kept to its first line). A done trial stays done; a
+        trial whose token moved since this connection claimed it is not written."""
         now = time.time()
         error = (str(error).strip().splitlines() or [""])[0][:2000]
+        fence, token = self._fence(key)
         with self._tx():
             row = self._db.execute("SELECT status FROM trials WHERE key=?", (key,)).fetchone()
             if row and row[0] == "done":
-                return
+                return False
             if row is None:
+                if fence:
+                    return False
                 self._db.execute("INSERT INTO trials(key, status, error, attempts, created, finished) "
                                  "VALUES (?, 'failed', ?, 1, ?, ?)", (key, error, now, now))
-            else:
-                self._db.execute("UPDATE trials SET status='failed', error=?, finished=? WHERE key=?",
-                                 (error, now, key))
+                return True
+            return self._db.execute(f"UPDATE trials SET status='failed', error=?, finished=? WHERE key=?{fence}",
+                                    (error, now, key, *token)).rowcount > 0
 
     def mark_interrupted(self, keys: Iterable[str], owner: str | None = None) -> int:
         """The driver stopped before these trials ended: their ``running`` rows owned by
-        ``owner`` (default: this process) become ``interrupted`` (history so far kept).
-        Returns how many rows changed."""
+        ``owner`` (default: this process) become ``interrupted`` (history so far kept), those
+        whose token has not moved since this connection claimed them. Returns how many changed."""
         owner = owner or this_process_owner()
         with self._tx():
-            return sum(self._keyed("UPDATE trials SET status='interrupted', finished=? WHERE status='running' "
-                                   "AND owner=? AND", keys, (time.time(), owner), run=self._changed))
-
-    def forget(self, keys: Iterable[str]) -> int:
-        """Take the trials ``keys`` (whatever their status) out of the store so they run
-        again; their rows are kept in ``forgotten``; memberships stay. Returns how many."""
-        now = time.time()
-        with self._tx():
-            rows = self._keyed("SELECT * FROM trials WHERE", keys, run=self._rows)
-            self._db.executemany("INSERT INTO forgotten VALUES (?,?,?)",
-                                 [(row["key"], now, json.dumps(row)) for row in rows])
-            return sum(self._keyed("DELETE FROM trials WHERE", keys, run=self._changed))
+            return self._fenced_update("UPDATE trials SET status='interrupted', finished=? WHERE status='running' "
+                                       "AND owner=?", keys, (time.time(), owner))
