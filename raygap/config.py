@@ -137,9 +137,11 @@ class Section(types.SimpleNamespace):
 class TrialConfig:
     """A fully resolved, validated trial config."""
 
-    def __init__(self, resolved: dict):
+    def __init__(self, resolved: dict, _same_but_seed: "TrialConfig | None" = None):
         self._d = resolved
         self.seed: int = resolved["seed"]
+        self._flat: dict | None = None              # flatten(self._d), made once (see flat)
+        self._sibling = _same_but_seed              # a config equal to this one but for the seed
         for s in SECTIONS:
             setattr(self, s, Section(**resolved[s]))
 
@@ -149,12 +151,26 @@ class TrialConfig:
     def flat(self) -> dict:
         """The resolved config as dotted keys -> values (``train.epochs``), as ``flatten(to_dict())``
         gives, without copying the whole config first (lists are copied)."""
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in flatten(self._d).items()}
+        if self._flat is None:
+            self._flat = ({**self._sibling._flat_once(), "seed": self.seed} if self._sibling is not None
+                          else flatten(self._d))
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._flat.items()}
+
+    def __getstate__(self):          # pickled (to a Ray worker): the config itself, not the caches
+        return {k: v for k, v in vars(self).items() if k not in ("_flat", "_sibling")}
+
+    def __setstate__(self, state):
+        vars(self).update(state, _flat=None, _sibling=None)
+
+    def _flat_once(self) -> dict:
+        if self._flat is None:
+            self.flat()
+        return self._flat
 
     def with_seed(self, seed) -> "TrialConfig":
         """This config with another seed (checked as :func:`resolve` checks it), every other
         value already validated: a grid's seeds of one cell resolve once, not once each."""
-        return TrialConfig({**_plain_copy(self._d), "seed": _seed(seed)})
+        return TrialConfig({**_plain_copy(self._d), "seed": _seed(seed)}, _same_but_seed=self)
 
     def part_json(self, *sections: str) -> str:
         """These sections as one canonical JSON string (sorted keys), copying nothing."""

@@ -95,3 +95,18 @@ def test_with_seed_is_resolve_with_that_seed_and_copies_nothing_shared():
         with pytest.raises(ConfigError) as e:
             a.with_seed(bad)
         assert e.value.key == "seed"
+
+
+def test_flat_of_a_reseeded_config_is_flatten_of_it_and_survives_pickling():
+    import pickle
+
+    from raygap.dotted import flatten
+
+    a = resolve({"method": {"name": "gap_adaptive"}, "seed": 3})
+    a.flat()                                    # the sibling's flat is made first, then shared
+    b = a.with_seed(8)
+    assert b.flat() == flatten(b.to_dict()) and b.flat()["seed"] == 8 and a.flat()["seed"] == 3
+    b.flat()["method.pair"].append("text")      # a copy each call
+    assert b.flat()["method.pair"] == ["audio", "visual"]
+    c = pickle.loads(pickle.dumps(b))
+    assert c.flat() == b.flat() and c.key() == b.key() and "_sibling" not in pickle.dumps(b).decode("latin-1")
