@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every trial (a smaller shape)")
     ap.add_argument("--num-cpus", type=int, default=None)
     ap.add_argument("--keep", help="keep both results folders here (default: a temporary folder, removed)")
+    ap.add_argument("--six-first", action="store_true",
+                    help="run the six runs before the one run (on a machine whose load changes, run both orders)")
     args = ap.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="paper_one_run-"))
     one_dir, six_dir = work / "one", work / "six"
@@ -76,8 +79,26 @@ def main() -> None:
     common = ["--profile", args.profile, *[x for s in args.set for x in ("--set", s)], "-q",
               *(["--num-cpus", str(args.num_cpus)] if args.num_cpus else [])]
     try:
-        one_wall, one_out = raygap("run", *args.grids, *common, "--results", str(one_dir))
-        six = [raygap("run", g, *common, "--results", str(six_dir)) for g in args.grids]
+        loads = {}
+
+        def one():
+            loads["one"] = os.getloadavg()[0]
+            out = raygap("run", *args.grids, *common, "--results", str(one_dir))
+            loads["one"] = (loads["one"], os.getloadavg()[0])
+            return out
+
+        def sixes():
+            loads["six"] = os.getloadavg()[0]
+            out = [raygap("run", g, *common, "--results", str(six_dir)) for g in args.grids]
+            loads["six"] = (loads["six"], os.getloadavg()[0])
+            return out
+
+        if args.six_first:
+            six = sixes()
+            one_wall, one_out = one()
+        else:
+            one_wall, one_out = one()
+            six = sixes()
         six_wall = sum(w for w, _ in six)
         names = []
         for g in args.grids:
@@ -98,6 +119,9 @@ def main() -> None:
         print(f"ratio one / six: {one_wall / six_wall:.2f} (goal < 1); tables byte-identical: "
               + ", ".join(f"{n} {'yes' if s else 'NO'}" for n, s in same.items())
               + f"; no trial trained twice: {'yes' if a['twice'] == 0 else 'NO'}")
+        print(f"order: {'six runs, then one' if args.six_first else 'one run, then six'}; 1-min load average at the "
+              f"start / end of each: one {loads['one'][0]:.1f} / {loads['one'][1]:.1f}, "
+              f"six {loads['six'][0]:.1f} / {loads['six'][1]:.1f} (on {os.cpu_count()} CPUs)")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
