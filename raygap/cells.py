@@ -25,6 +25,23 @@ WARMUP_NOTE = (f"{WARMUP_MARK} k: in k of the seeds the epoch picked on validati
                "train.select_from: adaptive picks from the adaptive stage only.")
 
 
+def selection_note(grid) -> str:
+    """Which epochs the reported number may come from, for the rows whose method has a warm-up
+    stage (``gap_adaptive``'s): "" when no row has one."""
+    staged: dict[str, set] = {}
+    for t in grid.trials:
+        if t.config.warmup() is not None:
+            staged.setdefault(t.config.train.select_from, set()).add(t.label)
+    if not staged:
+        return ""
+    words = {"all": "every epoch, the warm-up stage's included (train.select_from: all)",
+             "adaptive": "the adaptive stage's epochs only (train.select_from: adaptive)"}
+    if len(staged) == 1:
+        return f"Epochs eligible for the reported number of a two-stage row: {words[next(iter(staged))]}."
+    return "Epochs eligible for the reported number: " + "; ".join(
+        f"{', '.join(sorted(rows))}: {words[k]}" for k, rows in sorted(staged.items())) + "."
+
+
 def _split_modality(metric: str) -> tuple[str, str | None]:
     """``acc_audio`` -> (``acc``, ``audio``); ``acc2_nz`` -> (``acc2_nz``, None)."""
     if metric in METRIC_LABELS or metric in PERCENT:

@@ -16,7 +16,7 @@ import io
 import re
 from typing import Any, Callable
 
-from .cells import WARMUP_MARK, WARMUP_NOTE, metric_label
+from .cells import WARMUP_MARK, WARMUP_NOTE, metric_label, selection_note
 from .significance import comparison_note, comparison_table, comparisons_csv
 
 
@@ -83,6 +83,8 @@ def to_markdown(table) -> str:
                  "(n=k) seeds done, (n=k/N) when only k of N are; – none done. The reported epoch is chosen on "
                  "validation." + (f" Profile: {grid.profile}." if grid.profile else "")
                  + (f" --set {' '.join(grid.sets)}." if grid.sets else ""))
+    if selection_note(grid):
+        lines += ["", md_escape(selection_note(grid))]
     if any(WARMUP_MARK in c for r in body for c in r[1:]):
         lines += ["", md_escape(WARMUP_NOTE)]
     marks = _marks(grid)
@@ -146,6 +148,8 @@ def to_latex(table) -> str:
                 for ci in range(len(combos)) for m in grid.metrics]
         out.append(name + " & " + " & ".join(vals) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
+    if selection_note(grid):
+        out.append(r"\par\smallskip{\footnotesize " + tex_escape(selection_note(grid)) + "}")
     if any(c.in_warmup for c in cells.values()):
         out.append(r"\par\smallskip{\footnotesize " + tex_escape(WARMUP_NOTE) + "}")
     if marks:       # after the tabular, so long notes wrap to the float's width

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .atomic import atomic_write
-from .cells import DASH, WARMUP_NOTE, metric_label
+from .cells import DASH, WARMUP_NOTE, metric_label, selection_note
 from .comparability import against_paper, header_lines, paper_conflicts
 from .dotted import flatten
 from .render import comparison_md, md_escape, md_table
@@ -115,6 +115,8 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
     if comps:
         lines += [("#" * (level - 1) + ln) if ln.startswith("## ") else ln      # one level below the title
                   for ln in comparison_md(grid, comps, "Which differences are real: paired differences vs")]
+    if selection_note(grid):
+        lines += ["", md_escape(selection_note(grid))]
     if any(c.in_warmup for c in cells.values()):
         lines += ["", md_escape(WARMUP_NOTE)]
     figs = sorted(Path(f) for f in (figures or []))

@@ -317,3 +317,22 @@ def test_the_report_notes_where_the_paper_disagrees_with_itself():
     kl = {(v, here, there) for label, v, _, here, other, olabel, there in paper_conflicts(t5)
           if label == "GMM(KL)" and other == "table2" and olabel == "Ours (KL Gap)"}
     assert kl == {("cremad", 78.63, 79.84), ("ave", 69.15, 69.65), ("ks", 71.83, 72.26)}
+
+
+def test_the_tables_say_which_epochs_of_a_two_stage_row_were_eligible(tmp_path):
+    from raygap.cells import selection_note
+
+    one_stage = {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}}}
+    assert selection_note(_grid_of(tmp_path, one_stage, ["acc"], name="plain")) == ""
+    rows = {"Ref": {"method": {"name": "concat"}},
+            "Ours": {"method": {"name": "gap_adaptive", "warmup_epochs": 1}},
+            "Ours (adaptive)": {"method": {"name": "gap_adaptive", "warmup_epochs": 1},
+                                "train": {"select_from": "adaptive"}}}
+    grid = _grid_of(tmp_path, rows, ["acc"], name="mixed")
+    assert selection_note(grid) == (
+        "Epochs eligible for the reported number: Ours (adaptive): the adaptive stage's epochs only "
+        "(train.select_from: adaptive); Ours: every epoch, the warm-up stage's included (train.select_from: all).")
+    with _store_of(tmp_path, grid, lambda lab, s: {"acc": ACC["Ref"][s]}) as store:
+        paths = export_grid(grid, store, tmp_path / "out")
+    assert "Ours (adaptive): the adaptive stage's epochs only (train.select\\_from: adaptive)" in paths["table.md"].read_text()
+    assert r"the adaptive stage's epochs only (train.select\_from: adaptive)" in paths["table.tex"].read_text()
