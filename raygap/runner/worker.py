@@ -36,6 +36,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
 
     from ..config import resolve
     from ..data.preload import release_device_memory
+    from ..data.splits import check_split
     from ..errors import CheckpointDeviceMismatch, CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
     from ..models.compiled import CompileLimitHit
     from ..devices import device_kind, pick_device
@@ -104,6 +105,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     try:
         try:
             if bundle is None:                    # a bad data layout fails like any other deterministic failure
+                check_split(cfg, key)             # the split lists here are those the trial was keyed with
                 bundle = load_data(cfg)
             device = pick_device(cfg.train.device, gpu_share=cfg.resources.gpu)
             result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report, final_checkpoint=False,

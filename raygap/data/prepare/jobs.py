@@ -105,15 +105,6 @@ def copy_wav(src: Path, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def copy_list(src: Path, dst: Path) -> None:
-    """Copy a split list into the layout (nothing to do when it is already there)."""
-    if dst.exists() and os.path.samefile(src, dst):
-        return
-    tmp = _tmp_path(dst)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def need_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path}: {what} folder missing")
@@ -140,7 +131,7 @@ class Plan:
     """What a dataset's preparation will do."""
     dataset: str
     clips: list[str]                                      # every clip named by the split lists
-    write_lists: Callable[[], None]                       # writes the split lists into OUT_DIR
+    list_texts: dict[str, bytes]                          # file name in OUT_DIR -> the list it gets
     lists: dict[str, int]                                 # split file -> rows
     jobs: list[Job] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)      # "clip: why" for clips without source media
