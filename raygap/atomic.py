@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import StoreError
+from .removal import remove
 
 _UMASK_LOCK = threading.Lock()
 
@@ -78,10 +79,7 @@ def atomic_write_with(path: str | Path, write: Callable[[Any], None], binary: bo
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        remove(tmp, path.parent, ignore_errors=True)
         if isinstance(e, OSError):
             raise _write_error(path, e, advice) from None
         raise

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .removal import remove
+
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
@@ -264,7 +266,7 @@ def record_children(folder: Path, owner: str) -> int:
 def drop_ledger(folder: Path) -> None:
     """This driver ended its processes itself: its ledger goes."""
     try:
-        _ledger_path(folder).unlink()
+        remove(_ledger_path(folder), Path(folder) / LEDGER_DIR)
     except OSError:
         pass
 
@@ -309,8 +311,5 @@ def end_leftovers(folder: Path, owner_alive) -> list[int]:
             except (psutil.Error, ValueError, TypeError):
                 pass
         ended += _end(procs, 5.0)
-        try:
-            path.unlink()
-        except OSError:
-            pass
+        remove(path, ledgers, ignore_errors=True)
     return ended

@@ -53,7 +53,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
             if rec.get("status") == "failed":        # a failure starts over: its checkpoints are stale
                 store.take_checkpoint(s.key)
                 for c in found:
-                    delete_checkpoint(c)
+                    delete_checkpoint(c, storage_path)
             else:
                 resume = found
         items.append({"key": s.key, "label": trial_label(s),

@@ -72,14 +72,14 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             self.ours.add(uri)
             for stale in store.record_checkpoint(key, uri, epoch):
                 if stale == uri or stale not in self.ours:   # (Tune deletes this run's older ones itself)
-                    delete_checkpoint(stale)          # an earlier run's, or the trial finished meanwhile
+                    delete_checkpoint(stale, storage)          # an earlier run's, or the trial finished meanwhile
             self._drop_earlier(trial)
 
         def _drop_earlier(self, trial):
             """The earlier run's checkpoints of this trial: of no use once it has its own, or is done."""
             for c in trial.config["t"].get("resume") or []:
                 if c not in self.ours:
-                    delete_checkpoint(c)
+                    delete_checkpoint(c, storage)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
@@ -101,7 +101,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                     log(f"  {self._label(trial)}: {r['note']}")
             if "warmup" in parts:
                 w = parts["warmup"]
-                delete_checkpoint(store.record_warmup(w["wkey"], w["uri"], int(w["epoch"]), key))
+                delete_checkpoint(store.record_warmup(w["wkey"], w["uri"], int(w["epoch"]), key), storage)
             for text in parts.get("warnings", []):
                 if text not in self.warned:          # each distinct warning once per run
                     self.warned.add(text)
@@ -116,7 +116,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             if "final" in parts:
                 fin = parts["final"]
                 store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0), fin["info"])
-                delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
+                delete_checkpoint(store.take_checkpoint(key), storage)   # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
                 if after_done is not None:
                     after_done()

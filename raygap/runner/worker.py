@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from ..trialfiles import CHECKPOINT
+from ..removal import remove
 from .protocol import encode
 from .shared_data import data_key
 from .storage import checkpoint_at, checkpoint_uri, keep_checkpoint
@@ -129,7 +130,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
             **({"resume_note": resume_note} if resume_note else {}),
             "wall_seconds": time.perf_counter() - t0}}))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work, tempfile.gettempdir(), ignore_errors=True)
         if bundle is not None:
             release_device_memory(bundle)              # Tune reuses this actor: the next trial gets the GPU back
 

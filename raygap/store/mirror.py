@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import StoreError
+from ..removal import remove, temp_folder
 from .schema import TRIAL_COLUMNS
 
 FOLDER = "results"           # the mirror's folder on the storage
@@ -165,7 +166,7 @@ class Mirror:
         tries again. Returns whether the copy is there."""
         path = Path(store_path or self.results / STORE)
         try:
-            with tempfile.TemporaryDirectory(prefix="raygap-mirror-") as tmp:
+            with temp_folder("raygap-mirror-") as tmp:
                 copy = Path(tmp) / STORE
                 src = _readonly(path)
                 dst = sqlite3.connect(copy)
@@ -223,7 +224,7 @@ class Mirror:
                                   destination_filesystem=pyarrow.fs.LocalFileSystem())
             os.replace(tmp, dest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            remove(tmp, dest.parent, ignore_errors=True)
             raise
 
     def restore(self, store_path: str | Path | None = None) -> str | None:
@@ -238,7 +239,7 @@ class Mirror:
                 self._download(STORE, path)
                 n = _count_done(path)
                 return f"restored the store from {self.uri}/{STORE}: {n} done trial(s) (this results folder had none)"
-            with tempfile.TemporaryDirectory(prefix="raygap-mirror-") as tmp:
+            with temp_folder("raygap-mirror-") as tmp:
                 there = Path(tmp) / STORE
                 self._download(STORE, there)
                 merged = self.merge_into(path, there)

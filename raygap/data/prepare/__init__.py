@@ -36,6 +36,7 @@ from typing import Any
 
 from ...atomic import atomic_write, refuse_link
 from ...errors import DataError
+from ...removal import remove
 from ..splits import lists_digest, split_files
 from .jobs import find_ffmpeg, run_jobs
 from .layouts import PLANNERS
@@ -108,7 +109,7 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
     if problems:
         atomic_write(failures_path, "".join(f"{line}\n" for line in problems), root=out, advice=ADVICE)
     elif failures_path.exists():
-        failures_path.unlink()
+        remove(failures_path, out)
     lists = ", ".join(f"{k} {v} rows" for k, v in plan.lists.items())
     log(f"{dataset}: {len(plan.clips)} clips ({lists}); {len(plan.jobs) - len(failures)} outputs written, "
         f"{plan.kept} kept, {len(problems)} problems"
