@@ -2,10 +2,10 @@
 
 A reader sees the old file or the new one, whole (a temp file beside it, fsync, rename), with
 the user's umask; no write follows a symlink: a folder under the results folder that is a link
-leading out of it is refused (:func:`results_dir`); a file that is a link is replaced, never
-written through, or with a ``root`` refused (:func:`refuse_link`): one
-:class:`~raygap.errors.StoreError` line, nothing written. An OSError is one such line naming
-the file.
+leading out of it is refused (:func:`results_dir`), and so is a file that is a link
+(:func:`refuse_link`; :func:`refuse_links_in` checks a whole folder before anything is
+written): one :class:`~raygap.errors.StoreError` line, nothing written. An OSError is one such
+line naming the file.
 """
 from __future__ import annotations
 
@@ -61,11 +61,11 @@ def atomic_write_with(path: str | Path, write: Callable[[Any], None], binary: bo
                       root: str | Path | None = None, advice: str | None = None) -> Path:
     """Write ``path`` through ``write(file)`` so that a reader sees the old file or the new
     one, whole: a temp file beside it (mode 0666 less the umask, like any new file),
-    fsync, rename over ``path`` (a symlink there is replaced, not followed). With ``root``
-    (the folder raygap writes in), link-safe: a symlink at ``path``, or a folder on the way
-    that is a link out of ``root``, is refused with nothing written (:func:`refuse_link`). OSErrors become one StoreError line naming
+    fsync, rename over ``path``. Link-safe: a symlink at ``path``, or (with ``root``, the
+    folder raygap writes in) a folder on the way that is a link out of ``root``, is refused
+    with nothing written (:func:`refuse_link`). OSErrors become one StoreError line naming
     the file (``advice``: what to do, else the results folder's)."""
-    path = refuse_link(path, root) if root is not None else Path(path)
+    path = refuse_link(path, root)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -122,4 +122,16 @@ def results_dir(root: str | Path, *parts: str, create: bool = True) -> Path:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _write_error(d, e) from None
+    return d
+
+
+def refuse_links_in(root: str | Path, *parts: str) -> Path:
+    """``root/parts...`` checked as :func:`results_dir` does (not made), and every file directly
+    in it that is a symlink refused: run before an export writes anything, so a link there
+    stops it with nothing written."""
+    d = results_dir(root, *parts, create=False)
+    if d.is_dir():
+        for p in sorted(d.iterdir()):
+            if p.is_symlink() and not p.is_dir():
+                refuse_link(p)
     return d
