@@ -31,6 +31,7 @@ from typing import Any
 
 from . import RESULTS_VERSION
 from .data.base import DataCommon
+from .data.splits import split_digest
 from .dotted import flatten, get_dotted, parse_set, set_dotted
 from .errors import ConfigError, nearest
 from .params import F
@@ -189,12 +190,18 @@ class TrialConfig:
                     out[section] = {k: v for k, v in out[section].items() if k != key and k not in riders}
         return out
 
-    def key(self) -> str:
-        """Identity of the trial: hash of the resolved config (resources excluded) and the
-        results version of the code (bumped by changes that alter results)."""
+    def key(self, split: Any = ...) -> str:
+        """Identity of the trial: hash of the resolved config (resources excluded), the
+        results version of the code (bumped by changes that alter results) and, for a file
+        dataset whose split lists are found here, their digest (:mod:`raygap.data.splits`;
+        ``split``: that digest given, None for none)."""
         method_version = METHODS.get(self._d["method"]["name"]).meta.get("version", 1)
-        payload = json.dumps({"config": self.hashed_part(), "results_version": RESULTS_VERSION,
-                              "method_version": method_version}, sort_keys=True, default=str)
+        if split is ...:
+            split = split_digest(self._d["data"]["name"], self._d["data"])
+        payload = {"config": self.hashed_part(), "results_version": RESULTS_VERSION, "method_version": method_version}
+        if split is not None:
+            payload["split"] = split
+        payload = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def warmup(self) -> tuple[str, int] | None:

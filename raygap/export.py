@@ -111,14 +111,14 @@ def write_tables(table: Table, out_dir: str | Path | None = None,
     manifest = table_json(table)
     if not force:
         _check_not_emptier(out_dir, manifest)
-    paths = {"trials.csv": atomic_write(out_dir / "trials.csv", trials_csv(table))}
+    paths = {"trials.csv": atomic_write(out_dir / "trials.csv", trials_csv(table), root=out_dir)}
     comps = table.comparisons
     if comps.inputs:                    # kept with the numbers: a later export with the same inputs reuses them
         manifest["comparisons"] = {"inputs": comps.inputs, "rows": list(comps)}
     for fmt, render in RENDERERS.items():
         if fmt in formats:
-            paths.update({name: atomic_write(out_dir / name, text) for name, text in render(table).items()})
-    paths[MANIFEST] = atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
+            paths.update({name: atomic_write(out_dir / name, text, root=out_dir) for name, text in render(table).items()})
+    paths[MANIFEST] = atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n", root=out_dir)
     return paths
 
 

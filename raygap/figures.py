@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write, atomic_write_with
+from .atomic import atomic_write, atomic_write_with, refuse_links_in
 from .cells import metric_label
 from .metrics import shown_metric
 
@@ -191,6 +191,7 @@ def grid_figures(table, out_dir: Path) -> Figures:
 
     grid, done = table.grid, table.done_records()
     out_dir = Path(out_dir)
+    refuse_links_in(out_dir.parent, out_dir.name)        # a figures folder leading out, or a link in it: nothing drawn
     index = _load_index(out_dir)
     new_index: dict = {}
     out = Figures()
@@ -233,7 +234,7 @@ def grid_figures(table, out_dir: Path) -> Figures:
             out.append(out_dir / f"{name}.png")
     if new_index != index:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / INDEX, json.dumps(new_index, indent=1, sort_keys=True))
+        atomic_write(out_dir / INDEX, json.dumps(new_index, indent=1, sort_keys=True), root=out_dir.parent)
     return out
 
 

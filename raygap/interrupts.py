@@ -29,6 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .atomic import atomic_write
+from .errors import StoreError
+from .removal import remove
+
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
@@ -253,10 +257,8 @@ def record_children(folder: Path, owner: str) -> int:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.parent.stat().st_uid == os.getuid():
             os.chmod(path.parent, 0o700)       # (made before by an older raygap, with the umask's mode)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"owner": owner, "procs": entries}))
-        os.replace(tmp, path)
-    except OSError:
+        atomic_write(path, json.dumps({"owner": owner, "procs": entries}), root=path.parent)
+    except (OSError, StoreError):
         return 0                           # a read-only or full disk: the teardown still ends them
     return len(entries)
 
@@ -264,7 +266,7 @@ def record_children(folder: Path, owner: str) -> int:
 def drop_ledger(folder: Path) -> None:
     """This driver ended its processes itself: its ledger goes."""
     try:
-        _ledger_path(folder).unlink()
+        remove(_ledger_path(folder), Path(folder) / LEDGER_DIR)
     except OSError:
         pass
 
@@ -309,8 +311,5 @@ def end_leftovers(folder: Path, owner_alive) -> list[int]:
             except (psutil.Error, ValueError, TypeError):
                 pass
         ended += _end(procs, 5.0)
-        try:
-            path.unlink()
-        except OSError:
-            pass
+        remove(path, ledgers, ignore_errors=True)
     return ended

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .atomic import atomic_write
+from .atomic import atomic_write, refuse_link
 from .cells import DASH, WARMUP_NOTE, metric_label, selection_note
 from .comparability import against_paper, header_lines, paper_conflicts
 from .dotted import flatten
@@ -33,24 +33,31 @@ def paper_report(tables: list[tuple], results: Path) -> Path:
     ``results/report-<variant>.md`` (and ``.html``) -- ``report-mixed`` where the grids ran with
     different profiles or ``--set`` items -- its figure links relative to ``results``."""
     results = Path(results)
-    variants = {t.grid.variant for t, _, _ in tables}
-    variant = variants.pop() if len(variants) == 1 else "mixed"
+    md, _ = report_names({t.grid.variant for t, _, _ in tables})
     done = sum(t.done for t, _, _ in tables)
     cells = sum(len(t.grid.trials) for t, _, _ in tables)
-    lines = [f"# Reproduction report: {len(tables)} tables ({variant})", "",
+    lines = [f"# Reproduction report: {len(tables)} tables ({md[len('report-'):-len('.md')]})", "",
              f"{done} of {cells} cells done over {', '.join(t.grid.name for t, _, _ in tables)}; generated "
              f"{time.strftime('%Y-%m-%d %H:%M:%S')}. One section a table; each table's own files are in its folder "
              "(results/<grid>/<variant>/).", ""]
     for table, table_dir, figures in tables:       # (table_dir: results/<grid>/<variant>)
         lines += report_lines(table, figures, fig_dir=f"{table.grid.name}/{table.grid.variant}/figures", level=2)
         lines.append("")
-    return _write(results / f"report-{variant}.md", "\n".join(lines))
+    return _write(results / md, "\n".join(lines))
+
+
+def report_names(variants: set[str]) -> tuple[str, str]:
+    """The file names of a several-grid report over grids of these variants (.md, .html)."""
+    variant = next(iter(variants)) if len(variants) == 1 else "mixed"
+    return f"report-{variant}.md", f"report-{variant}.html"
 
 
 def _write(md_path: Path, text: str) -> Path:
     text = text.rstrip() + "\n"
-    atomic_write(md_path.with_suffix(".html"), report_html(text))
-    return atomic_write(md_path, text)
+    refuse_link(md_path.with_suffix(".html"), md_path.parent)
+    refuse_link(md_path, md_path.parent)                  # (both checked before either is written)
+    atomic_write(md_path.with_suffix(".html"), report_html(text), root=md_path.parent)
+    return atomic_write(md_path, text, root=md_path.parent)
 
 
 def report_lines(table, figures: list | None = None, fig_dir: str = "figures", level: int = 1) -> list[str]:

@@ -101,8 +101,14 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs"
               "fuse.mount-s3", "9p", "virtiofs", "fuse.weka", "davfs"}
 
 
-def mount_fs_type(path: str | Path, mounts: str = "/proc/mounts") -> str | None:
-    """The file-system type /proc/mounts gives for the mount holding ``path``."""
+MOUNTS_ENV = "RAYGAP_TEST_MOUNTS"     # test-only: a mount table to read instead of /proc/mounts (faked NFS)
+
+
+def mount_fs_type(path: str | Path, mounts: str | None = None) -> str | None:
+    """The file-system type /proc/mounts gives for the mount holding ``path`` (``mounts``: another
+    table in its format; ``$RAYGAP_TEST_MOUNTS`` names one for tests, to fake a network file
+    system in a raygap subprocess)."""
+    mounts = mounts or os.environ.get(MOUNTS_ENV) or "/proc/mounts"
     p = str(Path(path).resolve())
     best, kind = "", None
     try:

@@ -77,7 +77,7 @@ def test_figures_that_cannot_be_drawn_make_export_exit_1_with_the_traceback_path
     assert "| A " in (tmp_path / "figs" / "noprofile" / "table.md").read_text()     # the tables are written
 
 
-def test_the_figures_traceback_is_written_atomically_never_through_a_symlink(tmp_path, monkeypatch, capsys):
+def test_the_figures_traceback_is_never_written_through_a_symlink(tmp_path, monkeypatch, capsys):
     import raygap.figures
     from raygap.cli import main as cli_main
 
@@ -95,11 +95,12 @@ def test_the_figures_traceback_is_written_atomically_never_through_a_symlink(tmp
         raise ValueError("no axes today")
 
     monkeypatch.setattr(raygap.figures, "grid_figures", broken)
-    assert cli_main(["export", str(tmp_path / "figs.yaml"), "--results", str(tmp_path)]) == 1
-    assert victim.read_text() == "precious"
-    assert not tb.is_symlink() and "no axes today" in tb.read_text()
+    assert cli_main(["export", str(tmp_path / "figs.yaml"), "--results", str(tmp_path)]) == 2   # refused, not replaced
+    assert victim.read_text() == "precious" and tb.is_symlink()
     assert [p.name for p in tb.parent.iterdir()] == ["error.txt"]          # no temp file left
-    assert f"(traceback: {tb})" in capsys.readouterr().err
+    assert not (tb.parent.parent / "table.md").exists()                    # refused before anything is written
+    err = capsys.readouterr().err
+    assert f"{tb}: is a symlink (to {victim}): raygap does not write through it" in err
 
 
 def test_rows_whose_ascii_names_collide_keep_a_figure_each(tmp_path):

@@ -318,8 +318,10 @@ def test_resume_candidates_newest_first_including_unrecorded_ones(tmp_path):
                                                   "file://" + str(trial / "checkpoint_000003"), "file://" + rec]
     assert resume_candidates(str(trial / "notes")) == [str(trial / "notes")]       # not a Tune checkpoint name
     assert resume_candidates(str(tmp_path / "gone" / "checkpoint_000001")) == [str(tmp_path / "gone" / "checkpoint_000001")]
-    delete_checkpoint("file://" + str(trial / "checkpoint_000010"))
-    delete_checkpoint(str(trial / "checkpoint_000003"))
-    delete_checkpoint(str(tmp_path / "never-there"))                                # nothing to lose: no error
+    delete_checkpoint("file://" + str(trial / "checkpoint_000010"), str(tmp_path / "exp"))
+    delete_checkpoint(str(trial / "checkpoint_000003"), str(tmp_path / "exp"))
+    delete_checkpoint(str(tmp_path / "exp" / "never-there"), str(tmp_path / "exp"))  # nothing to lose: no error
+    delete_checkpoint(str(trial / "checkpoint_000001"), str(trial / "checkpoint_000002"))   # not inside: kept
+    delete_checkpoint(str(trial / "checkpoint_000001") + "/..", str(trial))                   # ..: kept
     assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000011",
                                                        "notes"]

@@ -186,7 +186,7 @@ def test_checkpoint_uris_keep_the_storage_query_and_reopen_in_the_bucket(s3, tmp
     assert objects == ["runs/exp/trial/checkpoint_000001/checkpoint.pt", "runs/exp/trial/checkpoint_000003/checkpoint.pt",
                        "runs/warmups/wabc/checkpoint.pt"], objects
     for uri in [*resume_candidates(recorded), kept]:
-        delete_checkpoint(uri)
+        delete_checkpoint(uri, storage)
     assert [k for k in s3.keys(bucket) if not k.endswith("/")] == []
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)      # the endpoint the AWS way, no query
     keep_checkpoint(src, f"s3://{bucket}/env/w")

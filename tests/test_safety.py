@@ -140,8 +140,9 @@ def test_figures_never_write_through_a_symlink(demo, tmp_path, capsys):
     victim.write_text("precious")
     png.unlink()
     png.symlink_to(victim)
-    assert raygap("export", str(g), "--results", str(results))[0] == 0
-    assert victim.read_text() == "precious" and not png.is_symlink() and png.read_bytes()[:4] == b"\x89PNG"
+    code, out, err = raygap("export", str(g), "--results", str(results))
+    assert code == 2 and f"{png}: is a symlink (to {victim}): raygap does not write through it" in err, out + err
+    assert victim.read_text() == "precious" and png.is_symlink()                   # refused, never written through
     # a folder under results that leads out of it is refused, whole
     shutil.rmtree(figs)
     outside = tmp_path / "elsewhere"

@@ -83,3 +83,13 @@ def test_the_walltime_sigterm_reaches_raygap_and_its_exit_code_is_the_job_s(env)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out
     assert lines(env, "raygap")[-1] == "TERM" and "exit 130" in out
+
+
+def test_one_job_runs_every_table_by_default(env):
+    # one driver over every grid (one store): not several jobs sharing a store on NFS (issue 25)
+    r = subprocess.run(["bash", str(SCRIPT)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tables = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "grids").glob("table*.yaml"))
+    assert len(tables) >= 6 and lines(env, "raygap") == [
+        f"run {' '.join(tables)} --profile paper --address 10.1.2.3:6379 --storage /shared/raygap/results/ray "
+        "--results /shared/raygap/results"]

@@ -11,7 +11,8 @@ def cmd_prepare(args) -> int:
     OUT_DIR/prepare_failures.txt); bad input is one line from :func:`raygap.cli.main` (exit 2)."""
     from ..data.prepare import prepare
 
-    report = prepare(args.dataset, args.raw_dir, args.out_dir, dict(key_values(args.option, "--option")))
+    report = prepare(args.dataset, args.raw_dir, args.out_dir, dict(key_values(args.option, "--option")),
+                     force=args.force)
     return 1 if (report["failed"] or report["missing_source"]) else 0
 
 

@@ -118,6 +118,7 @@ def export_one(args, grid, store, table_dir: Path, formats=None, force: bool = F
 
     with interrupts.protected("export"):
         table = read_table(grid, store, table_dir)
+        check_links(table_dir)
         try:
             paths = write_tables(table, table_dir, formats=formats or FORMATS, force=force)
             written = "tables: " + ", ".join(str(p) for p in paths.values())
@@ -127,6 +128,15 @@ def export_one(args, grid, store, table_dir: Path, formats=None, force: bool = F
         if mirror and paths:            # the tables (and figures) after every export
             mirror.push_tables([*paths.values(), table_dir / "figures"])
         return written, figures
+
+
+def check_links(table_dir: Path) -> None:
+    """Before an export writes anything: a link among the tables or the figures, or a figures
+    folder leading out of the table folder, is one StoreError line (``raygap.atomic``)."""
+    from ..atomic import refuse_links_in
+
+    refuse_links_in(table_dir)
+    refuse_links_in(table_dir, "figures")
 
 
 class FiguresFailed(list):
@@ -145,11 +155,11 @@ def draw_figures(table, out_dir: Path) -> list:
 
     try:
         return grid_figures(table, out_dir)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StoreError):     # (a link where a figure goes: one line, exit 2)
         raise
     except Exception as e:  # noqa: BLE001 -- reported below and in the exit code, not swallowed
         tb = out_dir / "error.txt"
-        atomic_write(tb, traceback.format_exc())
+        atomic_write(tb, traceback.format_exc(), root=out_dir.parent)
         print(f"raygap: figures not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               f"(traceback: {tb})", file=sys.stderr)
         return FiguresFailed()

@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("raw_dir")
     pr.add_argument("out_dir")
     _key_values(pr, "--option", "dataset-specific option")
+    pr.add_argument("--force", action="store_true",
+                    help="replace split lists in OUT_DIR that differ from those this prepare makes (says which)")
     pr.set_defaults(func=cmd_prepare)
 
     ls = sub.add_parser("list", help="what raygap ships and the plug-ins add: methods, datasets, mixtures, "

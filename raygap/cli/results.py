@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import interrupts
 from ..errors import ConfigError
-from .grids import FiguresFailed, draw_figures, grid_for_reading, nothing_ran, per_grid, results_root, table_folder
+from .grids import FiguresFailed, check_links, draw_figures, grid_for_reading, nothing_ran, per_grid, results_root, table_folder
 
 
 def _read_all(args, need_store: bool = False) -> list[tuple]:
@@ -52,6 +52,8 @@ def cmd_export(args) -> int:
     from ..table import read_table
 
     read = [(a, g, store, table_folder(a, g)) for a, g, store in _read_all(args, need_store=True)]
+    for *_, table_dir in read:                 # a link where a table or figure goes: nothing written
+        check_links(table_dir)
     formats = (args.format,) if args.format else FORMATS
     code = 0
     for a, grid, store, table_dir in read:
@@ -81,10 +83,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..reproduction import paper_report, reproduction_report
+    from ..reproduction import paper_report, report_names, reproduction_report
     from ..table import read_table
 
     read = [(a, g, store, table_folder(a, g)) for a, g, store in _read_all(args, need_store=True)]
+    for *_, table_dir in read:                 # a link where a figure or the report goes: nothing written
+        check_links(table_dir)
+    if len(read) > 1:
+        from ..atomic import refuse_link
+
+        for name in report_names({g.variant for _, g, _, _ in read}):
+            refuse_link(results_root(args) / name)
     tables = []
     with interrupts.protected("export"):
         for _, grid, store, table_dir in read:

@@ -117,7 +117,10 @@ def cmd_run(args) -> int:
         said = mirror.restore()
         if said:
             print(said, flush=True)
+    from ..store.hosts import refuse_other_hosts
+
     store = open_store(args)
+    refuse_other_hosts(store)           # a store on NFS... that a driver on another host uses: one line, nothing written
     keys = _rerun_keys(args, grid, store)
     for line in stale_lines({m: [k for k in ks if k not in keys] for m, ks in stale_trials(grid, store).items()
                              if any(k not in keys for k in ks)}):

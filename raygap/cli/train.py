@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..removal import remove
 from ..trialfiles import CHECKPOINT
 
 TRAIN_FILES = (CHECKPOINT, f"{CHECKPOINT}.tmp", "result.json", "result.json.tmp", "config.json")
@@ -68,7 +69,7 @@ def _remove_train_files(out: Path) -> list[str]:
     for p in sorted(out.iterdir()):
         if p.name in TRAIN_FILES or (p.name.startswith((".config.json.", ".result.json.")) and p.name.endswith(".tmp")):
             if p.is_file() or p.is_symlink():
-                p.unlink()
+                remove(p, out)
                 removed.append(p.name)
     return removed
 

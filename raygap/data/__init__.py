@@ -7,7 +7,7 @@ dataset is a new file, with no list to edit (docs/contributing.md).
 import importlib
 import pkgutil
 
-_HELPERS = {"base", "media", "loader", "prepare", "cache", "augment", "synth", "preload"}
+_HELPERS = {"base", "media", "loader", "prepare", "cache", "augment", "synth", "preload", "splits"}
 
 for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _m.name not in _HELPERS and not _m.name.startswith("_"):

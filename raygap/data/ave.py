@@ -84,7 +84,8 @@ def read_ave_list(path: Path) -> list[AveRow]:
     return rows
 
 
-@DATASETS.register(NAME, params=AveParams, layout=lambda p: DataLayout(["audio", "visual"]))
+@DATASETS.register(NAME, params=AveParams, layout=lambda p: DataLayout(["audio", "visual"]),
+                   split_lists=tuple(LISTS.values()))
 def build(params: AveParams, common: DataCommon) -> DatasetBundle:
     """AVE: audio (1, 257, 1004) z-scored log spectrogram, visual (num_frames, 3, S, S); 28 events."""
     root = data_root(NAME, common)

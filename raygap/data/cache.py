@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..removal import remove
 from . import augment, preload as _preload
 from .media import AudioFrontEnd, Clip, load_audio, open_image, sample_frame_indices
 
@@ -123,8 +123,7 @@ def build(dataset: str, root: Path, clips: Sequence[Clip], front_end: AudioFront
     old one only once the new one is complete."""
     final = cache_dir(root, front_end, num_frames, side)
     tmp = final.with_name(final.name + f".building-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove(tmp, final.parent)
     tmp.mkdir(parents=True)
     clips = sorted(clips, key=lambda c: c.id)
     n, T = len(clips), int(num_frames)
@@ -167,7 +166,7 @@ def build(dataset: str, root: Path, clips: Sequence[Clip], front_end: AudioFront
         old = final.with_name(final.name + f".old-{os.getpid()}")
         final.rename(old)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old, final.parent, ignore_errors=True)
     else:
         tmp.rename(final)
     return final

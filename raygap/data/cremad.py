@@ -73,10 +73,15 @@ def read_split_csv(path: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
+def split_csv_text(rows: list[tuple[str, str]]) -> str:
+    """``clip,LABEL`` rows as a split list's text (the official format, no header)."""
+    return "".join(f"{clip},{label}\n" for clip, label in rows)
+
+
 def write_split_csv(path: Path, rows: list[tuple[str, str]]) -> None:
     """Write ``clip,LABEL`` rows (the official format, no header)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{clip},{label}\n" for clip, label in rows), encoding="utf-8")
+    tmp.write_text(split_csv_text(rows), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -109,7 +114,8 @@ def actor_disjoint_split(clips: list[str], test_fraction: float, val_fraction: f
     return {"train": np.sort(rest[keep]), "val": np.sort(rest[val]), "test": np.sort(test)}
 
 
-@DATASETS.register(NAME, params=CremadParams, layout=lambda p: DataLayout(["audio", "visual"]))
+@DATASETS.register(NAME, params=CremadParams, layout=lambda p: DataLayout(["audio", "visual"]),
+                   split_lists=(TRAIN_LIST, TEST_LIST))
 def build(params: CremadParams, common: DataCommon) -> DatasetBundle:
     """CREMA-D: audio (1, 257, 188) log-STFT, visual (num_frames, 3, S, S); 6 emotions."""
     root = data_root(NAME, common)

@@ -55,7 +55,8 @@ def read_ks_list(path: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
-@DATASETS.register(NAME, params=KsParams, layout=lambda p: DataLayout(["audio", "visual"]))
+@DATASETS.register(NAME, params=KsParams, layout=lambda p: DataLayout(["audio", "visual"]),
+                   split_lists=(TRAIN_LIST, TEST_LIST), split_optional=("classes.txt",))
 def build(params: KsParams, common: DataCommon) -> DatasetBundle:
     """Kinetics-Sounds: audio (1, 1024, 128) Kaldi fbank (time, mel), visual (num_frames, 3, S, S)."""
     root = data_root(NAME, common)

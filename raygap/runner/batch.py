@@ -55,7 +55,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
             if rec.get("status") == "failed":        # a failure starts over: its checkpoints are stale
                 if store.take_checkpoint(s.key) is not None:     # (None: the claim moved meanwhile, not ours)
                     for c in found:
-                        delete_checkpoint(c)
+                        delete_checkpoint(c, storage_path)
             else:
                 resume = found
         items.append({"key": s.key, "label": trial_label(s),

@@ -86,7 +86,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             self.ours.add(uri)
             for stale in store.record_checkpoint(key, uri, epoch):
                 if stale == uri or stale not in self.ours:   # (Tune deletes this run's older ones itself)
-                    delete_checkpoint(stale)          # an earlier run's, or the trial finished meanwhile
+                    delete_checkpoint(stale, storage)          # an earlier run's, or the trial finished meanwhile
             if fence.check(key, self._label(trial)):  # (a lost trial's earlier checkpoints are another driver's)
                 self._drop_earlier(trial)
 
@@ -94,7 +94,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             """The earlier run's checkpoints of this trial: of no use once it has its own, or is done."""
             for c in trial.config["t"].get("resume") or []:
                 if c not in self.ours:
-                    delete_checkpoint(c)
+                    delete_checkpoint(c, storage)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
@@ -118,7 +118,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                     log(f"  {self._label(trial)}: {r['note']}")
             if "warmup" in parts:
                 w = parts["warmup"]
-                delete_checkpoint(store.record_warmup(w["wkey"], w["uri"], int(w["epoch"]), key))
+                delete_checkpoint(store.record_warmup(w["wkey"], w["uri"], int(w["epoch"]), key), storage)
             for text in parts.get("warnings", []):
                 if text not in self.warned:          # each distinct warning once per run
                     self.warned.add(text)
@@ -142,7 +142,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                         if on_settled is not None:
                             on_settled(key)
                     return
-                delete_checkpoint(store.take_checkpoint(key))     # done: its checkpoints are of no more use
+                delete_checkpoint(store.take_checkpoint(key), storage)   # done: its checkpoints are of no more use
                 self._drop_earlier(trial)
                 fence.settle(key)                    # released: `--rerun` elsewhere may take it out now
                 if after_done is not None:

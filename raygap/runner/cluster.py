@@ -18,7 +18,6 @@ import json
 import math
 import os
 import secrets
-import shutil
 import socket
 import tempfile
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 from .. import interrupts
 from ..errors import ConfigError
 from ..plugins import worker_env
+from ..removal import remove
 from ..system import NETWORK_FS, mount_fs_type
 from .storage import is_remote
 
@@ -86,7 +86,7 @@ def private_token(log) -> Iterator[str | None]:
     try:
         yield path
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove(folder, tempfile.gettempdir(), ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -190,7 +190,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
         summary.interrupted = interrupts.last_signal()      # Tune's own SIGINT handler ended fit() gracefully
     if share_warmups:
         for uri in drop_finished_warmups(store, distinct.values()):
-            delete_checkpoint(uri)
+            delete_checkpoint(uri, storage_path)
     st = store.status_of([s.key for s in todo])
     # reused: done at the end, but not run by this driver (done before, or by another driver meanwhile)
     summary.reused = (summary.total - len(todo)) + sum(1 for s in todo if st.get(s.key) == "done") - summary.done

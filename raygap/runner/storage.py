@@ -12,12 +12,14 @@ the checkpoints a trial may resume from, opening one (the only use of Ray here, 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import ConfigError, nearest
+from ..removal import RefusedRemoval, remove
 from ..trialfiles import CHECKPOINT
 
 # the query parameters of an s3:// URI (pyarrow's S3 URI form) and their types
@@ -113,7 +115,7 @@ def storage_problem(uri: str, deadline_s: float = PROBE_DEADLINE_S) -> str | Non
                 f.write(data)
             with fs.open_input_stream(name) as f:
                 back = f.read()
-            fs.delete_file(name)
+            remove(name, path) if fs.type_name == "local" else fs.delete_file(name)
             if back != data:
                 out["problem"] = "a probe object written there read back different bytes"
         except ConfigError as e:
@@ -229,12 +231,24 @@ def checkpoint_at(uri: str):
     return tune.Checkpoint(path, filesystem=fs)
 
 
-def delete_checkpoint(uri: str | None) -> None:
-    """Remove a checkpoint folder from the run's storage (a done trial needs it no more)."""
+def delete_checkpoint(uri: str | None, storage: str) -> None:
+    """Remove a checkpoint folder from the run's storage (a done trial needs it no more): only
+    one strictly inside ``storage`` (on a local file system by :func:`raygap.removal.remove`:
+    resolved, no link out; in an object store by its key). One outside it is kept, with a
+    warning line (a store row from another run's storage, or one written by hand)."""
     if not uri:
         return
     try:
         fs, path = open_storage(uri)
+        root_fs, root = open_storage(storage)
+        if fs.type_name == "local" and root_fs.type_name == "local":
+            remove(path, root, ignore_errors=True)
+            return
+        parts = path[len(root.rstrip("/")) + 1:].split("/") if path.startswith(root.rstrip("/") + "/") else []
+        if fs.type_name != root_fs.type_name or not parts or any(p in ("", ".", "..") for p in parts):
+            raise RefusedRemoval(uri, f"is not strictly inside the run's storage {storage}: raygap removes nothing there")
         fs.delete_dir(path)
+    except RefusedRemoval as e:
+        print(f"raygap: warning: checkpoint kept: {e}", file=sys.stderr, flush=True)
     except Exception:  # noqa: BLE001 -- already gone, or storage unreachable: nothing to lose
         pass

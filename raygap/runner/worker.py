@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from ..trialfiles import CHECKPOINT
+from ..removal import remove
 from .protocol import encode
 from .shared_data import data_key
 from .storage import checkpoint_at, checkpoint_uri, keep_checkpoint
@@ -36,6 +37,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
 
     from ..config import resolve
     from ..data.preload import release_device_memory
+    from ..data.splits import check_split
     from ..errors import CheckpointDeviceMismatch, CheckpointMismatch, ConfigError, DataError, DeviceUnavailable
     from ..models.compiled import CompileLimitHit
     from ..devices import device_kind, pick_device
@@ -104,6 +106,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
     try:
         try:
             if bundle is None:                    # a bad data layout fails like any other deterministic failure
+                check_split(cfg, key)             # the split lists here are those the trial was keyed with
                 bundle = load_data(cfg)
             device = pick_device(cfg.train.device, gpu_share=cfg.resources.gpu)
             result = fit(cfg, bundle, device=device, checkpoint_dir=work, report=report, final_checkpoint=False,
@@ -127,7 +130,7 @@ def trainable(config: dict, shared: dict | None = None) -> None:
             **({"resume_note": resume_note} if resume_note else {}),
             "wall_seconds": time.perf_counter() - t0}}))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work, tempfile.gettempdir(), ignore_errors=True)
         if bundle is not None:
             release_device_memory(bundle)              # Tune reuses this actor: the next trial gets the GPU back
 

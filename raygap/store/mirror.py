@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import refuse_link, results_dir
 from ..errors import StoreError
+from ..removal import remove, temp_folder
 from .schema import TRIAL_COLUMNS
 
 FOLDER = "results"           # the mirror's folder on the storage
@@ -165,7 +167,7 @@ class Mirror:
         tries again. Returns whether the copy is there."""
         path = Path(store_path or self.results / STORE)
         try:
-            with tempfile.TemporaryDirectory(prefix="raygap-mirror-") as tmp:
+            with temp_folder("raygap-mirror-") as tmp:
                 copy = Path(tmp) / STORE
                 src = _readonly(path)
                 dst = sqlite3.connect(copy)
@@ -215,6 +217,7 @@ class Mirror:
         """``<root>/<rel>`` to ``dest``, whole or not at all (a temporary file beside it, renamed)."""
         import pyarrow.fs
 
+        refuse_link(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         os.close(fd)
@@ -223,7 +226,7 @@ class Mirror:
                                   destination_filesystem=pyarrow.fs.LocalFileSystem())
             os.replace(tmp, dest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            remove(tmp, dest.parent, ignore_errors=True)
             raise
 
     def restore(self, store_path: str | Path | None = None) -> str | None:
@@ -238,7 +241,7 @@ class Mirror:
                 self._download(STORE, path)
                 n = _count_done(path)
                 return f"restored the store from {self.uri}/{STORE}: {n} done trial(s) (this results folder had none)"
-            with tempfile.TemporaryDirectory(prefix="raygap-mirror-") as tmp:
+            with temp_folder("raygap-mirror-") as tmp:
                 there = Path(tmp) / STORE
                 self._download(STORE, there)
                 merged = self.merge_into(path, there)
@@ -274,14 +277,20 @@ class Mirror:
         if not self.has_store():
             raise StoreError(self.uri, f"no mirrored store here ({STORE} missing)",
                              "give the --storage that a `raygap run --storage` used")
-        said = self.restore()
         infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, recursive=True))
-        got = []
+        rels = []
         for i in infos:
             rel = i.path[len(self.root):].lstrip("/")
             # the tables are in <grid>/<variant>/ (beside the store only: what a reader of it left)
             if i.type != pyarrow.fs.FileType.File or "/" not in rel or ".part-" in rel:
                 continue
+            refuse_link(self.results / rel, self.results)   # each copy link-safe, all checked before any is written
+            rels.append(rel)
+        refuse_link(self.results / STORE, self.results)
+        said = self.restore()
+        got = []
+        for rel in rels:
+            results_dir(self.results, *Path(rel).parts[:-1])
             self._download(rel, self.results / rel)
             got.append(self.results / rel)
         return said or "", got

@@ -15,6 +15,7 @@ from pathlib import Path
 import soundfile as sf
 
 from ...errors import DataError
+from ...removal import remove
 from ..media import IMAGE_SUFFIXES, WAV_HEADER_BYTES, list_frames, unreadable_audio
 
 AUDIO_RATE = 16000                       # AVE and KS audio written as 16 kHz mono PCM
@@ -60,7 +61,7 @@ def extract_frames(ffmpeg: str, video: Path, dst: Path, start: float | None = No
                    duration: float | None = None) -> None:
     """Frames at 1 fps as ``dst/%05d.jpg`` (from ``start`` for ``duration`` seconds if given)."""
     tmp = _tmp_path(dst)
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove(tmp, dst.parent, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         seek = ["-ss", f"{start:g}"] if start else []
@@ -69,11 +70,10 @@ def extract_frames(ffmpeg: str, video: Path, dst: Path, start: float | None = No
                             str(tmp / "%05d.jpg")], video)
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in tmp.iterdir()):
             raise JobFailed(f"{video}: ffmpeg wrote no frames")
-        if dst.exists():
-            shutil.rmtree(dst)
+        remove(dst, dst.parent)
         os.replace(tmp, dst)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp, dst.parent, ignore_errors=True)
 
 
 def extract_audio(ffmpeg: str, video: Path, dst: Path, rate: int = AUDIO_RATE) -> None:
@@ -86,7 +86,7 @@ def extract_audio(ffmpeg: str, video: Path, dst: Path, rate: int = AUDIO_RATE) -
             raise JobFailed(f"{video}: ffmpeg wrote no audio samples")
         os.replace(tmp, dst)
     finally:
-        tmp.unlink(missing_ok=True)
+        remove(tmp, dst.parent, ignore_errors=True)
 
 
 def copy_wav(src: Path, dst: Path) -> None:
@@ -102,16 +102,7 @@ def copy_wav(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     finally:
-        tmp.unlink(missing_ok=True)
-
-
-def copy_list(src: Path, dst: Path) -> None:
-    """Copy a split list into the layout (nothing to do when it is already there)."""
-    if dst.exists() and os.path.samefile(src, dst):
-        return
-    tmp = _tmp_path(dst)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        remove(tmp, dst.parent, ignore_errors=True)
 
 
 def need_dir(path: Path, what: str) -> Path:
@@ -140,7 +131,7 @@ class Plan:
     """What a dataset's preparation will do."""
     dataset: str
     clips: list[str]                                      # every clip named by the split lists
-    write_lists: Callable[[], None]                       # writes the split lists into OUT_DIR
+    list_texts: dict[str, bytes]                          # file name in OUT_DIR -> the list it gets
     lists: dict[str, int]                                 # split file -> rows
     jobs: list[Job] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)      # "clip: why" for clips without source media

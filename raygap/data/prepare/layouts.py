@@ -8,7 +8,7 @@ from pathlib import Path
 from ...errors import ConfigError, DataError
 from .. import ave, cremad, ks
 from ..base import carve_validation
-from .jobs import Plan, copy_list, need_dir, need_file
+from .jobs import Plan, need_dir, need_file
 
 CREMAD_TEST_FRACTION = 744 / 7442        # the paper's CREMA-D proportions (6698 train / 744 test)
 
@@ -68,12 +68,9 @@ def plan_cremad(raw: Path, out: Path, opts: dict) -> Plan:
         notes.append(f"split lists generated from the {len(usable)} clips with both a WAV and a video: "
                      f"stratified, test fraction {opts['test_fraction']:.5f}, seed {opts['seed']}")
 
-    def write_lists() -> None:
-        for name, r in rows.items():
-            cremad.write_split_csv(out / name, r)
-
+    texts = {name: cremad.split_csv_text(r).encode() for name, r in rows.items()}
     clips = sorted({c for r in rows.values() for c, _ in r})
-    plan = Plan("cremad", clips, write_lists, {k: len(v) for k, v in rows.items()}, notes=notes)
+    plan = Plan("cremad", clips, texts, {k: len(v) for k, v in rows.items()}, notes=notes)
     for clip in clips:
         plan.queue(clip, opts["overwrite"], frames_dst=out / cremad.FRAMES_DIR / clip,
                    audio_dst=out / cremad.AUDIO_DIR / f"{clip}.wav", video=videos.get(clip),
@@ -98,12 +95,8 @@ def plan_ave(raw: Path, out: Path, opts: dict) -> Plan:
         for r in rows:
             segments.setdefault(r.vid, (r.start, r.end))
 
-    def write_lists() -> None:
-        for src in lists:
-            copy_list(src, out / src.name)
-
     clips = sorted(listed)
-    plan = Plan("ave", clips, write_lists, counts)
+    plan = Plan("ave", clips, {src.name: src.read_bytes() for src in lists}, counts)
     for vid in clips:
         start, end = segments[vid]
         plan.queue(vid, opts["overwrite"], frames_dst=out / ave.FRAMES_DIR / vid,
@@ -130,13 +123,10 @@ def plan_ks(raw: Path, out: Path, opts: dict) -> Plan:
         videos.setdefault(p.stem, p)
     classes = raw / "classes.txt"
 
-    def write_lists() -> None:
-        for name, src in sources.items():
-            copy_list(src, out / name)
-        if classes.is_file():
-            copy_list(classes, out / classes.name)
-
-    plan = Plan("ks", sorted(clips), write_lists, counts)
+    texts = {name: src.read_bytes() for name, src in sources.items()}
+    if classes.is_file():
+        texts[classes.name] = classes.read_bytes()
+    plan = Plan("ks", sorted(clips), texts, counts)
     for clip in plan.clips:
         plan.queue(clip, opts["overwrite"], frames_dst=out / ks.FRAMES_DIR / clip,
                    audio_dst=out / ks.AUDIO_DIR / f"{clip}.wav", video=videos.get(clip))
