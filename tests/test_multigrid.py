@@ -97,7 +97,7 @@ def test_status_export_and_report_take_both_grids(runs):
     _, a, b, together, _, _, _ = runs
     out, _ = run_ok("status", a, b, "--results", together)
     assert "grid a (" in out and "grid b (" in out
-    assert "2 grids together: 3 done, 0 running, 0 failed, 0 interrupted, 0 missing (of 3 distinct trials; " \
+    assert "2 grids together: 3 done, 0 running, 0 stale, 0 failed, 0 interrupted, 0 missing (of 3 distinct trials; " \
            "1 used by more than one grid)" in out
     before = {g: (together / g / "noprofile" / "table.md").read_bytes() for g in ("a", "b")}
     out, _ = run_ok("export", a, b, "--results", together)

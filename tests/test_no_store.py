@@ -44,7 +44,7 @@ def test_the_run_named_carries_the_set_items_and_leaves_out_the_default_results(
 def test_status_and_a_dry_run_with_no_store_show_every_trial_still_to_run(grid, tmp_path):
     results = tmp_path / "results"
     code, out = raygap("status", str(grid), "--profile", "demo", "--results", str(results))
-    assert code == 0 and "total: 0 done, 0 running, 0 failed, 0 interrupted, 3 missing (of 3 distinct trials)" in out
+    assert code == 0 and "total: 0 done, 0 running, 0 stale, 0 failed, 0 interrupted, 3 missing (of 3 distinct trials)" in out
     code, out = raygap("run", str(grid), "--profile", "demo", "--results", str(results), "--dry-run")
     assert code == 0 and out.count(" new\n") == 3 and "3 cells, 3 distinct trials: 0 already done (reused), 3 to run" \
         in out, out

@@ -56,7 +56,7 @@ def test_status_and_export_default_to_the_profile_the_grid_ran_with(demo, tmp_pa
     before = table.read_text()
     assert "(n=3)" in before and "–" not in before
     code, out, err = raygap("status", g, "--results", results)
-    assert code == 0 and "total: 3 done, 0 running, 0 failed, 0 interrupted, 0 missing" in out
+    assert code == 0 and "total: 3 done, 0 running, 0 stale, 0 failed, 0 interrupted, 0 missing" in out
     assert "profile demo: the settings t3 last ran with" in err
     code, out, err = raygap("export", g, "--results", results, "--format", "csv")
     assert code == 0 and out.strip() == before.strip() and "profile demo" in err
