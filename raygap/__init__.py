@@ -1,7 +1,18 @@
-"""raygap: run, resume and report grids of multimodal-imbalance training runs."""
+"""raygap: run, resume and report grids of multimodal-imbalance training runs.
 
-__version__ = "0.1.0"
+``raygap.results(...)`` (raygap/dataframes.py) reads a grid's results into pandas DataFrames."""
 
-# Part of every trial's key: bump when a change alters results without touching any
-# config key (a bug fix in the engine or a dataset), so stored results do not outlive it.
-RESULTS_VERSION = 1
+from .version import RESULTS_VERSION, __version__
+
+__all__ = ["RESULTS_VERSION", "Results", "__version__", "results"]
+
+
+def __getattr__(name: str):
+    # raygap.results is imported when first used (pandas and the grid code load then), so
+    # `import raygap` -- each Ray worker, each CLI start -- stays cheap. No raygap module imports
+    # this package's __init__ (the versions live in raygap/version.py), so this makes no cycle.
+    if name in ("results", "Results"):
+        from . import dataframes
+
+        return getattr(dataframes, name)
+    raise AttributeError(f"module 'raygap' has no attribute {name!r}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import RESULTS_VERSION
+from .version import RESULTS_VERSION
 from .data.base import DataCommon
 from .data.splits import split_digest
 from .dotted import flatten, get_dotted, parse_set, set_dotted

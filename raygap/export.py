@@ -45,11 +45,15 @@ class ExportRefused(Exception):
     """The table on disk holds more done cells than the one an export would write."""
 
 
-def trials_csv(table: Table) -> str:
-    grid, recs = table.grid, table.records
+def cell_rows(grid, records: dict[str, dict]) -> list[dict[str, Any]]:
+    """One dict per cell membership of ``grid`` (grid order), as ``trials.csv`` has it: label,
+    the column values, seed, hash, status, error, attempts, wall_seconds, device, ``config.*``
+    (the trial's config flattened) and ``metric.*`` (its final metrics). ``records``: key ->
+    stored record (``Store.records``); a key without one is ``new``. Also the rows of
+    :func:`raygap.dataframes.results`."""
     rows = []
     for t in grid.trials:
-        rec = recs.get(t.key) or {}
+        rec = records.get(t.key) or {}
         row: dict[str, Any] = {"label": t.label, **{k: v for k, v in t.column.items()}, "seed": t.seed,
                                "hash": t.key, "status": rec.get("status", "new"), "error": rec.get("error") or "",
                                "attempts": rec.get("attempts", 0), "wall_seconds": rec.get("wall_seconds"),
@@ -57,6 +61,11 @@ def trials_csv(table: Table) -> str:
         row.update({f"config.{k}": v for k, v in t.config.flat().items()})
         row.update({f"metric.{k}": v for k, v in sorted((rec.get("metrics") or {}).items())})
         rows.append(row)
+    return rows
+
+
+def trials_csv(table: Table) -> str:
+    rows = cell_rows(table.grid, table.records)
     fields: list[str] = []
     seen: set[str] = set()
     for r in rows:

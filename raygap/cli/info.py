@@ -15,7 +15,7 @@ def version_line() -> str:
     """``raygap X (torch Y, ray Z; Python W)``: read from package metadata, nothing imported."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
+    from ..version import __version__
 
     parts = []
     for pkg in ("torch", "ray"):

@@ -151,7 +151,7 @@ def build(dataset: str, root: Path, clips: Sequence[Clip], front_end: AudioFront
     np.save(tmp / "sources.npy", np.array([_fp_int(fingerprint(c, T)) for c in clips], dtype=np.int64))
     (tmp / "ids.txt").write_text("".join(f"{c.id}\n" for c in clips), encoding="utf-8")
     sources = np.load(tmp / "sources.npy")
-    from .. import __version__
+    from ..version import __version__
 
     manifest = {
         "format": FORMAT_VERSION, "dataset": dataset, "raygap": __version__,

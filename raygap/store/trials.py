@@ -54,6 +54,10 @@ class Trials(Connection):
         return {k: "interrupted" if st == "running" and owner_alive(owner) is False else st
                 for k, st, owner in self._keyed(f"SELECT key, status, {owner_col} FROM trials WHERE", keys)}
 
+    def all_records(self) -> dict[str, dict[str, Any]]:
+        """key -> record of every trial in the store (not the forgotten ones), oldest first."""
+        return {r["key"]: r for r in self._records("SELECT * FROM trials ORDER BY created, key")}
+
     def done_keys(self) -> set[str]:
         return {k for (k,) in self._query("SELECT key FROM trials WHERE status='done'")}
 
