@@ -89,7 +89,16 @@ def test_what_is_not_refused(tmp_path, monkeypatch):
             refuse_other_hosts(store)
         assert other_hosts_holding(store) == {"node-b:1:1.00": 1}
         refuse_other_hosts(store, host="node-b")                       # that host's own drivers: local locks
-        refuse_other_hosts(store, now=time.time() + 60)                # its lease over: not a live driver
+        # its heartbeat still for a lease as this observer watched (its own monotonic clock): not a live driver
+        import raygap.store.claims as claims
+
+        watch, t0 = claims.Watch(), time.monotonic()
+        with pytest.raises(StoreError, match="network file system"):
+            refuse_other_hosts(store, watch=watch)                     # first look: live
+        monkeypatch.setattr(claims.time, "monotonic", lambda: t0 + 31)
+        refuse_other_hosts(store, watch=watch)
+        monkeypatch.undo()
+        monkeypatch.setenv("RAYGAP_TEST_MOUNTS", str(mounts(tmp_path, "nfs4")))
         store.claim([k1], owner="node-c:1:1.00", lease_s=30)
         with pytest.raises(StoreError, match=r"holds 1 trial\(s\) now \(and 1 other driver\(s\)\)"):
             refuse_other_hosts(store)

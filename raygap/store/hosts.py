@@ -11,32 +11,44 @@ runs every table (``raygap run grids/table*.yaml``, one SLURM job), or each host
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 from ..errors import StoreError
 from ..system import NETWORK_FS, mount_fs_type
+from .claims import Watch
+from .owners import this_process_owner
 
 ADVICE = ("run every table from one driver instead: one SLURM job running `raygap run grids/table*.yaml` "
-          "(scripts/slurm/raygap.sbatch), or give each host its own --results folder")
+          "(scripts/slurm/raygap.sbatch), or give each host its own --results folder; a driver that is gone "
+          "reads so once its heartbeat has stood still for a lease, so the same command after that starts")
 
 
-def other_hosts_holding(store, host: str | None = None, now: float | None = None) -> dict[str, int]:
-    """{owner: trials} of the live claims (lease not over) that drivers on other hosts hold in ``store``."""
+def other_hosts_holding(store, host: str | None = None, watch: Watch | None = None) -> dict[str, int]:
+    """{owner: trials} of the live claims that drivers on other hosts hold in ``store``, judged
+    as every claim is (``Claims._judge``: the heartbeat rule on this observer's monotonic clock,
+    never the other host's ``lease_until``); ``watch``: the observer's memory (default: the one
+    the one-shot commands keep for this store, so a dead host's claims lapse after a lease)."""
     host = host or socket.gethostname()
-    now = time.time() if now is None else now
-    rows = store._query("SELECT owner, count(*) FROM trials WHERE owner IS NOT NULL AND lease_until > ? "
-                        "AND status != 'done' GROUP BY owner", (now,))
-    return {owner: n for owner, n in rows if owner.partition(":")[0] != host}
+    own = watch is None
+    watch = Watch.for_store(store.path) if own else watch
+    me = this_process_owner()
+    out: dict[str, int] = {}
+    for row in store._query(f"SELECT {store._claim_cols} FROM trials WHERE owner IS NOT NULL AND status != 'done'"):
+        owner = row[2]
+        if owner.partition(":")[0] != host and store._judge(row, me, watch) == "held":
+            out[owner] = out.get(owner, 0) + 1
+    if own:
+        watch.save()
+    return out
 
 
-def refuse_other_hosts(store, host: str | None = None, now: float | None = None) -> None:
+def refuse_other_hosts(store, host: str | None = None, watch: Watch | None = None) -> None:
     """A :class:`StoreError` line when ``store`` is on a network file system and a driver on
     another host holds trials in it now; nothing otherwise."""
     kind = mount_fs_type(Path(store.path).parent)
     if kind not in NETWORK_FS:
         return
-    others = other_hosts_holding(store, host, now)
+    others = other_hosts_holding(store, host, watch)
     if others:
         owner, n = sorted(others.items())[0]
         more = f" (and {len(others) - 1} other driver(s))" if len(others) > 1 else ""
