@@ -45,10 +45,10 @@ code, pre { font: 12.5px/1.4 ui-monospace, "SFMono-Regular", Menlo, Consolas, "D
 pre { background: #f6f8fa; border: 1px solid #e1e4e8; padding: 8px 10px; white-space: pre-wrap;
       overflow-wrap: anywhere; }
 img { max-width: 100%; height: auto; }
-p.figure img { width: 1000px; border: 1px solid #e1e4e8; }
+p.figure img { border: 1px solid #e1e4e8; }
 p.gallery { display: flex; flex-wrap: wrap; gap: 8px; margin-top: .2em; }
 p.gallery a { display: block; line-height: 0; max-width: 100%; }
-p.gallery img { height: 190px; width: auto; object-fit: contain; border: 1px solid #e1e4e8; }
+p.gallery img { height: 170px; width: auto; object-fit: contain; border: 1px solid #e1e4e8; }
 details { margin: 1em 0; border: 1px solid #e1e4e8; border-radius: 4px; padding: 4px 12px; }
 details > summary { cursor: pointer; font-weight: 600; font-size: 1.1em; padding: 4px 0; }
 """

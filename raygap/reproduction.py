@@ -130,9 +130,8 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
         lines += ["", md_escape(WARMUP_NOTE)]
     figs = sorted(Path(f) for f in (figures or []))
     if figs:
-        lines += ["", f"{h}# Figures", ""]
-        for f in (f for f in figs if f.name.startswith("table_")):      # a paragraph each
-            lines += [f"![{f.stem}]({fig_dir}/{f.name})", ""]
+        lines += ["", f"{h}# Figures"]
+        lines += [ln for f in figs if f.name.startswith("table_") for ln in ("", f"![{f.stem}]({fig_dir}/{f.name})")]
         galleries = row_galleries(grid, figs)
         if galleries:
             lines += ["", "Per cell (first finished seed): mixture fit, gap evolution, accuracy per modality; one "

@@ -6,7 +6,9 @@ too), the tables HTML tables with the grid's rows, the settings folded, and no r
 leaves the report's folder."""
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,11 +16,11 @@ import yaml
 from _chromium import Page, chromium
 from raygap.figures import grid_figures
 from raygap.grid import load_grid
-from raygap.reproduction import reproduction_report
+from raygap.reproduction import OTHER, reproduction_report, row_galleries
 from raygap.store import Store
 from raygap.table import read_table
 
-pytestmark = pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
 
 COLS = ["cremad", "ave", "ks"]
 REF, OURS = "Baseline (Concat)", "Ours (gap-adaptive)"
@@ -91,6 +93,7 @@ PROBE = """(() => {
 })()"""
 
 
+@needs_chromium
 def test_the_report_page_in_chromium_at_1280_px(report):
     with Page((report / "report.html").as_uri(), width=1280) as page:
         got = page.eval(PROBE)
@@ -136,3 +139,23 @@ def test_report_md_shows_each_rows_figures_in_a_line(report):
     # no script, every link and image in the report's folder
     assert "<script" not in html and re.findall(r'(?:src|href)="([^"]*)"', html)
     assert all(u.startswith("figures/") for u in re.findall(r'(?:src|href)="([^"]*)"', html))
+
+
+def test_each_rows_figures_go_to_its_line_colliding_names_included(tmp_path):
+    """"Ours α" and "Ours β" are both ``Ours`` in ASCII, so their figures carry a short hash of the
+    label (raygap.figures); each still lands in its own row's line, columns in the grid's order and
+    each cell's figures fit, gap evolution, accuracy; a figure of no row of the grid is kept apart."""
+    doc = {"name": "greek", "base": {"model": {"backbone": "small", "width": 4}, "train": {"epochs": 2, "device": "cpu"}},
+           "rows": {"Ours α": {"method": {"name": "concat"}}, "Ours β": {"method": {"name": "warmup_objective"}}},
+           "columns": {"data.name": ["cremad", "ave"]}, "seeds": [0, 1], "metrics": ["acc"],
+           "resources": {"cpu": 1, "gpu": 0}}
+    (tmp_path / "greek.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    grid = load_grid(tmp_path / "greek.yaml")
+    a, b = (f"Ours_{hashlib.sha256(s.encode()).hexdigest()[:6]}" for s in ("Ours α", "Ours β"))
+    names = [f"{b}_ave_seed1_accuracy", f"{a}_ave_seed0_accuracy", f"{a}_cremad_seed0_accuracy",
+             f"{a}_cremad_seed0_fit", "Gone_cremad_seed0_fit", f"{b}_cremad_seed0_accuracy", "table_acc"]
+    got = row_galleries(grid, [Path("figures") / f"{n}.png" for n in names])
+    assert [(label, [f.stem for f in figs]) for label, figs in got] == [
+        ("Ours α", [f"{a}_cremad_seed0_fit", f"{a}_cremad_seed0_accuracy", f"{a}_ave_seed0_accuracy"]),
+        ("Ours β", [f"{b}_cremad_seed0_accuracy", f"{b}_ave_seed1_accuracy"]),
+        (OTHER, ["Gone_cremad_seed0_fit"])]
