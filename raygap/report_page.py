@@ -5,7 +5,8 @@ then differs from a plain rendering in a few token rewrites, not in hand-written
 
 * every table is an HTML ``<table>``, numbers in tabular figures, a paired difference with
   adjusted p < 0.05 (its mark :data:`~raygap.significance.SIGNIFICANT`, explained in the note
-  under the table) highlighted;
+  under the table) highlighted; the table of ours beside the paper's gets a header of two rows,
+  each cell's name over its :data:`BESIDE` sub-columns;
 * a paragraph of images only is a gallery (the per-row figures) or a figure (the table
   figure): thumbnails beside each other, each a link to the full-size PNG;
 * the settings -- the section "Settings in force" and the table of the main settings beside
@@ -13,8 +14,8 @@ then differs from a plain rendering in a few token rewrites, not in hand-written
 
 The page is self-contained: the style is inline, no script, no web font, no request leaves
 the folder (the figures are the PNGs beside it, by relative path); a Content-Security-Policy
-says so to the browser too. It fits a 1280 px wide window: tables wrap their cells, long lines
-of settings wrap, images scale down.
+says so to the browser too. It fits a 1280 px wide window: tables wrap their cells (a narrow
+``mean ± std`` breaks before the ±), long lines of settings wrap, images scale down.
 """
 from __future__ import annotations
 

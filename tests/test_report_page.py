@@ -16,7 +16,7 @@ import yaml
 from _chromium import Page, chromium
 from raygap.figures import grid_figures
 from raygap.grid import load_grid
-from raygap.reproduction import OTHER, reproduction_report, row_galleries
+from raygap.reproduction import OTHER, paper_report, report_names, reproduction_report, row_galleries
 from raygap.store import Store
 from raygap.table import read_table
 
@@ -59,7 +59,8 @@ def _history(adaptive: bool) -> list[dict]:
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("page")
     grid = _grid(tmp)
-    out = tmp / "out"
+    results = tmp / "results"
+    out = results / grid.name / grid.variant       # where `raygap report` puts one grid's report
     with Store(tmp / "store.sqlite") as store:
         store.register(grid)
         for t in grid.trials:
@@ -69,6 +70,7 @@ def report(tmp_path_factory):
         table = read_table(grid, store, out)
         figures = grid_figures(table, out / "figures")
         reproduction_report(table, out, figures)
+        paper_report([(table, out, figures)], results)     # the several-grid report, its figures under page/<variant>/
     return out
 
 
@@ -94,8 +96,12 @@ PROBE = """(() => {
 
 
 @needs_chromium
-def test_the_report_page_in_chromium_at_1280_px(report):
-    with Page((report / "report.html").as_uri(), width=1280) as page:
+@pytest.mark.parametrize("several", [False, True], ids=["report.html", "report-paper.html"])
+def test_the_report_page_in_chromium_at_1280_px(report, several):
+    folder = report.parent.parent if several else report               # results/, or results/page/paper/
+    page_file = folder / (report_names({report.name})[1] if several else "report.html")
+    fig_dir = "page/paper/figures/" if several else "figures/"
+    with Page(page_file.as_uri(), width=1280) as page:
         got = page.eval(PROBE)
         requests = page.requests
     # every figure drawn is on the page and loaded: the 2 table figures (acc, macro F1), 3 per cell of
@@ -103,7 +109,7 @@ def test_the_report_page_in_chromium_at_1280_px(report):
     pngs = sorted(p.name for p in (report / "figures").glob("*.png"))
     assert len(pngs) == 2 + 9 + 3
     srcs = [src for src, _, _ in got["images"]]
-    assert sorted(s.removeprefix("figures/") for s in srcs) == pngs
+    assert all(s.startswith(fig_dir) for s in srcs) and sorted(s.removeprefix(fig_dir) for s in srcs) == pngs
     assert all(complete and width > 0 for _, complete, width in got["images"]), got["images"]
     # nothing wider than the window, folded or not
     for state in ("folded", "unfolded"):
@@ -124,8 +130,8 @@ def test_the_report_page_in_chromium_at_1280_px(report):
     assert len(got["significant"]) == 6 and set(got["significant"]) == {"significant"}
     assert "‡ adjusted p < 0.05" in got["text"]
     # the page asked for itself and its figures only, all in its folder
-    assert requests and all(u.startswith(report.as_uri() + "/") for u in requests), requests
-    assert sorted(u.rsplit("/", 1)[1] for u in requests) == sorted(["report.html", *pngs])
+    assert requests and all(u.startswith(folder.as_uri() + "/") for u in requests), requests
+    assert sorted(u.rsplit("/", 1)[1] for u in requests) == sorted([page_file.name, *pngs])
 
 
 def test_report_md_shows_each_rows_figures_in_a_line(report):
