@@ -25,6 +25,7 @@ STATED = {"data.name": "CREMA-D, AVE, Kinetics-Sounds (Section IV-A)",
 SHOWN = ("data.name", "data.split", "model.backbone", "optim.name", "optim.lr", "optim.momentum",
          "optim.weight_decay", "optim.scheduler", "train.epochs", "train.batch_size", "data.image_size",
          "data.num_frames", "train.amp", "method.warmup_epochs", "method.alpha", "method.beta", "method.gamma", "seeds")
+SETTINGS_HEADER = ("setting", "ours", "the paper's", "source")    # the header of the table of SHOWN
 # keys that never change a trial's numbers: where it runs and how its data are read or checked
 NOT_COMPARED = {"seed", "train.device", "train.threads", "train.num_workers", "train.eval_batch_size",
                 "train.checkpoint", "data.root", "data.pipeline", "data.cache_side", "data.verify_media",
@@ -132,7 +133,7 @@ def header_lines(c: Comparability) -> list[str]:
     else:
         lines += ["", f"Every cell's settings are the paper's ({n} cells)."]
     if c.shown:
-        lines += ["", *md_table(["setting", "ours", "the paper's", "source"],
+        lines += ["", *md_table(list(SETTINGS_HEADER),
                                 [[k, _text(o), _text(p), src] for k, (o, p, src) in c.shown.items()])]
     return lines
 

@@ -176,6 +176,22 @@ def _fresh(index: dict, name: str, sig: str, out_dir: Path) -> bool:
                                            for f in entry.get("files") or ["?"])
 
 
+def _col(trial) -> str:
+    return "_".join(str(v) for v in trial.column.values())
+
+
+def cell_prefixes(grid) -> dict[tuple[str, str], str]:
+    """(row label, the cell's column values joined by ``_``) -> how its figures' names begin
+    (``<row>_<column>``, then ``_seed<n>_<kind>.png``), in the grid's trial order."""
+    names = unique_slugs(t.label for t in grid.trials)
+    cols = unique_slugs(_col(t) for t in grid.trials)
+    return {(t.label, _col(t)): f"{names[t.label]}_{cols[_col(t)]}" if _col(t) else names[t.label]
+            for t in grid.trials}
+
+
+CELL_KINDS = ("fit", "gap_evolution", "accuracy")     # a cell's figures (trial_figures), in the order shown
+
+
 class Figures(list):
     """The figures of a grid (paths); ``drawn``: how many were (re)drawn this time."""
     drawn = 0
@@ -197,15 +213,14 @@ def grid_figures(table, out_dir: Path) -> Figures:
     out = Figures()
     finished = {k: rec["finished"] for k, rec in done.items()}
     seen = set()
-    names = unique_slugs(t.label for t in grid.trials)
-    cols = unique_slugs("_".join(str(v) for v in t.column.values()) for t in grid.trials)
+    prefixes = cell_prefixes(grid)
     for t in grid.trials:
         cell = (t.label, tuple(t.column.items()))
         if cell in seen or t.key not in finished:
             continue
         seen.add(cell)
-        col = "_".join(str(v) for v in t.column.values())
-        stem = f"{names[t.label]}_{cols[col]}_seed{t.seed}" if col else f"{names[t.label]}_seed{t.seed}"
+        col = _col(t)
+        stem = f"{prefixes[(t.label, col)]}_seed{t.seed}"
         sig = f"{t.key}:{finished[t.key]}"
         if _fresh(index, stem, sig, out_dir):
             new_index[stem] = index[stem]

@@ -2,8 +2,9 @@
 
 For each cell the paper's number (the grid's ``paper_results``) beside ours (mean ± std over
 seeds), the difference, the paired comparison with the reference row, the figures
-(``raygap.figures`` draws them), and the settings in force -- all from one
-:class:`~raygap.table.Table`, the records read once.
+(``raygap.figures`` draws them; each row's in one line), and the settings in force -- all
+from one :class:`~raygap.table.Table`, the records read once. ``report.html`` is the same
+Markdown as a page (:mod:`raygap.report_page`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .cells import DASH, WARMUP_NOTE, metric_label, selection_note
 from .comparability import against_paper, header_lines, paper_conflicts
 from .dotted import flatten
 from .render import comparison_md, md_escape, md_table
+from .report_page import BESIDE, report_html
 
 
 def reproduction_report(table, out_dir: Path, figures: list | None = None) -> Path:
@@ -87,7 +89,7 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
     for c in combos:
         for m in grid.metrics:
             name = f"{grid.column_header(c)} {metric_label(m)}"
-            header += [f"{name} paper", f"{name} ours", f"{name} ours − paper"] if matched else [f"{name} ours"]
+            header += [f"{name} {kind}" for kind in BESIDE] if matched else [f"{name} ours"]
     rows = []
     for label in grid.row_labels:
         r = [label]
@@ -128,12 +130,15 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
         lines += ["", md_escape(WARMUP_NOTE)]
     figs = sorted(Path(f) for f in (figures or []))
     if figs:
-        lines += ["", f"{h}# Figures", ""]
-        lines += [f"![{f.stem}]({fig_dir}/{f.name})" for f in figs if f.name.startswith("table_")]
-        per_cell = [f for f in figs if f.stem.endswith(("_fit", "_gap_evolution", "_accuracy"))]
-        if per_cell:
-            lines += ["", "Per cell (first finished seed): mixture fit, gap evolution, accuracy per modality:", ""]
-            lines += [f"- [{f.stem}]({fig_dir}/{f.name})" for f in per_cell]
+        lines += ["", f"{h}# Figures"]
+        lines += [ln for f in figs if f.name.startswith("table_") for ln in ("", f"![{f.stem}]({fig_dir}/{f.name})")]
+        galleries = row_galleries(grid, figs)
+        if galleries:
+            lines += ["", "Per cell (first finished seed): mixture fit, gap evolution, accuracy per modality; one "
+                      "row of the table a line:"]
+            for label, row_figs in galleries:
+                lines += ["", f"**{md_escape(label)}**", "",
+                          " ".join(f"[![{f.stem}]({fig_dir}/{f.name})]({fig_dir}/{f.name})" for f in row_figs)]
     lines += ["", f"{h}# Settings in force", ""]
     ref = next((t for t in grid.trials if t.label == (grid.reference or grid.row_labels[0])), None)
     if ref is not None:
@@ -153,14 +158,24 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
     return lines
 
 
-def report_html(markdown: str, width: int = 240) -> str:
-    """The report as one self-contained HTML page: rich (a dependency already) renders the
-    Markdown and exports it with inline styles; no Markdown library is added for one page."""
-    import io
+OTHER = "Figures of no row of this grid"
 
-    from rich.console import Console
-    from rich.markdown import Markdown
 
-    console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
-    console.print(Markdown(markdown))
-    return console.export_html(inline_styles=True)
+def row_galleries(grid, figs: list[Path]) -> list[tuple[str, list[Path]]]:
+    """The per-cell figures among ``figs`` by row of the table: (row label, its cells' figures,
+    columns in the grid's order, each cell's as :data:`~raygap.figures.CELL_KINDS`); rows with
+    none left out, a figure of no row of the grid's (a renamed row's) under :data:`OTHER`."""
+    import re
+
+    from .figures import CELL_KINDS, cell_prefixes
+
+    pattern = re.compile(rf"(.+)_seed\d+_({'|'.join(CELL_KINDS)})")
+    cell_of = {prefix: (label, n) for n, ((label, _), prefix) in enumerate(cell_prefixes(grid).items())}
+    by_row: dict[str, list] = {}
+    for f in figs:
+        m = pattern.fullmatch(f.stem)
+        if m:
+            label, n = cell_of.get(m.group(1), (OTHER, len(cell_of)))
+            by_row.setdefault(label, []).append((n, CELL_KINDS.index(m.group(2)), f))
+    order = [*grid.row_labels, OTHER]
+    return [(label, [f for *_, f in sorted(by_row[label])]) for label in order if label in by_row]
