@@ -86,7 +86,8 @@ class TrainSection:
                     help="validation metric that picks the reported epoch; auto: acc (classification), mae (regression)")
     select_from: str = F("all", choices=["all", "adaptive"],
                          help="epochs the reported one is picked from: all, or only those after a method's warm-up "
-                              "stage (records whose stage is not 'warmup'; docs/method.md)")
+                              "stage (records whose stage is not 'warmup'; docs/method.md); chosen when a table "
+                              "is made, from the stored history: not part of the trial key")
     regression_loss: str = F("l1", choices=["l1", "mse"], help="task loss for a regression target (MOSI: L1)")
     checkpoint: bool = F(True, help="write checkpoints (needed for resume)")
     checkpoint_every: int = F(5, range=(1, 100000),
@@ -122,11 +123,13 @@ TOP_LEVEL = ["seed", *SECTIONS]
 NOT_HASHED = {"resources"}
 # keys that never change a trial's numbers (how often it is checkpointed): outside its hash
 # (how it runs, not what it computes: memory layout and compilation change rounding only)
-NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile"}, "data": {"preload"}}
+# train.select_from: which epochs a table may report, chosen at export from the stored history
+# (raygap.selection): what the trial computes does not depend on it
+NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile", "select_from"}, "data": {"preload"}}
 # keys added after results were stored, hashed only when set away from the value that reproduces
 # those results (so a stored trial keeps its identity): {section: {key: (that value, keys that only
 # matter when it is changed)}}
-HASHED_UNLESS = {"data": {"pipeline": ("files", ("cache_side",))}, "train": {"select_from": ("all", ())}}
+HASHED_UNLESS = {"data": {"pipeline": ("files", ("cache_side",))}}
 
 
 # ----------------------------------------------------------------------------- config

@@ -37,6 +37,7 @@ from .export import cell_rows
 from .grid import Grid, load_grid
 from .gridfile import NO_PROFILE
 from .store import Store
+from .table import grid_records
 
 RESULTS = "results"          # the CLI's default --results folder
 GRID_SUFFIXES = (".yaml", ".yml")
@@ -69,7 +70,7 @@ def results(source: str | Path | Grid, profile: str | None = None, sets: list[st
     if isinstance(source, Grid) or Path(source).suffix.lower() in GRID_SUFFIXES:
         with _open(Path(results_dir) / "store.sqlite") as store:
             grid = source if isinstance(source, Grid) else _grid(Path(source), profile, sets, store)
-            records = store.records(t.key for t in grid.trials)
+            records = grid_records(grid, store)
         rows = cell_rows(grid, records)
         hist_keys = list(dict.fromkeys(t.key for t in grid.trials))
     else:

@@ -314,7 +314,22 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
         if grid.reference in missing:
             grid.reference = None
     _check_metrics(grid, file)
+    _check_selection(grid, file)
     return grid
+
+
+def _check_selection(grid: Grid, file: str) -> None:
+    """Two cells of one grid that are one trial (``train.select_from`` is outside the key) must
+    report the same epoch of it: a table holds one record per trial."""
+    first: dict[str, TrialSpec] = {}
+    for t in grid.trials:
+        o = first.setdefault(t.key, t)
+        if o.config.train.select_from != t.config.train.select_from:
+            raise ConfigError(f"rows {o.label!r} and {t.label!r} are the same trial ({t.key}) but pick the reported "
+                              f"epoch differently (train.select_from {o.config.train.select_from} vs "
+                              f"{t.config.train.select_from}); one grid reports one epoch per trial",
+                              file=file, key="train.select_from",
+                              hint="put the other selection in a grid of its own (tables share trials)")
 
 
 def _check_metrics(grid: Grid, file: str) -> None:

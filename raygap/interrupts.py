@@ -241,8 +241,11 @@ def _ledger_path(folder: Path) -> Path:
     return Path(folder) / LEDGER_DIR / f"{socket.gethostname()}-{os.getpid()}.json"
 
 
-def record_children(folder: Path, owner: str) -> int:
-    """Write (or refresh) this driver's ledger of its descendant processes; returns how many."""
+def record_children(folder: Path, owner: str, warn=None) -> int:
+    """Write (or refresh) this driver's ledger of its descendant processes; returns how many.
+    Where it cannot be written (a read-only or full disk, a folder not the user's), ``warn``
+    gets one line saying so and what it costs (returns 0): the teardown still ends them, but a
+    driver killed with SIGKILL leaves them running, and the next run cannot find them."""
     import json
 
     import psutil
@@ -258,8 +261,12 @@ def record_children(folder: Path, owner: str) -> int:
         if path.parent.stat().st_uid == os.getuid():
             os.chmod(path.parent, 0o700)       # (made before by an older raygap, with the umask's mode)
         atomic_write(path, json.dumps({"owner": owner, "procs": entries}), root=path.parent)
-    except (OSError, StoreError):
-        return 0                           # a read-only or full disk: the teardown still ends them
+    except (OSError, StoreError) as e:
+        if warn is not None:
+            warn(f"the ledger of this run's Ray processes cannot be written ({path}: {getattr(e, 'strerror', None) or e}); "
+                 "they are ended at the end of the run, but if this raygap process is killed (SIGKILL) the next "
+                 "run cannot find and end them")
+        return 0
     return len(entries)
 
 

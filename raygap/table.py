@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .cells import is_done, table_cells
+from .selection import as_selected
 from .significance import Comparisons, paired_comparisons
 
 MANIFEST = "table.json"         # the cells as numbers, the done count, the comparisons and their inputs
@@ -46,7 +47,14 @@ def read_table(grid, store, out_dir: str | Path | None = None) -> Table:
     folder of the grid's tables, whose stored comparisons are reused when their inputs are the
     same."""
     known = stored_comparisons(out_dir) if out_dir is not None else None
-    return Table(grid, store.records(t.key for t in grid.trials), known)
+    return Table(grid, grid_records(grid, store), known)
+
+
+def grid_records(grid, store) -> dict[str, dict]:
+    """key -> stored record of the grid's trials, each as its cell reads it: with the metrics
+    of the epoch its ``train.select_from`` makes eligible (:func:`raygap.selection.as_selected`)."""
+    raw = store.records(t.key for t in grid.trials)
+    return {t.key: as_selected(raw[t.key], t.config.train) for t in grid.trials if t.key in raw}
 
 
 def stored_comparisons(out_dir: str | Path) -> dict | None:

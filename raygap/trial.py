@@ -40,6 +40,7 @@ from .metrics import classification_metrics, regression_metrics
 from .methods.base import MethodContext, TrainState, scaler_found_inf
 from .models import build_model, compiled
 from .registry import DATASETS, METHODS
+from .selection import final_metrics, select_metric
 from .trialfiles import CHECKPOINT  # (raygap.trial.CHECKPOINT too)
 
 
@@ -159,49 +160,6 @@ def evaluate(model, method, split, task: str = "classification", **kw) -> dict[s
     if task == "regression":
         return regression_metrics(pred, y)
     return classification_metrics(pred, y, int(max(y.max(initial=0) + 1, pred["fused"].shape[1])))
-
-
-LOWER_IS_BETTER = {"loss", "mae"}
-
-
-def select_metric(select: str, task: str) -> str:
-    """The validation metric ``train.select`` names for this task (``auto``: acc / mae)."""
-    if select == "auto":
-        return "mae" if task == "regression" else "acc"
-    return select
-
-
-def select_epoch(history: list[dict], select: str, select_from: str = "all") -> int:
-    """Index of the epoch with the best validation metric (earliest on ties). ``select_from:
-    adaptive``: only among the epochs after a warm-up stage (records whose ``stage`` is not
-    ``warmup``), where the method has any."""
-    key = f"val_{select}"
-    allowed = [i for i, h in enumerate(history) if select_from == "all" or h.get("stage") != "warmup"] \
-        or list(range(len(history)))
-    vals = [history[i][key] for i in allowed]
-    if select in LOWER_IS_BETTER:
-        vals = [-v if math.isfinite(v) else -math.inf for v in vals]
-    else:
-        vals = [v if math.isfinite(v) else -math.inf for v in vals]
-    return allowed[int(np.argmax(vals))]
-
-
-def final_metrics(history: list[dict], select: str, select_from: str = "all") -> dict[str, float]:
-    """Test metrics at the epoch chosen on validation, plus the last epoch's. For a method with
-    a warm-up stage, ``best_in_warmup`` (1 or 0) says whether the chosen epoch lies in it."""
-    b = select_epoch(history, select, select_from)
-    best, last = history[b], history[-1]
-    out = {k[len("test_"):]: v for k, v in best.items() if k.startswith("test_")}
-    out.update({f"val_{k[len('val_'):]}": v for k, v in best.items() if k.startswith("val_")})
-    out.update({f"last_{k[len('test_'):]}": v for k, v in last.items() if k.startswith("test_")})
-    out["best_epoch"] = best["epoch"]
-    out["last_epoch"] = last["epoch"]
-    if any("stage" in h for h in history):
-        out["best_in_warmup"] = 1.0 if best.get("stage") == "warmup" else 0.0
-    for k, v in best.items():   # method-reported figures that belong in tables (e.g. data_pct)
-        if k.startswith("report_"):
-            out[k[len("report_"):]] = v
-    return out
 
 
 def train_step(model, method, batch, st, optimizer, scaler, amp, device, sums: dict) -> None:
@@ -351,7 +309,7 @@ def fit(cfg: TrialConfig, bundle: DatasetBundle, *, device: torch.device,
             report(record, ckpt_path.parent if ckpt_now else None)
         log(format_record(record, bundle.modality_names, select))
 
-    return TrialResult(cfg.key(), final_metrics(st.history, select, T.select_from), st.history,
+    return TrialResult(cfg.key(), final_metrics(st.history, select), st.history,
                        info={"device": shown_device, "data": bundle.info, "batches": placed,
                              "method_source": METHODS.source(cfg.method.name),
                              "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test),

@@ -104,3 +104,63 @@ def test_what_is_not_refused(tmp_path, monkeypatch):
             refuse_other_hosts(store)
         monkeypatch.setenv("RAYGAP_TEST_MOUNTS", str(mounts(tmp_path, "ext4")))
         refuse_other_hosts(store)                                      # a local disk: its locks work
+
+
+def test_a_driver_on_another_host_starting_mid_run_stops_this_one_before_its_next_batch(tmp_path):
+    """This driver passed the check at its start; a driver on another host then claims a trial of
+    the same network-FS store while this one runs its first batch (a shared warm-up's leader; the
+    variant waits for it). Before claiming its next batch this driver looks again: one line,
+    exit 2; the leader it finished is kept, the other host's trial is not touched."""
+    import yaml
+
+    doc = {"name": "mid", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+                                   "train": {"epochs": 3, "device": "cpu", "threads": 1, "checkpoint_every": 1},
+                                   "method": {"name": "gap_adaptive", "warmup_epochs": 1}},
+           "rows": {"Lead": {}, "Variant": {"method": {"alpha": 0.5}}},
+           "seeds": [0], "metrics": ["acc"], "resources": {"cpu": 1, "gpu": 0}}
+    (tmp_path / "mid.yaml").write_text(yaml.safe_dump(doc))
+    from raygap.grid import load_grid
+
+    grid = load_grid(tmp_path / "mid.yaml")
+    lead, variant = (next(t.key for t in grid.trials if t.label == lab) for lab in ("Lead", "Variant"))
+    results = tmp_path / "results"
+    db = results / "store.sqlite"
+    # and the ledger of the run's Ray processes cannot be written there (a file where its folder goes):
+    # the run says so once, and goes on
+    results.mkdir()
+    (results / ".raygap-procs").write_text("not a folder")
+    env = {**os.environ, "RAYGAP_TEST_MOUNTS": str(mounts(tmp_path, "nfs4")), "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([sys.executable, "-m", "raygap", "run", str(tmp_path / "mid.yaml"), "--results",
+                            str(results), "--num-cpus", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env=env, cwd=tmp_path)
+    holder = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:          # the leader has trained an epoch: the first batch runs
+            if db.exists():
+                with sqlite3.connect(db) as c:
+                    row = c.execute("SELECT status, history FROM trials WHERE key=?", (lead,)).fetchone()
+                if row and row[0] == "running" and row[1] and row[1] != "[]":
+                    break
+            assert run.poll() is None, run.stdout.read()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the leader never trained an epoch")
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), variant], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        assert holder.stdout.readline() == f"held ['{variant}']\n"
+        text = run.communicate(timeout=240)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+        if holder is not None:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+    errors = [ln for ln in text.splitlines() if "error" in ln]
+    assert run.returncode == 2 and "Traceback" not in text and len(errors) == 1, text
+    assert f"{db}: is on a network file system (nfs4) where a driver on host node-b holds 1 trial(s) now" in errors[0]
+    warned = [ln for ln in text.splitlines() if "the ledger of this run's Ray processes cannot be written" in ln]
+    assert len(warned) == 1 and str(results / ".raygap-procs") in warned[0], text
+    rows = {k: (st, owner) for k, st, owner, _, _ in dump(db)}
+    assert rows[lead][0] == "done"                                    # finished before the look: kept
+    assert rows[variant][1] == "node-b:4242:1700000000.00"            # the other host's claim: untouched

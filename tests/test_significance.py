@@ -89,7 +89,7 @@ def test_a_reference_that_is_not_a_row_is_one_line(tmp_path):
 
 def test_select_from_adaptive_and_the_warmup_mark(tmp_path):
     from raygap.config import resolve
-    from raygap.trial import final_metrics, select_epoch
+    from raygap.selection import final_metrics, select_epoch
 
     hist = [{"epoch": 0, "stage": "warmup", "val_acc": 0.9, "test_acc": 0.5},
             {"epoch": 1, "stage": "warmup", "val_acc": 0.7, "test_acc": 0.6},
@@ -100,10 +100,9 @@ def test_select_from_adaptive_and_the_warmup_mark(tmp_path):
     m = final_metrics(hist, "acc", "adaptive")
     assert m["acc"] == 0.7 and m["best_epoch"] == 2 and m["best_in_warmup"] == 0.0
     assert "best_in_warmup" not in final_metrics([{k: v for k, v in h.items() if k != "stage"} for h in hist], "acc")
-    # select_from changes the reported numbers, so it is in the trial's key -- but only when not
-    # the default, so every stored trial keeps its key
-    assert resolve({}).key() == resolve({"train": {"select_from": "all"}}).key()
-    assert resolve({"train": {"select_from": "adaptive"}}).key() != resolve({}).key()
+    # select_from is chosen at export from the stored history: one trial serves both readings
+    assert resolve({}).key() == resolve({"train": {"select_from": "all"}}).key() \
+        == resolve({"train": {"select_from": "adaptive"}}).key()
     # the table marks a cell with how many seeds picked a warm-up epoch
     grid = _grid(tmp_path)
     with Store(tmp_path / "store.sqlite") as store:
@@ -326,7 +325,7 @@ def test_the_tables_say_which_epochs_of_a_two_stage_row_were_eligible(tmp_path):
     assert selection_note(_grid_of(tmp_path, one_stage, ["acc"], name="plain")) == ""
     rows = {"Ref": {"method": {"name": "concat"}},
             "Ours": {"method": {"name": "gap_adaptive", "warmup_epochs": 1}},
-            "Ours (adaptive)": {"method": {"name": "gap_adaptive", "warmup_epochs": 1},
+            "Ours (adaptive)": {"method": {"name": "gap_adaptive", "warmup_epochs": 1, "alpha": 0.5},
                                 "train": {"select_from": "adaptive"}}}
     grid = _grid_of(tmp_path, rows, ["acc"], name="mixed")
     assert selection_note(grid) == (
@@ -336,3 +335,46 @@ def test_the_tables_say_which_epochs_of_a_two_stage_row_were_eligible(tmp_path):
         paths = export_grid(grid, store, tmp_path / "out")
     assert "Ours (adaptive): the adaptive stage's epochs only (train.select\\_from: adaptive)" in paths["table.md"].read_text()
     assert r"the adaptive stage's epochs only (train.select\_from: adaptive)" in paths["table.tex"].read_text()
+
+
+HIST = [{"epoch": 0, "stage": "warmup", "val_acc": 0.9, "test_acc": 0.5},       # best on validation overall
+        {"epoch": 1, "stage": "adaptive", "val_acc": 0.6, "test_acc": 0.9},
+        {"epoch": 2, "stage": "adaptive", "val_acc": 0.8, "test_acc": 0.7}]     # best of the adaptive stage
+
+
+def test_the_epoch_is_chosen_when_the_table_is_made_so_two_tables_share_one_trial(tmp_path):
+    """Table II picks from every epoch, Table III from the adaptive stage only: the same stored
+    trials (one key), two readings of their history. Stored metrics: what the trial reports
+    (select_from: all); the adaptive reading comes from the history, not from them."""
+    rows = {"Ours": {"method": {"name": "gap_adaptive", "warmup_epochs": 1}}}
+    every = _grid_of(tmp_path, rows, ["acc"], name="every")
+    staged_rows = {"Ours": {"method": {"name": "gap_adaptive", "warmup_epochs": 1},
+                            "train": {"select_from": "adaptive"}}}
+    staged = _grid_of(tmp_path, staged_rows, ["acc", "best_epoch"], name="staged")
+    assert [t.key for t in every.trials] == [t.key for t in staged.trials]
+    with Store(tmp_path / "store.sqlite") as store:
+        store.register(every)
+        store.register(staged)
+        for t in every.trials:
+            store.mark_running(t.key, {})
+            # the metrics a trial stores for HIST: epoch 0 (val 0.9), test 0.5, in the warm-up
+            store.save_done(t.key, {"acc": 0.5, "best_epoch": 0, "best_in_warmup": 1.0}, HIST, 1.0, {})
+        a = export_grid(every, store, tmp_path / "a")["table.md"].read_text()
+        b = export_grid(staged, store, tmp_path / "b")["table.md"].read_text()
+        from raygap.dataframes import results
+    assert "| Ours | 50.00 ± 0.00 (n=3) †3 |" in a          # epoch 0's test accuracy, a warm-up epoch in 3 seeds
+    # adaptive: epochs 1 and 2 eligible; epoch 2 has the better validation (0.8 > 0.6): its test 0.7
+    assert "| Ours | 70.00 ± 0.00 (n=3) | 2.00 ± 0.00 (n=3) |" in b and "†" not in b.split("\n\n")[0]
+    df = results(tmp_path / "staged.yaml", results_dir=tmp_path).trials
+    assert sorted(df["metric.acc"]) == [0.7, 0.7, 0.7] and sorted(df["metric.best_epoch"]) == [2, 2, 2]
+
+
+def test_two_rows_that_are_one_trial_with_two_selections_are_one_line(tmp_path):
+    rows = {"Ours": {"method": {"name": "gap_adaptive", "warmup_epochs": 1}},
+            "Ours (adaptive)": {"method": {"name": "gap_adaptive", "warmup_epochs": 1},
+                                "train": {"select_from": "adaptive"}}}
+    with pytest.raises(ConfigError) as e:
+        _grid_of(tmp_path, rows, ["acc"], name="both")
+    msg = str(e.value)
+    assert "rows 'Ours' and 'Ours (adaptive)' are the same trial" in msg and "train.select_from" in msg
+    assert "both.yaml" in msg and "\n" not in msg

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from raygap.config import resolve
-from raygap.trial import TrialDiverged, checkpoint_due, final_metrics, load_data, run_trial, select_epoch
+from raygap.selection import final_metrics, select_epoch
+from raygap.trial import TrialDiverged, checkpoint_due, load_data, run_trial
 
 FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
         "model": {"backbone": "small", "width": 4},

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 from .. import interrupts
+from ..store.claims import Watch
+from ..store.hosts import refuse_other_hosts
 from .batch import trial_label, tune_batch
 from .fence import Fence
 from .cluster import node_hosts, require_address, require_resources, require_storage, start_ray
@@ -105,11 +107,12 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     mine: set[str] = set()              # every trial this driver claimed (released at the end)
     attempted: set[str] = set()         # launched here, or settled by another driver: not launched (again)
     fence = Fence(store, summary, progress)
-    renewer = _Renewer(store, owner, lease, fence)
+    renewer = _Renewer(store, owner, lease, fence, log)
     builder = None                      # the in-memory data (one machine), built once
     ready = several = False             # Ray started or joined; its nodes on more than one machine
     refused = False                     # stopped by an error before any trial launched
     lone: set[str] = set()              # warm-ups whose leader ran here without keeping one
+    hosts_watch = Watch()               # other hosts' heartbeats as this driver saw them, batch by batch
     try:
         import ray
 
@@ -122,6 +125,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                                                    store.warmups({w[0] for s in left if (w := s.config.warmup())}),
                                                    lone) if share_warmups else (set(), {}, {}))
             asked = [s.key for s in left if s.key not in deferred]     # (never empty: a deferral has a leader)
+            # a driver on another host that started on this network-FS store after this one (`raygap run`
+            # checked at its start): stopped here before this one claims more (store/hosts.py)
+            refuse_other_hosts(store, watch=hosts_watch)
             claimed, held = store.claim(asked, owner, lease)
             for k in claimed:                # claimed again (a new token): no longer dropped
                 fence.dropped.pop(k, None)
@@ -218,7 +224,7 @@ def _start_or_join(address, num_cpus, todo, starting: bool, results_folder: Path
         raise KeyboardInterrupt("SIGTERM") from e
     interrupts.install()                 # ray.init replaced raygap's SIGTERM handler with its own
     if started:
-        interrupts.record_children(results_folder, owner)
+        interrupts.record_children(results_folder, owner, warn=renewer.warn_ledger)
         renewer.ledger = results_folder
     return started
 
@@ -240,13 +246,21 @@ class _Renewer:
     moved is lost: the fence says so and drops its trial), and refreshes the ledger of the
     embedded Ray's processes (``ledger``: the results folder) every LEDGER_S."""
 
-    def __init__(self, store, owner: str, lease: float, fence: Fence):
+    def __init__(self, store, owner: str, lease: float, fence: Fence, log=print):
         self.store, self.owner, self.keys = store, owner, set()
         self.lease, self.fence = lease, fence
         self.every = lease / 4
         self.ledger: Path | None = None
+        self.log = log
+        self._ledger_warned = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raygap-lease", daemon=True)
+
+    def warn_ledger(self, text: str) -> None:
+        """The ledger of this driver's processes could not be written: said once a run."""
+        if not self._ledger_warned:
+            self._ledger_warned = True
+            self.log(f"warning: {text}")
 
     def start(self):
         if not self._thread.is_alive():
@@ -256,7 +270,7 @@ class _Renewer:
         last_renew = last_ledger = time.monotonic()
         while not self._stop.wait(min(LEDGER_S, self.every)):
             if self.ledger is not None and time.monotonic() - last_ledger >= LEDGER_S * 0.9:
-                interrupts.record_children(self.ledger, self.owner)
+                interrupts.record_children(self.ledger, self.owner, warn=self.warn_ledger)
                 last_ledger = time.monotonic()
             if time.monotonic() - last_renew < self.every * 0.9:
                 continue
