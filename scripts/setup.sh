@@ -74,6 +74,11 @@ fi
 # here: `import torch` 3.2 s -> 1.5 s, a 2-epoch CPU trial 11.4 s -> 6.4 s; the install takes ~30 s longer.
 extras=test
 asked=${RAYGAP_EXTRAS:-}
+# CI (CI=true, as .ci/run runs) installs the tracker extras too, so their tests run there instead
+# of skipping; RAYGAP_EXTRAS, when set, is taken as it is.
+if [ "${CI:-}" = true ] && [ -z "${RAYGAP_EXTRAS+x}" ]; then
+  asked=mlflow,wandb
+fi
 for e in ${asked//,/ }; do
   case "$e" in
     mlflow|wandb|tensorboard) extras="$extras,$e" ;;
@@ -82,3 +87,13 @@ for e in ${asked//,/ }; do
 done
 [ "$extras" = test ] || say "extras: ${extras#test,}"
 .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "${torch_index[@]}" -c constraints.txt -e ".[$extras]"
+
+# CI: the report page's test (tests/test_report_page.py) opens report.html in Debian's headless
+# Chromium. Where CI runs as root with apt and no chromium, it is installed (system package; the
+# test skips, saying so, where there is none). Nothing of this runs outside CI.
+if [ "${CI:-}" = true ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "CI: installing Debian's chromium for the report page's browser test"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1; then
+    say "CI: chromium could not be installed (apt-get failed): the report page's browser test will skip"
+  fi
+fi
