@@ -74,7 +74,7 @@ def test_every_method_trains_is_interrupted_and_resumes_exactly(tmp_path, name):
 # tensor of its model after the epoch's training pass differs, bit for bit, from that run's under
 # the same seed, data and batches.
 ACTS_AT = {
-    "agm": (0, None),               # k_m scales each modality's feature gradient from the first batch
+    "agm": (0, None),               # k_m scales each modality's response-score gradient from the first batch (window 0..20)
     "cpsl": (0, None),              # aux + statistical losses and the conflict penalty (vs concat on gated)
     "mla": (0, None),               # one step per modality per batch (vs concat on the shared head)
     "mmcosine": (0, None),          # cosine logits without bias

@@ -1,34 +1,46 @@
-"""AGM: adaptive gradient modulation (Li et al., ICCV 2023), after the paper and the public
-lihongcs/AGM code as summarized in docs/methods.md.
+"""AGM: adaptive gradient modulation (Li et al., ICCV 2023), by default as its authors' CREMA-D
+code runs it (lihongcs/AGM ``run/CREMAD_main.py``, ``model/CREMAD_net.py``; docs/methods.md).
 
-Per batch, with f(S) the fused logits when only the modalities in S keep their features (the
-others' features zeroed):
+Per batch, with f(S) the fused logits when only the modalities in S are present:
 
-    response     phi_m = sum_{S without m} |S|! (M-|S|-1)! / M! * (f(S + m) - f(S))   (Shapley value;
-                 for two modalities 1/2 [f(a,v) - f(0,v) + f(a,0) - f(0,0)]; for a linear concat
-                 head exactly W^m x_m)
+    blank        an absent modality's input is zeroed and its encoder run on it (``blank: input``,
+                 official; the encoders in eval mode for that pass, so BatchNorm's running
+                 statistics never see a blank batch), or its features are zeroed at the fusion
+                 head (``blank: features``)
+    response     ``response: official``: phi_m = 1/2 [f(all) - f(all without m) + f(m alone)],
+                 for two modalities 1/2 [f(a,v) - f(0,v) + f(a,0)] (no f(0,0) term; the two
+                 responses sum to f(a,v)); ``response: shapley``: the Shapley value
+                 sum_{S without m} |S|! (M-|S|-1)! / M! (f(S + m) - f(S)), for two modalities
+                 1/2 [f(a,v) - f(0,v) + f(a,0) - f(0,0)] (the responses sum to f(a,v) - f(0,0))
     score        L_m = mean_i -log max(softmax(phi_m)_{i,y_i}, 1e-8)
     ratio        r_m = exp(mean_{j != m} L_j - L_m)          (two modalities: exp(L_v - L_a) for audio)
     target       r*_m = exp(mean_{j != m} Lbar_j - Lbar_m)   (Lbar: running mean of L over the batches
                                                               before this one; r* = 1 on the first)
-    coefficient  k_m = exp(alpha * min(r*_m - r_m, clip))
-    L            = CE(fused); the gradient reaching modality m's features is multiplied by k_m
-                   (a backward hook on phi_m's encoder output)
+    coefficient  k_m = exp(alpha * min(r*_m - r_m, clip))    (``clip: null``: no clip)
+    loss         ``scale: logits`` (official): L = CE(sum_m phi_m + rest), the gradient reaching
+                 phi_m multiplied by k_m (rest: what the responses leave of f(all), unscaled: f(0,0)
+                 for ``shapley``, nothing for ``official`` with two modalities). The value is
+                 CE(f(all)); the gradient of the head's audio weights is k_a times the plain one,
+                 the visual weights' k_v times, the bias's (k_a + k_v)/2 (exactly so with
+                 ``blank: features``), and the clip guard sees them. ``scale: features`` (raygap up
+                 to version 4): L = CE(f(all)), k_m multiplies the gradient reaching modality m's
+                 encoder output only; the responses are computed without gradients
     clipping     after the backward pass, when any weight gradient of the fusion head leaves
                  [-c, c], the whole model's gradient is clipped to norm c (``grad_clip``; the AGM
                  training code does this with c = 1, BalanceBenchmark with c = 5): k_m reaches
-                 e^{alpha * clip} (e^10.5 ~ 36,000 at the defaults), and without the bound the
-                 encoders diverge once the modalities' losses drift apart
+                 e^{alpha * clip} (e^10 ~ 22,000 at the defaults)
 
 A modality doing better than its running level (r_m > r*_m) is slowed, one falling behind is sped
-up. Outside modulation_starts..modulation_ends (both included) the coefficients are 1 (the running means still
-update).
+up. Outside modulation_starts..modulation_ends (both included; official 0..20) the coefficients
+are 1 (the running means still update).
 """
 from __future__ import annotations
 
 import itertools
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 from ..lazy import lazy
 from ..params import F
@@ -40,26 +52,52 @@ torch = lazy("torch")
 
 @dataclass
 class AGMParams(WindowParams):
-    alpha: float = F(1.5, range=(0.0, 100.0), help="alpha of k = exp(alpha * (target - ratio)) (1.5 on CREMA-D)")
-    clip: float = F(7.0, range=(0.0, 100.0), help="upper clip of target - ratio before the exponential (official: 7)")
-    modulation_ends: int = F(100000, range=(0, 100000), help="last epoch of modulation (included): every epoch")
+    alpha: float = F(1.0, range=(0.0, 100.0), help="alpha of k = exp(alpha * (target - ratio)) (official "
+                                                    "--alpha default: 1.0)")
+    clip: float | None = F(10.0, range=(0.0, 1e6),
+                           help="upper clip of target - ratio before the exponential (official CREMA-D: 10; "
+                                "the URFunny script and BalanceBenchmark: 7; the AVE script: none, null)")
+    modulation_ends: int = F(20, range=(0, 100000), help="last epoch of modulation (included; official "
+                                                         "--modulation_ends 20: epochs 0..20)")
     grad_clip: float = F(1.0, range=(0.0, 1e6),
                          help="when a fusion-head weight gradient leaves [-c, c], clip the model's gradient norm to c "
                               "(AGM training code: 1; BalanceBenchmark: 5); 0: never clip")
+    scale: str = F("logits", choices=["logits", "features"],
+                   help="where k acts: logits = on each modality's response scores, so the head's gradients "
+                        "are scaled too (official); features = on each encoder's output only (raygap <= v4)")
+    response: str = F("official", choices=["official", "shapley"],
+                      help="official = 1/2 [f(a,v) - f(0,v) + f(a,0)]; shapley = the Shapley value "
+                           "(with - f(0,0); raygap <= v4)")
+    blank: str = F("input", choices=["input", "features"],
+                   help="an absent modality: its input zeroed and encoded (official) or its features zeroed "
+                        "(raygap <= v4)")
 
 
-def shapley_responses(head, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """phi_m for every modality from 2^M evaluations of ``head`` (feats -> fused logits) with the
-    absent modalities' features zeroed."""
-    ms = list(feats)
-    n = len(ms)
-    cache: dict[frozenset, torch.Tensor] = {}
+Subsets = Callable[[frozenset], "torch.Tensor"]
+
+
+def subset_logits(head, feats: dict, blank: dict, known: dict | None = None) -> Subsets:
+    """f(S): ``head`` (features -> fused logits) with the modalities outside S given their
+    ``blank`` features; memoized (``known``: values already at hand, e.g. f(all))."""
+    cache = dict(known or {})
 
     def f(subset: frozenset) -> torch.Tensor:
         if subset not in cache:
-            cache[subset] = head({m: (x if m in subset else torch.zeros_like(x)) for m, x in feats.items()})
+            cache[subset] = head({m: (x if m in subset else blank[m]) for m, x in feats.items()})
         return cache[subset]
+    return f
 
+
+def official_responses(f: Subsets, ms: list[str]) -> dict[str, torch.Tensor]:
+    """phi_m = 1/2 [f(all) - f(all without m) + f({m})] (CREMAD_net.py's two-modality form,
+    1/2 [f(a,v) - f(0,v) + f(a,0)], written for any M)."""
+    full = frozenset(ms)
+    return {m: 0.5 * (f(full) - f(full - {m}) + f(frozenset({m}))) for m in ms}
+
+
+def shapley_responses(f: Subsets, ms: list[str]) -> dict[str, torch.Tensor]:
+    """phi_m, the Shapley value of m in the game S -> f(S), from the 2^M subsets."""
+    n = len(ms)
     out = {}
     for m in ms:
         others = [j for j in ms if j != m]
@@ -71,6 +109,34 @@ def shapley_responses(head, feats: dict[str, torch.Tensor]) -> dict[str, torch.T
                 total = total + w * (f(s | {m}) - f(s))
         out[m] = total
     return out
+
+
+RESPONSES = {"official": official_responses, "shapley": shapley_responses}
+
+
+def loss_logits(resp: dict, f: Subsets, ms: list[str], form: str, scaled: Callable) -> torch.Tensor:
+    """sum_m scaled(m, phi_m) + what the responses leave of f(all), unscaled: f(empty) for the
+    Shapley value (its efficiency: the values sum to f(all) - f(empty)), f(all) - sum_m phi_m for
+    the official form with more than two modalities, nothing with two (they sum to f(all))."""
+    total = sum(scaled(m, resp[m]) for m in ms)
+    if form == "shapley":
+        return total + f(frozenset())
+    if len(ms) > 2:
+        return total + (f(frozenset(ms)) - sum(resp[m] for m in ms))
+    return total
+
+
+def blank_features(model, batch: dict, ms: list[str]) -> dict[str, torch.Tensor]:
+    """Every modality's encoder output on a zeroed input, with the model in eval mode for the
+    pass (BatchNorm uses, and does not update, its running statistics); each module's mode is
+    put back as it was."""
+    modes = [(mod, mod.training) for mod in model.modules()]
+    model.eval()
+    try:
+        return model.encode({m: torch.zeros_like(batch[m]) for m in ms})
+    finally:
+        for mod, was in modes:
+            mod.training = was
 
 
 def response_scores(responses: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -90,9 +156,10 @@ def score_ratios(scores: dict) -> dict[str, torch.Tensor]:
     return {m: torch.exp(sum(sc[j] for j in ms if j != m) / (len(ms) - 1) - sc[m]) for m in ms}
 
 
-def agm_coefficients(ratio: dict, target: dict, alpha: float, clip: float) -> dict[str, torch.Tensor]:
-    """k_m = exp(alpha * min(target_m - ratio_m, clip))."""
-    return {m: torch.exp(alpha * (scalar(target[m]) - scalar(ratio[m])).clamp(max=clip)) for m in ratio}
+def agm_coefficients(ratio: dict, target: dict, alpha: float, clip: float | None) -> dict[str, torch.Tensor]:
+    """k_m = exp(alpha * min(target_m - ratio_m, clip)); ``clip`` None: no clip."""
+    gap = {m: scalar(target[m]) - scalar(ratio[m]) for m in ratio}
+    return {m: torch.exp(alpha * (g if clip is None else g.clamp(max=clip))) for m, g in gap.items()}
 
 
 def clip_when_head_leaves(model, bound: float) -> torch.Tensor:
@@ -114,9 +181,11 @@ def clip_when_head_leaves(model, bound: float) -> torch.Tensor:
 # version 2: per-batch scores and coefficients as device tensors (float32 ratios): results differ in rounding
 # version 3: the gradient clip of the AGM training code (grad_clip, on by default)
 # version 4: the window's end epoch included, as the official test (a set modulation_ends modulates one more epoch)
-@METHODS.register("agm", params=AGMParams, version=4, min_modalities=2)
+# version 5: as the official CREMA-D code by default: k on the response scores (scale: logits), the official
+#            response with inputs zeroed (response: official, blank: input), clip 10, alpha 1.0, epochs 0..20
+@METHODS.register("agm", params=AGMParams, version=5, min_modalities=2)
 class AGM(Method):
-    """CE(fused) with each modality's feature gradient scaled by its Shapley-response coefficient."""
+    """CE(fused) with each modality's response scores' (or features') gradient scaled by its coefficient."""
 
     @classmethod
     def check_config(cls, p, c, modalities):
@@ -129,15 +198,31 @@ class AGM(Method):
         self.coeff = {m: 1.0 for m in ctx.modalities}
         self._epoch = {}
 
+    def _scaled(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as it is, its gradient multiplied by k_m (read at backward time, set by ``loss``);
+        a view, so that other uses of ``x`` keep their gradient."""
+        if not x.requires_grad:
+            return x
+        v = x.view_as(x)
+        v.register_hook(lambda g: g * self.coeff[m])
+        return v
+
     def forward(self, model, batch, st=None):
+        ms, p = self.ctx.modalities, self.p
         feats = model.encode(batch)
-        if torch.is_grad_enabled():
-            for m, x in feats.items():
-                if x.requires_grad:
-                    x.register_hook(lambda g, m=m: g * self.coeff[m])   # read at backward time
+        on_logits = p.scale == "logits" and torch.is_grad_enabled()
+        if p.scale == "features":
+            feats = {m: self._scaled(m, x) for m, x in feats.items()}
         out = model.head(feats)
-        with torch.no_grad():
-            resp = shapley_responses(lambda fs: model.head(fs).fused, {m: x.detach() for m, x in feats.items()})
+        with nullcontext() if on_logits else torch.no_grad():
+            src = feats if on_logits else {m: x.detach() for m, x in feats.items()}
+            blank = (blank_features(model, batch, ms) if p.blank == "input"
+                     else {m: torch.zeros_like(x) for m, x in src.items()})
+            f = subset_logits(lambda fs: model.head(fs).fused, src, blank,
+                              {frozenset(ms): out.fused if on_logits else out.fused.detach()})
+            resp = RESPONSES[p.response](f, ms)
+            if on_logits:
+                out.extras["agm_loss_logits"] = loss_logits(resp, f, ms, p.response, self._scaled)
         out.extras.update({f"response_{m}": r for m, r in resp.items()})
         return out
 
@@ -162,7 +247,7 @@ class AGM(Method):
             e[f"agm_k_{m}"] = e.get(f"agm_k_{m}", 0.0) + (c.double() if torch.is_tensor(c) else c)
             e[f"agm_ratio_{m}"] = e.get(f"agm_ratio_{m}", 0.0) + ratio[m].double()
             e[f"agm_score_{m}"] = e.get(f"agm_score_{m}", 0.0) + scores[m].double()
-        loss = self.task_loss(out.fused, y)
+        loss = self.task_loss(out.extras.get("agm_loss_logits", out.fused), y)   # = CE(fused) up to rounding
         return loss, {"loss_f": loss.detach()}
 
     def after_backward(self, model, out, batch, st):

@@ -26,8 +26,9 @@ import torch
 import torch.nn as nn
 
 # The variants one module's forward may be compiled in at its batch size: train mode with and
-# without gradients (AGM's Shapley passes run the head under no_grad), eval mode.
-VARIANTS = 3
+# without gradients (AGM's `scale: features` runs its response passes under no_grad), eval mode
+# without and with gradients (AGM's blank-input pass: the encoders in eval mode, gradients on).
+VARIANTS = 4
 
 
 def batch_rows(x) -> int | None:
