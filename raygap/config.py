@@ -126,6 +126,9 @@ NOT_HASHED = {"resources"}
 # train.select_from: which epochs a table may report, chosen at export from the stored history
 # (raygap.selection): what the trial computes does not depend on it
 NOT_HASHED_KEYS = {"train": {"checkpoint_every", "channels_last", "compile", "select_from"}, "data": {"preload"}}
+# keys read only when a table is made: outside a shared warm-up's key too (two rows selecting
+# from different stages of one training share its warm-up)
+EXPORT_ONLY_KEYS = {"train": {"select_from"}}
 # keys added after results were stored, hashed only when set away from the value that reproduces
 # those results (so a stored trial keeps its identity): {section: {key: (that value, keys that only
 # matter when it is changed)}}
@@ -211,14 +214,15 @@ class TrialConfig:
         """``(warm-up key, W)`` when the method declares a warm-up stage other trials may share
         (``Method.shared_warmup``): the key hashes everything the first W epochs depend on --
         the whole config outside ``method:`` (resources too: a CPU trial's threads follow
-        them), the method's name, version and the keys it names. None: nothing to share."""
+        them) but the export-only keys, the method's name, version and the keys it names. None: nothing to share."""
         name = self._d["method"]["name"]
         entry = METHODS.get(name)
         share = entry.obj.shared_warmup(self.params("method"))
         if share is None:
             return None
         W, keys = share
-        rest = {k: v for k, v in self._d.items() if k != "method"}
+        rest = {k: ({kk: vv for kk, vv in v.items() if kk not in EXPORT_ONLY_KEYS[k]} if k in EXPORT_ONLY_KEYS else v)
+                for k, v in self._d.items() if k != "method"}
         payload = json.dumps({"warmup_of": {"name": name, **keys}, "config": rest,
                               "results_version": RESULTS_VERSION, "method_version": entry.meta.get("version", 1)},
                              sort_keys=True, default=str)

@@ -103,6 +103,11 @@ def test_select_from_adaptive_and_the_warmup_mark(tmp_path):
     # select_from is chosen at export from the stored history: one trial serves both readings
     assert resolve({}).key() == resolve({"train": {"select_from": "all"}}).key() \
         == resolve({"train": {"select_from": "adaptive"}}).key()
+    # ... and one shared warm-up (its key hashes everything else outside method:, epochs included)
+    gap = {"method": {"name": "gap_adaptive"}}
+    w = resolve(gap).warmup()
+    assert w is not None and w == resolve({**gap, "train": {"select_from": "adaptive"}}).warmup()
+    assert w != resolve({**gap, "train": {"epochs": 70}}).warmup()
     # the table marks a cell with how many seeds picked a warm-up epoch
     grid = _grid(tmp_path)
     with Store(tmp_path / "store.sqlite") as store:
