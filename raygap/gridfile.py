@@ -156,6 +156,16 @@ def _by_value(doc, what: str, file: str) -> dict[str, dict[str, dict]]:
     return out
 
 
+def _one_line(label, key: str, file: str) -> str:
+    """A row or column label as text on one line: a newline or other control character would break
+    the Markdown table row and the LaTeX line it is printed in."""
+    text = str(label)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ConfigError(f"the label {text!r} holds a newline or another control character", file=file, key=key,
+                          hint=f"one line, e.g. {' '.join(''.join(ch if ord(ch) >= 32 and ord(ch) != 127 else ' ' for ch in text).split())!r}")
+    return text
+
+
 def check_paper_results(doc, rows: dict, columns: dict, metrics: list, file: str) -> dict:
     """``paper_results`` checked against the grid's rows, column values and metrics."""
     out: dict = {}
@@ -238,7 +248,7 @@ def read_grid_file(path: str | Path) -> GridFile:
     row_by: dict[str, dict[str, dict[str, dict]]] = {}
     for label, over in _mapping(doc.get("rows"), "rows", file).items():
         over = dict(_mapping(over, f"rows.{label}", file))
-        label = str(label)
+        label = _one_line(label, "rows", file)
         if ROW_NOTE in over:
             notes[label] = str(over.pop(ROW_NOTE))
         if ROW_BY in over:
@@ -270,7 +280,8 @@ def read_grid_file(path: str | Path) -> GridFile:
     if not all(isinstance(m, str) and m for m in metrics):
         raise ConfigError(f"metric names must be strings, got {metrics!r}", file=file, key="metrics")
     grid_resources = _mapping(doc.get("resources"), "resources", file)
-    column_labels = _mapping(doc.get("column_labels"), "column_labels", file)
+    column_labels = {k: _one_line(v, "column_labels", file)
+                     for k, v in _mapping(doc.get("column_labels"), "column_labels", file).items()}
     return GridFile(file=file, name=name, description=description, base=base, base_by=base_by, rows=rows,
                     row_by=row_by, notes=notes, reference=None if reference is None else str(reference),
                     columns=columns, seeds=seeds, metrics=metrics, resources=grid_resources,

@@ -61,6 +61,17 @@ def md_escape(s: Any) -> str:
     return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), str(s))
 
 
+def one_line(s: Any) -> str:
+    """``s`` on one line (every run of whitespace, newlines included, one space): for a Markdown
+    heading and a LaTeX comment, which a newline would end, leaving the rest read as markup."""
+    return " ".join(str(s).split())
+
+
+def tex_comment(s: Any) -> str:
+    """A LaTeX comment line holding ``s`` (a newline in it would end the comment)."""
+    return "% " + one_line(s)
+
+
 def md_table(header: list[str], body: list[list[str]]) -> list[str]:
     """A Markdown table's lines: the first column left-aligned, the rest right-aligned."""
     return (["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
@@ -77,7 +88,8 @@ def comparison_md(grid, comps: list[dict], title: str) -> list[str]:
 def to_markdown(table) -> str:
     grid, comps = table.grid, table.comparisons
     header, body = table_rows(table)
-    lines = [f"# {grid.name}" + (f": {grid.description}" if grid.description else ""), "", *md_table(header, body)]
+    lines = [f"# {grid.name}" + (f": {md_escape(one_line(grid.description))}" if grid.description else ""),
+             "", *md_table(header, body)]
     lines.append("")
     lines.append("Mean ± sample std over the seeds that are done, accuracies and F1 scores in percent; "
                  "(n=k) seeds done, (n=k/N) when only k of N are; – none done. The reported epoch is chosen on "
@@ -135,7 +147,7 @@ def to_latex(table) -> str:
     grid, combos, cells, comps = table.grid, table.combos, table.cells, table.comparisons
     nm, marks = len(grid.metrics), _marks(grid)
     ncols = 1 + nm * len(combos)
-    out = [f"% {grid.name}: {grid.description}".rstrip(": "), r"% requires \usepackage{booktabs}",
+    out = [tex_comment(f"{grid.name}: {grid.description}".rstrip(": ")), r"% requires \usepackage{booktabs}",
            r"\begin{tabular}{l" + "c" * (ncols - 1) + "}", r"\toprule"]
     out.append("Method & " + " & ".join(rf"\multicolumn{{{nm}}}{{c}}{{{tex_escape(grid.column_header(c))}}}"
                                         for c in combos) + r" \\")
@@ -157,10 +169,10 @@ def to_latex(table) -> str:
         out += [rf"$^{{{marks[label]}}}$ {tex_escape(label)}: {tex_escape(grid.notes[label])}\par"
                 for label in marks]
         out.append("}")
-    out += [f"% not run: {label} ({reason})" for label, reason in grid.skipped]
+    out += [tex_comment(f"not run: {label} ({reason})") for label, reason in grid.skipped]
     if comps:
         h, b = comparison_table(grid, comps)
-        out += ["", f"% paired differences vs {grid.reference}", r"\begin{tabular}{l" + "c" * (len(h) - 1) + "}",
+        out += ["", tex_comment(f"paired differences vs {grid.reference}"), r"\begin{tabular}{l" + "c" * (len(h) - 1) + "}",
                 r"\toprule", " & ".join(tex_escape(x) for x in h) + r" \\", r"\midrule"]
         out += [" & ".join(tex_escape(c) for c in r) + r" \\" for r in b]
         out += [r"\bottomrule", r"\end{tabular}",

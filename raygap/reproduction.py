@@ -15,7 +15,7 @@ from .atomic import atomic_write, refuse_link
 from .cells import DASH, WARMUP_NOTE, metric_label, selection_note
 from .comparability import against_paper, header_lines, paper_conflicts
 from .dotted import flatten
-from .render import comparison_md, md_escape, md_table
+from .render import comparison_md, md_escape, md_table, one_line
 from .report_page import BESIDE, report_html
 
 
@@ -73,7 +73,7 @@ def report_lines(table, figures: list | None = None, fig_dir: str = "figures", l
     matched = bool(paper) and all(v is not None and any(v in per for per in paper.values()) for v in col_values)
     comp = against_paper(grid) if paper else None
     lines = [f"{h} Reproduction report: {grid.name}" + (f" ({grid.profile} profile)" if grid.profile else ""), "",
-             md_escape(grid.description), ""]
+             md_escape(one_line(grid.description)), ""]
     lines.append(f"{table.done} of {len(grid.trials)} cells done; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.")
     if paper and not matched:
         lines += ["", "**Not comparable with the paper**: this profile's data are not the paper's"

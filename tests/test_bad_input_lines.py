@@ -69,3 +69,12 @@ def test_a_clip_id_that_is_not_one_file_name_touches_nothing(vid, problem, tmp_p
     line = one_line(raygap("prepare", "ave", str(raw), str(out), cwd=tmp_path))
     assert f"{raw / 'trainSet.txt'}:2: clip id {vid!r} {problem}" in line, line
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_a_row_label_with_a_newline_is_one_line(tmp_path):
+    # it would break its table.md row and its LaTeX line; the description may span lines (it is
+    # printed on one, see test_store_export)
+    grid = tmp_path / "g.yaml"
+    grid.write_text('name: g\ndescription: "two\\nlines"\nrows: {"A\\nB": {}}\ncolumns: {data.name: [avdigits]}\n')
+    line = one_line(raygap("run", str(grid), "--dry-run", cwd=tmp_path))
+    assert str(grid) in line and "rows" in line and "holds a newline" in line and "'A B'" in line, line

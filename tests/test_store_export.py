@@ -237,6 +237,26 @@ def test_latex_structure(filled):
     assert len([ln for ln in body if "multicolumn" not in ln]) == 1 + 3     # metric header + 3 rows
 
 
+def test_a_description_with_a_newline_stays_inside_its_comment_and_heading(tmp_path):
+    # a newline in the description used to end table.tex's "% name: ..." comment, leaving the
+    # rest live LaTeX (\input{...}), and table.md's heading, leaving the rest raw Markdown
+    g = write(tmp_path, {"name": "lab", "description": "first line\n\\input{/etc/hostname} $x$ *y*",
+                         "rows": {"A": {}, "B": {"note": "n"}}, "reference": "B",
+                         "columns": {"data.val_fraction": [0.1]}, "seeds": [0, 1], "metrics": ["acc"]})
+    grid = load_grid(g)
+    store = Store(tmp_path / "store.sqlite")
+    store.register(grid)
+    for t, acc in zip(grid.trials, (0.5, 0.6, 0.7, 0.9), strict=True):
+        store.save_done(t.key, {"acc": acc}, [], 1.0, {})
+    paths = export_grid(grid, store, tmp_path / "out", formats=("md", "tex"))
+    tex = paths["table.tex"].read_text().splitlines()
+    assert tex[0] == r"% lab: first line \input{/etc/hostname} $x$ *y*"
+    assert r"% paired differences vs B" in tex
+    assert not [ln for ln in tex if "input{" in ln and not ln.startswith("%")], tex
+    md = paths["table.md"].read_text().splitlines()
+    assert md[0] == r"# lab: first line \\input{/etc/hostname} $x$ \*y\*" and md[1] == ""
+
+
 def test_trials_csv_one_line_per_membership(filled):
     grid, store, tmp = filled
     text = export_grid(grid, store, tmp / "out", formats=())["trials.csv"].read_text()
