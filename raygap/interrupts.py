@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -258,7 +259,13 @@ def record_children(folder: Path, owner: str, warn=None) -> int:
     path = _ledger_path(folder)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.parent.stat().st_uid == os.getuid():
+        st = path.parent.stat()
+        if st.st_uid == os.getuid():
+            if st.st_mode & 0o022:
+                # others could write here: no ledger in it is trusted once it is closed again (the
+                # next run's end_leftovers acts on this folder's ledgers)
+                for other in path.parent.glob("*.json"):
+                    remove(other, path.parent, ignore_errors=True)
             os.chmod(path.parent, 0o700)       # (made before by an older raygap, with the umask's mode)
         atomic_write(path, json.dumps({"owner": owner, "procs": entries}), root=path.parent)
     except (OSError, StoreError) as e:
@@ -293,15 +300,18 @@ def end_leftovers(folder: Path, owner_alive) -> list[int]:
         st = ledgers.stat()
     except OSError:
         return ended
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+    me = os.getuid()
+    if st.st_uid != me or st.st_mode & 0o022:
         print(f"raygap: {ledgers} is not only this user's to write (owner uid {st.st_uid}, mode "
               f"{st.st_mode & 0o777:o}): its ledgers are not acted on; no leftover process is ended",
               file=sys.stderr, flush=True)
         return ended
     ray_dir = _ray_package()
-    me = os.getuid()
     for path in sorted(ledgers.glob(f"{host}-*.json")):
         try:
+            fst = path.lstat()
+            if not stat.S_ISREG(fst.st_mode) or fst.st_uid != me or fst.st_mode & 0o022:
+                continue                    # not a ledger this user wrote (nor one only it could change)
             doc = json.loads(path.read_text())
             owner, entries = doc["owner"], doc["procs"]
         except (OSError, ValueError, KeyError, TypeError):

@@ -160,7 +160,20 @@ def test_a_killed_drivers_leftovers_are_ended_by_the_next_run_and_nothing_else(t
         interrupts.record_children(tmp_path, "me")
         folder.chmod(0o777)
         assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and child.poll() is None
-        folder.chmod(0o700)
+        # ... and what was planted there while it was open is gone once a run closes it again
+        planted = folder / f"{socket.gethostname()}-2.json"
+        planted.write_text(json.dumps({"owner": "x", "procs": [[child.pid, psutil.Process(child.pid).create_time()]]}))
+        interrupts.record_children(tmp_path, "me")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and not planted.exists()
+        interrupts.drop_ledger(tmp_path)
+        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and child.poll() is None
+        # a ledger file others may write is not acted on either
+        loose = folder / f"{socket.gethostname()}-3.json"
+        loose.write_text(json.dumps({"owner": "x", "procs": [[child.pid, psutil.Process(child.pid).create_time()]]}))
+        loose.chmod(0o666)
+        assert interrupts.end_leftovers(tmp_path, lambda o: False) == [] and child.poll() is None
+        loose.unlink()
+        interrupts.record_children(tmp_path, "me")      # this driver's own ledger again
         # a hand-written ledger naming a process that is not Ray's, with its true start time: it survives
         hand = folder / f"{socket.gethostname()}-1.json"
         hand.write_text(json.dumps({"owner": "x", "procs": [[other.pid, psutil.Process(other.pid).create_time()]]}))
