@@ -298,5 +298,6 @@ def test_a_driver_stopped_past_its_lease_loses_its_trials_and_writes_nothing(tmp
     assert "finished by the other run" in out_a and "] done " not in out_a, out_a
     assert sum("] done " in ln for ln in out_b.splitlines()) == 2, out_b
     assert len(lost) == 2 and a.errors.count("lost the claim") == 2
+    assert "Traceback" not in out_a + a.errors, a.errors[-4000:]     # the one line per trial is all A says
     print(f"B took over {took - waiting:.1f} s after it began to wait (lease {LEASE:.0f} s); whole test "
           f"{time.monotonic() - t0:.0f} s; A said: {lost[0]}")

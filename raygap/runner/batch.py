@@ -31,6 +31,25 @@ class _NoTuneRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
+class _NoLostTrialsCheckpointError(logging.Filter):
+    """A driver woken after another took its trial over: its Tune, registering a checkpoint the
+    trial's worker wrote meanwhile, deletes the one before, which the driver that took over has
+    already removed with the trial's earlier checkpoints -- Tune then logs a FileNotFoundError
+    traceback. raygap has said in one line that it lost the trial (:mod:`raygap.runner.fence`);
+    that traceback, for a trial it dropped, is left out. Any other error is shown as Tune logs it."""
+
+    def __init__(self, fence):
+        super().__init__()
+        self.fence = fence
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Trial %s: Error handling checkpoint %s" or not record.exc_info \
+                or not isinstance(record.exc_info[1], FileNotFoundError) or not record.args:
+            return True
+        key = ((getattr(record.args[0], "config", None) or {}).get("t") or {}).get("key")
+        return key not in self.fence.dropped
+
+
 def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
                log, progress, tracker=None, forks: dict | None = None, keeps: dict | None = None,
                after_done=None, on_settled=None, fence=None) -> None:
@@ -108,8 +127,14 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
     tune_log = logging.getLogger("ray.tune.tune")
     if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
         tune_log.addFilter(_NoTuneRestoreHint())
-    with interrupts.tune_phase():
-        results = tuner.fit()
+    controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+    lost_ckpt = _NoLostTrialsCheckpointError(fence)
+    controller_log.addFilter(lost_ckpt)
+    try:
+        with interrupts.tune_phase():
+            results = tuner.fit()
+    finally:
+        controller_log.removeFilter(lost_ckpt)
     # Tuner.fit() does not raise on trial errors: reconcile with what the callback saw
     for r in results:
         key = (r.config or {}).get("t", {}).get("key")
