@@ -134,3 +134,36 @@ def test_on_a_network_file_system_the_store_uses_a_rollback_journal(tmp_path, mo
     Store(db).close()
     with sqlite3.connect(db) as c:
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_foreign_file_in_wal_mode_keeps_its_wal_and_a_corrupt_store_its_wal_and_shm(grid, tmp_path):
+    """A writing connection, once closed, merges the WAL into the database and deletes it: the
+    file is refused through a read-only look first, so "raygap wrote nothing" holds for the WAL
+    too, and the corrupt-store hint's -wal and -shm are still there to move (before, both were
+    gone when the hint was printed)."""
+    results = tmp_path / "results"
+    results.mkdir()
+    db = results / "store.sqlite"
+    keep = sqlite3.connect(db)              # held open: its last frames stay in the WAL
+    keep.execute("PRAGMA journal_mode=WAL")
+    keep.execute("PRAGMA wal_autocheckpoint=0")
+    keep.execute("CREATE TABLE users (name TEXT)")
+    keep.execute("INSERT INTO users VALUES ('ada')")
+    keep.commit()
+    wal = Path(f"{db}-wal")
+    before = (digest(db), digest(wal))
+    line = one_line(*raygap("run", str(grid), "--results", str(results), timeout=120))
+    assert "an SQLite file that is not a raygap trial store (its tables: users); raygap wrote nothing" in line, line
+    assert (digest(db), digest(wal)) == before
+    keep.close()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    bad = other / "store.sqlite"
+    bad.write_bytes(b"not a database at all" * 100)
+    for ext in ("-wal", "-shm"):
+        Path(f"{bad}{ext}").write_bytes(b"x")
+    line = one_line(*raygap("run", str(grid), "--results", str(other), timeout=120))
+    assert f"mv {bad}-wal {bad}.bad-wal; mv {bad}-shm {bad}.bad-shm" in line, line
+    # the WAL as it was; the -shm (SQLite's index of the WAL, rebuilt from it on every open) still there
+    assert Path(f"{bad}-wal").read_bytes() == b"x" and Path(f"{bad}-shm").is_file()

@@ -158,6 +158,7 @@ class Connection:
         except OSError as e:
             raise StoreError(self.path.parent, f"cannot create the results folder ({e.strerror or e})",
                              "pass --results DIR with a writable folder") from None
+        self._probe_readonly()
         self._db = sqlite3.connect(self.path, timeout=BUSY_POLL_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout={BUSY_POLL_MS}")
@@ -171,6 +172,27 @@ class Connection:
         if version < SCHEMA_VERSION:
             with self._tx():
                 migrate(self._db)
+
+    def _probe_readonly(self) -> None:
+        """An existing file is first read through a read-only connection: one that is not a store
+        of this raygap, or not a database at all, is refused before a writing connection touches
+        it (closing one merges a WAL file into the database and deletes it, with its -shm)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        try:
+            probe = sqlite3.connect(uri, uri=True, timeout=BUSY_POLL_MS / 1000, isolation_level=None,
+                                    check_same_thread=False)
+        except sqlite3.OperationalError:
+            return                            # (cannot be opened read-only: the writing open says why)
+        try:
+            self._db = probe
+            self._refuse_foreign(self._busy_retry(lambda: probe.execute("PRAGMA user_version").fetchone()[0]))
+        except sqlite3.OperationalError as e:
+            if "unable to open" not in str(e).lower() and "readonly" not in str(e).lower():
+                raise
+        finally:
+            probe.close()
 
     def _refuse_foreign(self, version: int) -> None:
         """A file raygap must not write: a store of a later raygap (its schema version is newer),
