@@ -20,7 +20,7 @@ from raygap.export import export_grid
 from raygap.render import md_escape, tex_escape
 from raygap.grid import load_grid
 from raygap.status import status_text
-from raygap.store import Store
+from raygap.store import SCHEMA_VERSION, Store
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 
