@@ -21,7 +21,10 @@ Grid file (``grids/*.yaml``)
                   and ``by: {dotted key: {value: overrides}}``: overrides of this row for the
                   trials where the key has that value, e.g. a baseline's hyperparameter per
                   dataset: ``OGM-GE: {method: {name: ogm_ge}, by: {data.name: {ks: {method:
-                  {alpha: 0.5}}}}}`` (applied over the row, under the column values)
+                  {alpha: 0.5}}}}}`` (applied over the row, under the column values),
+                  and ``search: {space, samples, searcher, scheduler, seeds}``: hyperparameters
+                  tuned per column on the validation split instead of fixed values; the row's
+                  cells are the winner trained on ``seeds`` (:mod:`raygap.search`)
 ``sweep``         dotted key -> list of values, expanded as a cartesian product into more
                   rows, after the ``rows``. A sweep row is labelled ``leaf=value`` with the
                   last part of the key (``rho=0.95``, ``purify_tau=0.5``), joined with
@@ -47,7 +50,8 @@ Profiles (``profiles/NAME.yaml`` beside the grid file, else raygap's own
 (``{dotted key: {value: overrides}}``: applied to the trials whose resolved value of that
 key -- defaults included -- equals ``value``; needed because method- and dataset-specific
 keys are rejected for other methods and datasets); ``columns``, ``seeds`` (replace the
-grid's) and ``resources`` (merged over the grid's).
+grid's), ``resources`` (merged over the grid's) and ``search`` (laid over every row's
+``search:`` block, its ``space`` excepted: a smaller budget for a demo).
 
 Merge order per trial::
 
