@@ -51,7 +51,7 @@ Profiles (``profiles/NAME.yaml`` beside the grid file, else raygap's own
 key -- defaults included -- equals ``value``; needed because method- and dataset-specific
 keys are rejected for other methods and datasets); ``columns``, ``seeds`` (replace the
 grid's), ``resources`` (merged over the grid's) and ``search`` (laid over every row's
-``search:`` block, its ``space`` excepted: a smaller budget for a demo).
+``search:`` block; its ``space`` replaces the keys a row searches: a demo's budget and scale).
 
 Merge order per trial::
 

@@ -17,8 +17,9 @@ A row ``OGM-GE (tuned): {method: {name: ogm_ge}, search: {...}}`` holds::
     batch:      optional: samples asked for (and trained) together per round (default 4; random:
                 the whole budget at once)
 
-A profile may hold ``search: {samples, searcher, scheduler, seeds, batch}``, laid over every row's
-block (not ``space``): the demo profile's small budget. The row's table cells are the winner's
+A profile may hold ``search: {space, samples, searcher, scheduler, seeds, batch}``, laid over every
+row's block (its ``space`` replaces the distributions of the keys a row searches, and adds none):
+the demo profile's small budget and its learning-rate scale. The row's table cells are the winner's
 config trained over the grid's seeds: the winner is picked on the search seeds and reported on
 other seeds, so the table never shows the lucky draw of the search (the winner's curse). The row is
 footnoted ``tuned on validation: N samples of {space}``. Problems are one ConfigError line naming
@@ -40,7 +41,7 @@ from .spec import TrialSpec
 
 SEARCH_KEY = "search"
 KEYS = ("space", "samples", "searcher", "scheduler", "seeds", "metric", "batch")
-PROFILE_KEYS = ("samples", "searcher", "scheduler", "seeds", "batch")
+PROFILE_KEYS = ("space", "samples", "searcher", "scheduler", "seeds", "batch")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 SEARCHERS = ("optuna", "random")
 SCHEDULERS = ("none", "asha")
@@ -198,7 +199,11 @@ def parse_search(doc, label: str, file: str, profile: dict | None, pfile: str | 
     got: dict = {}
     _settings(doc, got, file, label, KEYS)
     if profile:
-        _settings(profile, got, pfile, label, PROFILE_KEYS)
+        over: dict = {}
+        _settings(profile, over, pfile, label, PROFILE_KEYS)
+        if "space" in over and "space" in got:     # only the keys the row searches: the demo's scale of lr
+            over["space"] = {k: over["space"].get(k, d) for k, d in got["space"].items()}
+        got.update(over)
     for need in ("space", "samples", "seeds"):
         if need not in got:
             raise ConfigError(f"missing {need!r}", **_where(file, label),
@@ -247,16 +252,26 @@ def attach_searches(grid, searches: dict[str, Search], file: str) -> None:
     grid.searches = searches
 
 
-def apply_winners(grid, winners: dict[str, dict]) -> int:
-    """Add the table cells of each searched (row, column) whose search has a winner (``winners``:
-    search id -> the winner's params): the winner's config over the grid's seeds. Returns how
-    many (row, column) pairs got cells."""
+FINAL = ("done", "stopped", "failed")          # a sample's statuses that count against the budget
+
+
+def search_ids(grid) -> list[str]:
+    return [s.search_id(raw) for s in getattr(grid, "searches", {}).values() for _, raw in s.bases]
+
+
+def apply_winners(grid, records: dict[str, dict]) -> int:
+    """Add the table cells of each searched (row, column) whose search has spent this grid's budget
+    and has a winner (``records``: search id -> the store's record of it): the winner's config
+    over the grid's seeds. A winner of a smaller budget is not used (the search goes on). Returns
+    how many (row, column) pairs got cells."""
     have = {(t.label, json.dumps(t.column, sort_keys=True, default=str)) for t in grid.trials}
     n = 0
     for label, s in getattr(grid, "searches", {}).items():
         for column, raw in s.bases:
-            params = winners.get(s.search_id(raw))
-            if params is None or (label, json.dumps(column, sort_keys=True, default=str)) in have:
+            rec = records.get(s.search_id(raw)) or {}
+            params = rec.get("winner")
+            spent = sum(1 for x in rec.get("samples") or [] if x.get("status") in FINAL) >= s.samples
+            if params is None or not spent or (label, json.dumps(column, sort_keys=True, default=str)) in have:
                 continue
             grid.trials.extend(s.sample_specs(label, column, raw, params, grid.seeds))
             n += 1

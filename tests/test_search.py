@@ -166,7 +166,7 @@ def test_asha_stopped_samples_are_stopped_with_their_epochs_and_no_table_cell(se
         searched = {k for (k,) in c.execute("SELECT key FROM memberships WHERE grid='tiny/four/search'")}
     assert len(cells) == 2 and not {x["keys"][0] for x in s["samples"]} & cells
     assert {x["keys"][0] for x in s["samples"][2:]} <= searched
-    assert "tuned on validation: 4 samples of {optim.lr: loguniform[0.003, 0.3]}" in \
+    assert "tuned on validation: 4 samples of {optim.lr: loguniform\\[0.003, 0.3\\]}" in \
         (res / "tiny" / "four" / "table.md").read_text()
 
 

@@ -25,9 +25,7 @@ from pathlib import Path
 from .. import interrupts
 from ..atomic import atomic_write
 from ..grid import Grid
-
-FINAL = ("done", "stopped", "failed")          # a sample's statuses that count against the budget
-
+from ..search import FINAL, apply_winners
 
 @dataclasses.dataclass
 class SearchGrid(Grid):
@@ -101,8 +99,6 @@ def run_searches(grid, store, run, results_dir: Path | None = None, log=print) -
     """Run the open searches of ``grid`` (``run(sample_grid, scheduler)``: the caller's
     :func:`run_grid` with its options, returning its summary); then add each winner's table cells
     to ``grid``. Returns ``{"samples_run", "stopped", "rounds", "interrupted", "summaries"}``."""
-    from ..search import apply_winners
-
     cols = [_Col(label, column, raw, s) for label, s in grid.searches.items() for column, raw in s.bases]
     recs = store.searches([c.sid for c in cols])
     for c in cols:
@@ -179,7 +175,7 @@ def run_searches(grid, store, run, results_dir: Path | None = None, log=print) -
             _save(store, grid, c)
     if results_dir is not None:
         write_search_json(grid, store, results_dir)
-    n = apply_winners(grid, store.winners(c.sid for c in cols))
+    n = apply_winners(grid, store.searches(c.sid for c in cols))
     if n:
         log(f"searches: {n} (row, column) pair(s) take their winner's config, trained on the table seeds "
             f"{grid.seeds}")
