@@ -99,6 +99,7 @@ def test_a_store_of_schema_5_is_migrated_to_6_with_its_rows(tmp_path):
     s.mark_running("r", {"seed": 0})
     assert s.mark_stopped("r") and s.get("r")["status"] == "stopped"
     assert not s.mark_stopped("d") and s.get("d")["status"] == "done"       # only a running trial
+    assert not s.save_failed("r", "ended") and s.get("r")["status"] == "stopped"   # a stop is no failure
     assert s.search("x") is None
     s.save_search("x", "g/v", "Row", {"data.name": "ave"}, {"samples": 2}, [{"index": 0}], {"optim.lr": 0.1}, 0.5)
     assert s.winners(["x", "y"]) == {"x": {"optim.lr": 0.1}}

@@ -91,7 +91,9 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
     tuner = tune.Tuner(
         fn,
         param_space={"t": tune.grid_search(items)},
-        tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+        # (a scheduler's stop leaves an actor that Tune tries to reuse and cannot (a function trainable has no
+        # reset_config): seen to leave the next trial pending and mark the stopped one failed; not reused then)
+        tune_config=tune.TuneConfig(reuse_actors=scheduler is None, trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_name, scheduler=scheduler),
         run_config=tune.RunConfig(
             # unique per driver and batch: two drivers never share a Tune folder
@@ -116,7 +118,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
     for r in results:
         key = (r.config or {}).get("t", {}).get("key")
         if key and r.error is not None and key not in summary.failed and key not in fence.dropped \
-                and store.status_of([key]).get(key) != "done":
+                and store.status_of([key]).get(key) not in ("done", "stopped"):
             err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
             if not fence.after_write(key, store.save_failed(key, err)):
                 continue

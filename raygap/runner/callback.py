@@ -206,6 +206,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
 
         def _fail(self, trial, err: str, trace: str | None = None):
             key = self._key(trial)
+            if stopped is not None and key in stopped:      # its stop (Tune ending its actor) is no failure
+                return
             if not fence.after_write(key, store.save_failed(key, err), self._label(trial)):
                 return
             fence.settle(key)
