@@ -21,7 +21,10 @@ Grid file (``grids/*.yaml``)
                   and ``by: {dotted key: {value: overrides}}``: overrides of this row for the
                   trials where the key has that value, e.g. a baseline's hyperparameter per
                   dataset: ``OGM-GE: {method: {name: ogm_ge}, by: {data.name: {ks: {method:
-                  {alpha: 0.5}}}}}`` (applied over the row, under the column values)
+                  {alpha: 0.5}}}}}`` (applied over the row, under the column values),
+                  and ``search: {space, samples, searcher, scheduler, seeds}``: hyperparameters
+                  tuned per column on the validation split instead of fixed values; the row's
+                  cells are the winner trained on ``seeds`` (:mod:`raygap.search`)
 ``sweep``         dotted key -> list of values, expanded as a cartesian product into more
                   rows, after the ``rows``. A sweep row is labelled ``leaf=value`` with the
                   last part of the key (``rho=0.95``, ``purify_tau=0.5``), joined with
@@ -47,7 +50,8 @@ Profiles (``profiles/NAME.yaml`` beside the grid file, else raygap's own
 (``{dotted key: {value: overrides}}``: applied to the trials whose resolved value of that
 key -- defaults included -- equals ``value``; needed because method- and dataset-specific
 keys are rejected for other methods and datasets); ``columns``, ``seeds`` (replace the
-grid's) and ``resources`` (merged over the grid's).
+grid's), ``resources`` (merged over the grid's) and ``search`` (laid over every row's
+``search:`` block; its ``space`` replaces the keys a row searches: a demo's budget and scale).
 
 Merge order per trial::
 
@@ -85,24 +89,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrialConfig, default_of, resolve, trial_modalities
+from .config import default_of, resolve, trial_modalities
 from .dotted import deep_merge, flatten, get_dotted, parse_set, set_dotted
 from .errors import ConfigError, nearest
 from .gridfile import MAX_CELLS, NO_PROFILE, check_paper_results, check_seeds, load_profile, read_grid_file
 from .metrics import metric_names
 from .plugins import load_plugins
 from .registry import METHODS
-
-
-@dataclass
-class TrialSpec:
-    """One cell membership: (row label, column values, seed) -> a resolved trial."""
-    label: str
-    column: dict[str, Any]
-    seed: int
-    config: TrialConfig
-    key: str
-    resources: dict
+from .search import attach_searches, check_profile_search, parse_search
+from .spec import TrialSpec
 
 
 @dataclass
@@ -125,6 +120,7 @@ class Grid:
     paper: dict = field(default_factory=dict)           # paper_results: label -> column value -> metric -> number
     profiles_dir: Path | None = None                    # the profiles folder it was expanded with (None: the default)
     profile_note: str | None = None                     # the profile is raygap's own, the grid's folder has none
+    searches: dict = field(default_factory=dict)        # row label -> its raygap.search.Search (cells: its winners)
 
     @property
     def variant(self) -> str:
@@ -262,6 +258,8 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
                 paper=check_paper_results(f.paper_results, rows, f.columns, f.metrics, file),
                 profiles_dir=Path(profiles_dir) if profiles_dir else None)
     missing: dict[str, str] = {}
+    psearch = check_profile_search(prof.get("search"), pfile) if prof else {}
+    searches = {lab: parse_search(doc, lab, file, psearch, pfile, grid.metrics) for lab, doc in f.row_search.items()}
     for label, over in rows.items():
         for column in grid.column_combos():
             col_layer: dict = {}
@@ -282,6 +280,9 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
             method = _resolved_value(raw, "method.name")
             if not isinstance(method, str) or method not in METHODS:
                 missing.setdefault(label, str(method))
+                continue
+            if label in searches:           # its cells are the search's winner (raygap.search.apply_winners)
+                searches[label].bases.append((dict(column), raw))
                 continue
             first = None                # the cell's config, validated once; its seeds differ in the seed only
             for seed in seeds:
@@ -313,6 +314,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
         grid.row_labels = [r for r in grid.row_labels if r not in missing]
         if grid.reference in missing:
             grid.reference = None
+    attach_searches(grid, {k: v for k, v in searches.items() if k not in missing}, file)
     _check_metrics(grid, file)
     _check_selection(grid, file)
     return grid

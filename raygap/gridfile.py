@@ -26,9 +26,10 @@ from .safe_yaml import read_yaml
 # the keys a grid file and a profile may hold (their formats: the docstring of raygap.grid)
 GRID_KEYS = ["name", "description", "plugins", "base", "base_by", "rows", "sweep", "columns", "seeds", "metrics", "resources", "reference", "paper_results",
              "column_labels", "notes"]
-PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources"]
+PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "resources", "search"]
 ROW_NOTE = "note"
 ROW_BY = "by"
+ROW_SEARCH = "search"        # a row's hyperparameter search (raygap.search)
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "grids" / "profiles"
 
 # A grid's and a profile's names become folder names (results/<grid>/<profile>/): plain
@@ -144,6 +145,7 @@ def load_profile(name: str, profiles_dir: Path | str | None = None, grid_dir: Pa
     if doc.get("seeds") is not None:
         out["seeds"] = check_seeds(doc["seeds"], file)
     out["resources"] = _mapping(doc.get("resources"), "resources", file)
+    out["search"] = doc.get("search")            # checked by raygap.search, laid over each row's block
     return out
 
 
@@ -215,6 +217,7 @@ class GridFile:
     base_by: dict[str, dict[str, dict]]                # dotted key -> value -> overrides
     rows: dict[str, dict]                              # label -> overrides: the file's rows, then the sweep's
     row_by: dict[str, dict[str, dict[str, dict]]]      # label -> its `by`
+    row_search: dict[str, Any]                         # label -> its `search:` block, unchecked (raygap.search)
     notes: dict[str, str]
     reference: str | None
     columns: dict[str, list]
@@ -246,6 +249,7 @@ def read_grid_file(path: str | Path) -> GridFile:
     notes = {str(k): str(v) for k, v in _mapping(doc.get("notes"), "notes", file).items()}
     rows: dict[str, dict] = {}
     row_by: dict[str, dict[str, dict[str, dict]]] = {}
+    row_search: dict[str, Any] = {}
     for label, over in _mapping(doc.get("rows"), "rows", file).items():
         over = dict(_mapping(over, f"rows.{label}", file))
         label = _one_line(label, "rows", file)
@@ -253,6 +257,8 @@ def read_grid_file(path: str | Path) -> GridFile:
             notes[label] = str(over.pop(ROW_NOTE))
         if ROW_BY in over:
             row_by[label] = _by_value(over.pop(ROW_BY), f"rows.{label}.by", file)
+        if ROW_SEARCH in over:
+            row_search[label] = over.pop(ROW_SEARCH)
         rows[label] = over
     sweep = _mapping(doc.get("sweep"), "sweep", file)
     n_sweep = math.prod(len(_list(v, f"sweep.{k}", file)) for k, v in sweep.items()) if sweep else 0
@@ -283,7 +289,7 @@ def read_grid_file(path: str | Path) -> GridFile:
     column_labels = {k: _one_line(v, "column_labels", file)
                      for k, v in _mapping(doc.get("column_labels"), "column_labels", file).items()}
     return GridFile(file=file, name=name, description=description, base=base, base_by=base_by, rows=rows,
-                    row_by=row_by, notes=notes, reference=None if reference is None else str(reference),
+                    row_by=row_by, row_search=row_search, notes=notes, reference=None if reference is None else str(reference),
                     columns=columns, seeds=seeds, metrics=metrics, resources=grid_resources,
                     column_labels=column_labels, paper_results=doc.get("paper_results"),
                     plugins=plugin_list(doc.get(PLUGINS_KEY), file))

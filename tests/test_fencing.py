@@ -119,7 +119,7 @@ def test_a_store_of_schema_4_is_migrated_and_its_old_claims_judged_by_the_heartb
         c.execute("PRAGMA user_version=4")
     s = Store(db)
     with sqlite3.connect(db) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     assert row(db, "d") == ("done", '{"acc": 0.5}', "[]", None, 1, 3.0, 1.0, "{}", old_owner, 3.0, None, None, None,
                             0, 0, None)
     assert row(db, "r")[-3:] == (0, 0, None) and row(db, "r")[11:13] == ("file:///x/ck", 2)

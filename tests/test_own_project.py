@@ -83,7 +83,7 @@ def test_a_profile_the_project_lacks_is_raygaps_own_and_said(tmp_path):
     assert theirs["_path"] == str(PROFILES_DIR / "paper.yaml")
     assert theirs["_note"] == (f"profile paper: raygap's own ({PROFILES_DIR / 'paper.yaml'}); "
                                f"{tmp_path / 'grids' / 'profiles'} has no paper.yaml")
-    with pytest.raises(ConfigError, match=r"no profile 'dmeo' in .* \(choices: demo, paper; nearest: 'demo'\)"):
+    with pytest.raises(ConfigError, match=r"no profile 'dmeo' in .* \(choices: demo, demo_tuned, paper; nearest: 'demo'\)"):
         load_profile("dmeo", grid_dir=g.parent)
     # through the command: the project's own demo (seed 7), raygap's paper said in one line
     code, out, err = raygap("run", str(g), "--profile", "demo", "--dry-run", "--results", str(tmp_path / "r"),

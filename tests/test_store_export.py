@@ -20,7 +20,7 @@ from raygap.export import export_grid
 from raygap.render import md_escape, tex_escape
 from raygap.grid import load_grid
 from raygap.status import status_text
-from raygap.store import Store
+from raygap.store import SCHEMA_VERSION, Store
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 
@@ -390,7 +390,7 @@ def test_a_store_of_the_previous_schema_is_migrated_with_its_rows(tmp_path):
     s.mark_running("r", {"seed": 0})
     assert s.mark_interrupted(["r"]) == 1 and s.get("r")["status"] == "interrupted"
     with sqlite3.connect(db) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     # version 4: the shared warm-ups' table
     assert s.warmups(["w"]) == {}
     assert s.record_warmup("w", "/store/warmups/w", 3, "k") is None

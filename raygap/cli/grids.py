@@ -57,6 +57,16 @@ def grid_of(args, profile=None, sets=None, use_args=True):
     if grid.profile_note and grid.profile_note not in _NOTED:
         _NOTED.add(grid.profile_note)
         print(f"raygap: {grid.profile_note}", file=sys.stderr)
+    if grid.searches and hasattr(args, "results"):     # searched rows: their winners' cells, where stored
+        from ..search import apply_winners, search_ids
+
+        db = results_root(args) / "store.sqlite"
+        if db.exists():
+            store = open_store(args, readonly=True)
+            try:
+                apply_winners(grid, store.searches(search_ids(grid)))
+            finally:
+                store.close()
     return grid
 
 

@@ -53,7 +53,7 @@ def _grid_args(sp) -> None:
     """What every grid verb takes: the grid files (one or several: ``grids/table*.yaml``), the
     profile and ``--set`` items that shape them, the results folder, and ``--force`` for their tables."""
     sp.add_argument("grid", nargs="+", help="a grid file (grids/table2.yaml), or several: one run, one report")
-    sp.add_argument("--profile", help="overlay grids/profiles/NAME.yaml (demo, paper)")
+    sp.add_argument("--profile", help="overlay grids/profiles/NAME.yaml (demo, demo_tuned, paper)")
     _key_values(sp, "--set", "override a trial key in every trial")
     sp.add_argument("--skip-missing", action="store_true",
                     help="drop rows whose method is not implemented (they are listed, never silently)")

@@ -80,8 +80,39 @@ class _TablesAsDone:
                 self.say(f"{g.store_name}: its {len(self.keys[i])} trial(s) have ended: {self.written[i][0]}")
 
 
+def _searches(runs, store, run):
+    """The grids' hyperparameter searches (raygap.runner.search) before their tables: None when
+    no grid has a search, else a summary of the samples run (``interrupted`` when stopped)."""
+    if not any(g.searches for _, g, _ in runs):
+        return None
+    from ..runner.search import run_searches
+    from ..runner.summary import RunSummary
+
+    total = RunSummary()
+    for _, g, table_dir in runs:
+        if not g.searches:
+            continue
+        out = run_searches(g, store, run, results_dir=table_dir)
+        for s in out["summaries"]:
+            total.total += s.total
+            total.done += s.done
+            total.stopped += s.stopped
+            total.failed.update(s.failed)
+            total.unfinished += s.unfinished
+            total.marked_interrupted += s.marked_interrupted
+            total.wall_seconds += s.wall_seconds
+        print(f"{g.store_name}: searches: {out['samples_run']} sample(s) run in {out['rounds']} round(s), "
+              f"{out['stopped']} stopped early by ASHA; search.json in {table_dir}", flush=True)
+        if out["interrupted"]:
+            total.interrupted = total.interrupted or (out["interrupted"] if out["interrupted"] != "unfinished" else None)
+            total.unfinished = max(total.unfinished, 1)
+            return total
+    return total
+
+
 def cmd_run(args) -> int:
     from ..gridset import GridSet, check_apart
+    from ..search import search_cost
     from ..status import describe, describe_union, stale_lines, stale_trials
 
     runs = [(a, grid_of(a)) for a in per_grid(args)]        # every grid validated before anything runs
@@ -99,6 +130,8 @@ def cmd_run(args) -> int:
         keys = _rerun_keys(args, grid, store)
         for _, g, _ in runs:
             print(describe(g, store, rerun=set(keys)))
+            for line in search_cost(g):
+                print(line)
         if several:
             print(describe_union(grid, store, rerun=set(keys)))
         for line in stale_lines(stale_trials(grid, store)):
@@ -144,14 +177,27 @@ def cmd_run(args) -> int:
     say = lambda s: print(s, file=sys.stderr, flush=True)   # noqa: E731
     early = _TablesAsDone(runs, store, args.force, progress.note, mirror) if several else None
     # an embedded instance: a token of this run only (Ray reads the mode on import, which is later)
+    def run(g, scheduler=None, on_settled=None, table=True):
+        return run_grid(g, store, address=args.address, storage=args.storage,
+                        max_failures=args.max_failures, num_cpus=args.num_cpus, log=lambda s: print(s, flush=True),
+                        progress=progress if table else Progress(verbosity=1 + args.verbose - args.quiet,
+                                                                  every=args.progress_every),
+                        tracker=args.tracker,
+                        share_warmups=not args.no_shared_warmups,
+                        after_done=mirror.push_store if mirror else None, on_settled=on_settled, scheduler=scheduler)
+
     with private_token(say) if embedded else contextlib.nullcontext():
         try:
-            summary = run_grid(grid, store, address=args.address, storage=args.storage,
-                               max_failures=args.max_failures, num_cpus=args.num_cpus,
-                               log=lambda s: print(s, flush=True), progress=progress, tracker=args.tracker,
-                               share_warmups=not args.no_shared_warmups,
-                               after_done=mirror.push_store if mirror else None,
-                               on_settled=early.settled if early else None)
+            searched = _searches(runs, store, lambda g, scheduler: run(g, scheduler, table=False))
+            if searched is not None and searched.unfinished:
+                summary = searched
+            else:
+                if searched is not None:        # the winners' cells were added: the union again
+                    grid = GridSet([g for _, g, _ in runs]) if several else runs[0][1]
+                    early = _TablesAsDone(runs, store, args.force, progress.note, mirror) if several else None
+                summary = run(grid, on_settled=early.settled if early else None)
+                if searched is not None:          # (the samples run are said on their own line)
+                    summary.failed.update(searched.failed)
         finally:
             if mirror:                  # at exit, whatever ended the run
                 mirror.push_store()

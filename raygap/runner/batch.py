@@ -52,14 +52,15 @@ class _NoLostTrialsCheckpointError(logging.Filter):
 
 def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, storage_path, max_failures,
                log, progress, tracker=None, forks: dict | None = None, keeps: dict | None = None,
-               after_done=None, on_settled=None, fence=None) -> None:
+               after_done=None, on_settled=None, fence=None, scheduler=None) -> None:
     """One Tune experiment over ``batch`` (trials this driver has claimed). ``shared``: the
     in-memory datasets built in the driver; ``held``: trials another driver runs (said in the
     launch line); ``forks``: key -> the shared warm-up it starts from; ``keeps``: key -> where
     its warm-up's end is kept for others (:mod:`raygap.runner.warmups`); ``after_done``: called
     once each finished trial is stored (the store's mirror); ``on_settled(key)``: called as each
     trial ends, done or failed (the tables of a several-grid run); ``fence``: the driver's
-    :class:`~raygap.runner.fence.Fence` (a trial whose claim moved is stopped and dropped)."""
+    :class:`~raygap.runner.fence.Fence` (a trial whose claim moved is stopped and dropped);
+    ``scheduler``: a Tune trial scheduler whose ``stopped`` keys end ``stopped`` in the store."""
     import uuid
 
     from ray import tune
@@ -91,7 +92,8 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
         fence = Fence(store, summary, progress)
     fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
     summary.launched += len(batch)
-    cb = store_callback(store, summary, progress, max_failures, storage_path, after_done, on_settled, fence)
+    cb = store_callback(store, summary, progress, max_failures, storage_path, after_done, on_settled, fence,
+                        stopped=getattr(scheduler, "stopped", None))
     name = f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Tune's own console output (its status box, a TensorBoard hint into Ray's session folder) and
     # its default CSV and TensorBoard files per trial are off: raygap prints its progress and keeps
@@ -108,8 +110,10 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
     tuner = tune.Tuner(
         fn,
         param_space={"t": tune.grid_search(items)},
-        tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
-                                    trial_dirname_creator=_trial_name),
+        # (a scheduler's stop leaves an actor that Tune tries to reuse and cannot (a function trainable has no
+        # reset_config): seen to leave the next trial pending and mark the stopped one failed; not reused then)
+        tune_config=tune.TuneConfig(reuse_actors=scheduler is None, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name, scheduler=scheduler),
         run_config=tune.RunConfig(
             # unique per driver and batch: two drivers never share a Tune folder
             name=name, storage_path=tune_path, storage_filesystem=tune_fs,
@@ -139,7 +143,7 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
     for r in results:
         key = (r.config or {}).get("t", {}).get("key")
         if key and r.error is not None and key not in summary.failed and key not in fence.dropped \
-                and store.status_of([key]).get(key) != "done":
+                and store.status_of([key]).get(key) not in ("done", "stopped"):
             err = f"{type(r.error).__name__}: {r.error}".splitlines()[0][:500]
             if not fence.after_write(key, store.save_failed(key, err)):
                 continue

@@ -19,14 +19,16 @@ from .summary import RunSummary
 
 
 def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, storage: str | None = None,
-                   after_done=None, on_settled=None, fence=None):
+                   after_done=None, on_settled=None, fence=None, stopped: set | None = None):
     """The callback of one Tune experiment (``summary`` counts what finished and what failed;
     ``max_failures``: the retries of a trial's own errors, -1 for no limit; ``storage``: the
     run's, whose query parameters its checkpoints' URIs keep; ``after_done()``, if given, is
     called once each finished trial is in the store: the mirror; ``on_settled(key)`` once a
     trial's end, done or failed, is in the store; ``fence``: the driver's :class:`~raygap.runner.fence.Fence`,
     through which a trial whose claim another driver took over is dropped: nothing more of it is
-    written or deleted)."""
+    written or deleted); ``stopped``: the keys a search's scheduler stopped (filled by it as it
+    decides, before this callback sees the result): such a trial is ``stopped`` in the store once
+    its epoch is recorded)."""
     from ray.tune import Callback
 
     from ..metrics import shown_metric
@@ -131,6 +133,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                 name = shown_metric(rec, "val_")
                 progress.epoch(key, self._label(trial), int(rec["epoch"]), name, rec.get("val_" + name, float("nan")),
                                rec.get("epoch_seconds", float("nan")), rec.get("device", ""))
+                if stopped is not None and key in stopped and "final" not in parts:
+                    self._stop(trial, int(rec["epoch"]))
             if "final" in parts:
                 fin = parts["final"]
                 if not store.save_done(key, fin["metrics"], fin["history"], fin["info"].get("wall_seconds", 0.0),
@@ -155,6 +159,20 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             if "failed" in parts:
                 failed = parts["failed"]
                 self._fail(trial, failed["error"], failed.get("traceback"))
+
+        def _stop(self, trial, epoch: int):
+            """The search's scheduler stopped the trial after ``epoch``: ``stopped``, its epochs kept."""
+            key = self._key(trial)
+            if not fence.after_write(key, store.mark_stopped(key), self._label(trial)):
+                return
+            store.take_checkpoint(key)    # never resumed (Tune removes its folder's own; deleting it here races Tune)
+            self._drop_earlier(trial)
+            fence.settle(key)
+            summary.stopped += 1
+            progress.trial_done(key, f"{self._label(trial)} ({key}): stopped early by the search's scheduler "
+                                     f"after {epoch + 1} epoch(s)")
+            if on_settled is not None:
+                on_settled(key)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             """Tune caught a failure and will restart the trial: a node loss, or one of its own
@@ -188,6 +206,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
 
         def _fail(self, trial, err: str, trace: str | None = None):
             key = self._key(trial)
+            if stopped is not None and key in stopped:      # its stop (Tune ending its actor) is no failure
+                return
             if not fence.after_write(key, store.save_failed(key, err), self._label(trial)):
                 return
             fence.settle(key)

@@ -47,7 +47,7 @@ WAIT_POLL_S = 5.0      # how often a driver waiting on another driver's trials l
 def run_grid(grid, store, *, address: str | None = None, storage: str | None = None,
              max_failures: int = 1, num_cpus: int | None = None, log=print, progress=None,
              tracker: str | None = None, share_warmups: bool = True, after_done=None,
-             on_settled=None) -> RunSummary:
+             on_settled=None, scheduler=None) -> RunSummary:
     """Run every trial of ``grid`` that the store does not hold as done.
 
     ``grid``: a grid, or several as one (:class:`raygap.gridset.GridSet`: its ``grids`` are each
@@ -72,7 +72,9 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     is left behind.
 
     ``after_done()``, if given, is called once each finished trial is in the store (``raygap run
-    --storage`` mirrors the store there: :mod:`raygap.store.mirror`).
+    --storage`` mirrors the store there: :mod:`raygap.store.mirror`). ``scheduler``: a Tune trial
+    scheduler with a ``stopped`` set of keys (a search's ASHA: :mod:`raygap.runner.search`); the
+    trials it stops are ``stopped`` in the store.
     """
     from ..store import lease_period, this_process_owner
 
@@ -169,7 +171,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
                 tune_batch(grid, store, batch, shared, summary, held, storage_path=storage_path,
                            max_failures=max_failures, log=log, progress=progress, tracker=tracker, forks=forks,
                            keeps={k: warmup_at(storage_path, w) for k, w in keeps.items()}, after_done=after_done,
-                           on_settled=on_settled, fence=fence)
+                           on_settled=on_settled, fence=fence, scheduler=scheduler)
                 attempted -= set(fence.dropped)     # lost to another driver: waited for like its other trials
                 kept = store.warmups(keeps.values())
                 lone |= {w for w in keeps.values() if w not in kept}   # no warm-up kept: the others train theirs
@@ -200,7 +202,7 @@ def run_grid(grid, store, *, address: str | None = None, storage: str | None = N
     st = store.status_of([s.key for s in todo])
     # reused: done at the end, but not run by this driver (done before, or by another driver meanwhile)
     summary.reused = (summary.total - len(todo)) + sum(1 for s in todo if st.get(s.key) == "done") - summary.done
-    summary.unfinished = sum(1 for s in todo if st.get(s.key) not in ("done", "failed"))
+    summary.unfinished = sum(1 for s in todo if st.get(s.key) not in ("done", "failed", "stopped"))
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 

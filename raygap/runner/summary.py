@@ -11,6 +11,7 @@ class RunSummary:
     launched: int = 0
     done: int = 0                     # finished in this run
     failed: dict[str, str] = field(default_factory=dict)    # key -> error line
+    stopped: int = 0                  # ended early by a search's scheduler (ASHA): `stopped` in the store
     unfinished: int = 0               # launched but neither done nor failed (the run was interrupted)
     interrupted: str | None = None    # the signal that stopped the run, if one did
     marked_interrupted: int = 0       # running trials marked interrupted in the store

@@ -8,7 +8,7 @@ One job a module: ``schema`` (the file format and its migration), ``connection``
 the file, faults, waiting on a lock, transactions, the one chunked query by key), ``owners``
 (which driver runs a trial, and whether it still runs), ``trials`` (registering a grid, a
 trial's life, reading it back), ``claims`` (one trial, one run: fencing tokens, heartbeats) and ``checkpoints``
-(each trial's latest checkpoint, the shared warm-ups). :class:`Store` is all of them on one
+(each trial's latest checkpoint, the shared warm-ups) and ``searches`` (hyperparameter searches, their winners). :class:`Store` is all of them on one
 connection; ``mirror`` (not imported here: it needs pyarrow) copies the store and tables to the
 run's storage and merges them back (``raygap run --storage``, ``raygap pull``);
 :class:`EmptyStore` stands for a store not created yet, for the commands that only read.
@@ -22,13 +22,14 @@ from .checkpoints import Checkpoints
 from .claims import Claims, TrialsHeld, Watch, lease_period
 from .owners import owner_alive, owner_of, this_process_owner
 from .schema import SCHEMA_VERSION, STATUSES, create
+from .searches import Searches
 from .trials import Trials
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "EmptyStore", "Store", "TrialsHeld", "Watch", "lease_period", "owner_alive",
            "owner_of", "this_process_owner"]
 
 
-class Store(Trials, Claims, Checkpoints):
+class Store(Trials, Claims, Checkpoints, Searches):
     """The SQLite trial store at ``path``.
 
     ``readonly=False`` (the default) creates the file and its folder when missing and

@@ -1,10 +1,11 @@
-"""The store's file format: its tables (``PRAGMA user_version`` 5) and the migration of any
+"""The store's file format: its tables (``PRAGMA user_version`` 6) and the migration of any
 earlier schema to them.
 
 Schema::
 
     trials(key TEXT PRIMARY KEY,
-           status TEXT  -- pending | running | done | failed | interrupted
+           status TEXT  -- pending | running | done | failed | interrupted | stopped
+                        -- (stopped: ended early by a search's scheduler, ASHA; never a table cell)
            config JSON, metrics JSON, history JSON, error TEXT, attempts INT,
            created REAL, started REAL, finished REAL  -- unix times
            wall_seconds REAL, info JSON,
@@ -24,17 +25,22 @@ Schema::
     forgotten(key, forgotten REAL, record JSON)   -- rows --rerun replaced
     warmups(wkey TEXT PRIMARY KEY, uri, epoch INT, leader, created REAL)
         -- shared warm-up checkpoints (TrialConfig.warmup): trials with the key start from uri
+    searches(sid TEXT PRIMARY KEY, grid, label, "column" JSON, settings JSON, samples JSON,
+             winner JSON, value REAL, updated REAL)
+        -- a row's hyperparameter search in one column (raygap.search; store/searches.py): every
+           sample asked for (params, trial keys, value, status) and, once the budget is spent,
+           the winner's params (version 6)
 """
 from __future__ import annotations
 
 import sqlite3
 
-STATUSES = ("pending", "running", "done", "failed", "interrupted")
-SCHEMA_VERSION = 5
+STATUSES = ("pending", "running", "done", "failed", "interrupted", "stopped")
+SCHEMA_VERSION = 6
 TRIALS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     key TEXT PRIMARY KEY,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'interrupted')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'interrupted', 'stopped')),
     config TEXT,
     metrics TEXT,
     history TEXT,
@@ -89,6 +95,17 @@ CREATE TABLE IF NOT EXISTS warmups (
     leader TEXT,
     created REAL
 );
+CREATE TABLE IF NOT EXISTS searches (
+    sid TEXT PRIMARY KEY,
+    grid TEXT NOT NULL,
+    label TEXT NOT NULL,
+    "column" TEXT NOT NULL,
+    settings TEXT,
+    samples TEXT,
+    winner TEXT,
+    value REAL,
+    updated REAL
+);
 """
 TRIAL_COLUMNS = ("key", "status", "config", "metrics", "history", "error", "attempts", "created", "started",
                  "finished", "wall_seconds", "info", "owner", "heartbeat", "lease_until", "checkpoint",
@@ -109,7 +126,8 @@ def migrate(db: sqlite3.Connection) -> None:
     have = {r[0]: r[1] for r in db.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")}
     info = {r[1]: r[2] for r in db.execute("PRAGMA table_info(trials)")}     # column -> declared type
     cols = list(info)
-    if "trials" in have and "'interrupted'" not in (have["trials"] or ""):
+    # the status CHECK lacks a later status (interrupted: version 3; stopped: version 6): the table is rebuilt
+    if "trials" in have and "'stopped'" not in (have["trials"] or ""):
         db.execute("ALTER TABLE trials RENAME TO trials_old")
         db.execute(TRIALS_SCHEMA)
         for col in cols:                 # columns this raygap does not know (a later one's, a user's) are kept

@@ -168,14 +168,15 @@ class Trials(Connection):
                                      *token)).rowcount > 0
 
     def save_failed(self, key: str, error: str) -> bool:
-        """A trial failed with ``error`` (kept to its first line). A done trial stays done; a
-        trial whose token moved since this connection claimed it is not written."""
+        """A trial failed with ``error`` (kept to its first line). A done trial stays done, a
+        stopped one stopped (a search's scheduler ended it); a trial whose token moved since this
+        connection claimed it is not written."""
         now = time.time()
         error = (str(error).strip().splitlines() or [""])[0][:2000]
         fence, token = self._fence(key)
         with self._tx():
             row = self._db.execute("SELECT status FROM trials WHERE key=?", (key,)).fetchone()
-            if row and row[0] == "done":
+            if row and row[0] in ("done", "stopped"):
                 return False
             if row is None:
                 if fence:
