@@ -36,6 +36,7 @@ from .errors import ConfigError, StoreError
 from .export import cell_rows
 from .grid import Grid, load_grid
 from .gridfile import NO_PROFILE
+from .search import winners_from
 from .store import Store
 from .table import grid_records
 
@@ -70,6 +71,7 @@ def results(source: str | Path | Grid, profile: str | None = None, sets: list[st
     if isinstance(source, Grid) or Path(source).suffix.lower() in GRID_SUFFIXES:
         with _open(Path(results_dir) / "store.sqlite") as store:
             grid = source if isinstance(source, Grid) else _grid(Path(source), profile, sets, store)
+            winners_from(grid, store)          # a searched row's cells: its winner's, where stored
             records = grid_records(grid, store)
         rows = cell_rows(grid, records)
         hist_keys = list(dict.fromkeys(t.key for t in grid.trials))

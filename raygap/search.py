@@ -259,6 +259,14 @@ def search_ids(grid) -> list[str]:
     return [s.search_id(raw) for s in getattr(grid, "searches", {}).values() for _, raw in s.bases]
 
 
+def winners_from(grid, store) -> int:
+    """:func:`apply_winners` with the searches ``store`` holds for ``grid`` (a table, status, an
+    export, ``raygap.results``: every reader of a grid with searched rows)."""
+    if not getattr(grid, "searches", None):
+        return 0
+    return apply_winners(grid, store.searches(search_ids(grid)))
+
+
 def apply_winners(grid, records: dict[str, dict]) -> int:
     """Add the table cells of each searched (row, column) whose search has spent this grid's budget
     and has a winner (``records``: search id -> the store's record of it): the winner's config

@@ -197,3 +197,17 @@ def test_the_winner_is_trained_on_the_table_seed(searched):
     assert recs[key]["status"] == "done" and key not in {x["keys"][0] for x in s["samples"]}
     md = (res / "tiny" / "four" / "table.md").read_text()
     assert "| Tuned \\* |" in md and "(n=1)" in md.split("| Tuned \\* |")[1].splitlines()[0], md
+
+
+def test_results_in_python_hold_the_tuned_row_as_the_table_does(searched):
+    # raygap.results() reads the searched row's cells from the store's winner, as the export does
+    import csv
+
+    import raygap
+
+    g, res, [_, (_, _, recs)] = searched
+    frame = raygap.results(g, profile="four", results_dir=res).trials
+    exported = list(csv.DictReader((res / "tiny" / "four" / "trials.csv").open()))
+    tuned = frame[frame["label"] == "Tuned"]
+    assert len(tuned) == 1 and sorted(tuned["hash"]) == sorted(r["hash"] for r in exported if r["label"] == "Tuned")
+    assert sorted(frame["hash"]) == sorted(r["hash"] for r in exported)

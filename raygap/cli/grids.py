@@ -58,13 +58,13 @@ def grid_of(args, profile=None, sets=None, use_args=True):
         _NOTED.add(grid.profile_note)
         print(f"raygap: {grid.profile_note}", file=sys.stderr)
     if grid.searches and hasattr(args, "results"):     # searched rows: their winners' cells, where stored
-        from ..search import apply_winners, search_ids
+        from ..search import winners_from
 
         db = results_root(args) / "store.sqlite"
         if db.exists():
             store = open_store(args, readonly=True)
             try:
-                apply_winners(grid, store.searches(search_ids(grid)))
+                winners_from(grid, store)
             finally:
                 store.close()
     return grid
