@@ -74,6 +74,25 @@ def test_merge_keeps_every_done_row_of_both_sides_and_the_earlier_of_a_key_done_
     assert "\n" not in line
 
 
+def test_merge_keeps_each_search_from_the_side_that_has_seen_more_samples(tmp_path):
+    here, there = tmp_path / "here.sqlite", tmp_path / "there.sqlite"
+    with Store(here) as a, Store(there) as b:
+        a.save_search("only-here", "g/v", "R", {}, {}, [{"index": 0}])
+        b.save_search("only-there", "g/v", "R", {}, {}, [{"index": 0}], {"optim.lr": 0.1}, 0.7)
+        a.save_search("more-here", "g/v", "R", {}, {}, [{"index": 0}, {"index": 1}], {"optim.lr": 0.2}, 0.6)
+        b.save_search("more-here", "g/v", "R", {}, {}, [{"index": 0}], {"optim.lr": 0.3}, 0.9)
+        a.save_search("more-there", "g/v", "R", {}, {}, [{"index": 0}], {"optim.lr": 0.4}, 0.5)
+        b.save_search("more-there", "g/v", "R", {}, {}, [{"index": 0}, {"index": 1}, {"index": 2}],
+                      {"optim.lr": 0.5}, 0.8)
+    store = Store(here)
+    merge_stores(store._db, there)
+    got = store.searches(["only-here", "only-there", "more-here", "more-there"])
+    store.close()
+    assert {sid: (len(r["samples"]), r["winner"]) for sid, r in got.items()} == {
+        "only-here": (1, None), "only-there": (1, {"optim.lr": 0.1}),
+        "more-here": (2, {"optim.lr": 0.2}), "more-there": (3, {"optim.lr": 0.5})}
+
+
 def test_merge_does_not_bring_back_a_trial_rerun_set_aside_after_it_finished(tmp_path):
     here, there = tmp_path / "here.sqlite", tmp_path / "there.sqlite"
     put(here, "k", "done", 100.0, 0.5)

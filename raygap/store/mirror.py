@@ -81,8 +81,9 @@ def merge_stores(db: sqlite3.Connection, other: str | Path) -> Merged:
     * a trial done on both with different results keeps the one that finished first;
     * a trial there that is unknown here is taken as it is (unless set aside here, too) (an interrupted one keeps the
       checkpoint it resumes from); a trial not done on both sides keeps its row here;
-    * the grids' memberships, the shared warm-ups and the ``forgotten`` rows are united, and
-      each grid keeps its latest run record.
+    * the grids' memberships, the shared warm-ups and the ``forgotten`` rows are united, each
+      grid keeps its latest run record, and each hyperparameter search the record that has seen
+      more samples (of two as many, the later).
     """
     cols = ", ".join(TRIAL_COLUMNS)
     out = Merged()
@@ -110,6 +111,12 @@ def merge_stores(db: sqlite3.Connection, other: str | Path) -> Merged:
                                   f"WHERE o.key NOT IN (SELECT key FROM main.trials) AND {KEPT}").rowcount
             db.execute("INSERT OR IGNORE INTO main.memberships SELECT * FROM m.memberships")
             db.execute("INSERT OR IGNORE INTO main.warmups SELECT * FROM m.warmups")
+            if db.execute("SELECT 1 FROM m.sqlite_master WHERE type='table' AND name='searches'").fetchone():
+                # a search on both sides: the record that has seen more samples (then the later)
+                db.execute("INSERT OR REPLACE INTO main.searches SELECT * FROM m.searches o WHERE NOT EXISTS "
+                           "(SELECT 1 FROM main.searches s WHERE s.sid = o.sid AND (json_array_length(s.samples) > "
+                           "json_array_length(o.samples) OR (json_array_length(s.samples) = json_array_length(o.samples) "
+                           "AND s.updated >= o.updated)))")
             db.execute("INSERT INTO main.forgotten SELECT * FROM m.forgotten o WHERE NOT EXISTS (SELECT 1 FROM "
                        "main.forgotten f WHERE f.key = o.key AND f.forgotten = o.forgotten)")
             db.execute("INSERT OR REPLACE INTO main.runs SELECT * FROM m.runs o WHERE NOT EXISTS (SELECT 1 FROM "
