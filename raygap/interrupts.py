@@ -150,14 +150,25 @@ def held(what: str) -> Iterator[None]:
 @contextmanager
 def tune_phase() -> Iterator[None]:
     """While Tune runs: SIGINT is Tune's own handler, ours forwards SIGTERM / SIGHUP to it.
-    Tune leaves its SIGINT handler installed after fit() unless a signal fired: ours is put
-    back on the way out."""
+    Tune leaves its SIGINT handler installed after fit() unless a signal fired (then it has put
+    ours back, and the signal is noted here: :func:`interrupted` says so); ours is put back on
+    the way out."""
     STATE.tune_running = True
     try:
         yield
-    finally:
+    except BaseException:
         STATE.tune_running = False
         install()
+        raise
+    STATE.tune_running = False
+    if (threading.current_thread() is threading.main_thread() and STATE.installed
+            and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0)
+            and signal.getsignal(signal.SIGINT) is _handler):
+        # Tune's handler, once it has fired, puts back the one it replaced (ours) and fit() returns
+        # as if the run had ended: the signal is noted, so what follows (another search round, the
+        # tables as if complete) knows the user asked to stop
+        note(signal.SIGINT)
+    install()
 
 
 def pause_point(phase: str) -> None:

@@ -211,3 +211,31 @@ def test_results_in_python_hold_the_tuned_row_as_the_table_does(searched):
     tuned = frame[frame["label"] == "Tuned"]
     assert len(tuned) == 1 and sorted(tuned["hash"]) == sorted(r["hash"] for r in exported if r["label"] == "Tuned")
     assert sorted(frame["hash"]) == sorted(r["hash"] for r in exported)
+
+
+def test_a_search_interrupted_by_ctrl_c_resumes_without_rerunning_its_finished_samples(tmp_path):
+    """SIGINT once the first sample is done (one sample a round, one CPU): exit 130; the same
+    command again tells the finished samples back and runs only the rest of the budget."""
+    import signal
+
+    from _proc import Raygap
+
+    g = write_grid(tmp_path / "g.yaml", {**SEARCH, "samples": 3, "batch": 1, "scheduler": "none"})
+    res = tmp_path / "results"
+    run = Raygap("run", g, "--results", res, "--num-cpus", "1")
+    run.wait_for(r"\] done ", timeout=400)
+    run.send(signal.SIGINT)
+    code, out = run.finish(300)
+    assert code == 130, out
+    before = trials(res / "store.sqlite")
+    finished = {k for k, r in before.items() if r["status"] == "done" and json.loads(r["config"])["seed"] == 100}
+    assert 1 <= len(finished) < 3, before
+    code, out, err = raygap("run", g, "--results", res, "--num-cpus", "1", timeout=500)
+    assert code == 0, out + err
+    assert f"{len(finished)} of 3 samples finished earlier, told back to the searcher; {3 - len(finished)} to run" \
+        in out, out
+    after = trials(res / "store.sqlite")
+    assert all(after[k] == before[k] for k in finished)              # not trained again
+    s = json.loads((res / "tiny" / "noprofile" / "search.json").read_text())["searches"][0]
+    assert len(s["samples"]) == 3 and all(x["status"] == "done" for x in s["samples"])
+    assert {x["keys"][0] for x in s["samples"]} >= finished
