@@ -119,7 +119,7 @@ def cmd_run(args) -> int:
     check_apart([g for _, g in runs])
     for a, g in runs:
         table_folder(a, g, create=False)                    # a grid name that cannot be a folder: said first
-    runs = [(a, g, table_folder(a, g, create=not args.dry_run)) for a, g in runs]
+    runs = [(a, g, table_folder(a, g, create=False)) for a, g in runs]     # made once the store is accepted
     several = len(runs) > 1
     grid = GridSet([g for _, g, _ in runs]) if several else runs[0][1]
     for _, g, _ in runs:
@@ -154,6 +154,8 @@ def cmd_run(args) -> int:
 
     store = open_store(args)
     refuse_other_hosts(store)           # a store on NFS... that a driver on another host uses: one line, nothing written
+    for a, g, _ in runs:
+        table_folder(a, g, create=True)
     keys = _rerun_keys(args, grid, store)
     for line in stale_lines({m: [k for k in ks if k not in keys] for m, ks in stale_trials(grid, store).items()
                              if any(k not in keys for k in ks)}):
