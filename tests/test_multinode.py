@@ -325,3 +325,24 @@ def test_resume_candidates_newest_first_including_unrecorded_ones(tmp_path):
     delete_checkpoint(str(trial / "checkpoint_000001") + "/..", str(trial))                   # ..: kept
     assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000011",
                                                        "notes"]
+
+
+def test_trial_checkpoints_lists_older_ones_a_killed_driver_left_and_a_gone_recorded_one_in_its_place(tmp_path):
+    # a driver SIGKILLed after recording checkpoint 2 but before Tune deleted checkpoint 1 left 1 behind
+    # (seen in the S3 bucket); a failed or finished trial's sweep must see it, resuming must not
+    from raygap.runner import resume_candidates, trial_checkpoints
+
+    trial = tmp_path / "exp" / "trial-abc"
+    for name in ("checkpoint_000002", "checkpoint_000003", "checkpoint_000010", "checkpoint_000001", "notes"):
+        (trial / name).mkdir(parents=True)
+    c = {n: str(trial / f"checkpoint_{n:06d}") for n in (1, 2, 3, 10)}
+    assert trial_checkpoints(c[2]) == [c[10], c[3], c[2], c[1]]
+    assert resume_candidates(c[2]) == [c[10], c[3], c[2]]                       # never an older one
+    assert trial_checkpoints("file://" + c[1]) == ["file://" + c[n] for n in (10, 3, 2, 1)]
+    assert trial_checkpoints(str(trial / "notes")) == [str(trial / "notes")]
+    gone = str(tmp_path / "gone" / "checkpoint_000001")
+    assert trial_checkpoints(gone) == [gone]
+    # the recorded one deleted by Tune before the driver could record the next: in its place by number
+    (trial / "checkpoint_000003").rmdir()
+    assert trial_checkpoints(c[3]) == [c[10], c[3], c[2], c[1]]
+    assert resume_candidates(c[3]) == [c[10], c[3]]

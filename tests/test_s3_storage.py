@@ -161,7 +161,7 @@ def test_checkpoint_uris_keep_the_storage_query_and_reopen_in_the_bucket(s3, tmp
     from types import SimpleNamespace
 
     from raygap.runner.storage import (checkpoint_uri, delete_checkpoint, keep_checkpoint, open_storage,
-                                       resume_candidates, warmup_at)
+                                       resume_candidates, trial_checkpoints, warmup_at)
 
     bucket = s3.bucket("raygap-uris")
     for k, v in KEYS.items():
@@ -185,7 +185,10 @@ def test_checkpoint_uris_keep_the_storage_query_and_reopen_in_the_bucket(s3, tmp
     objects = [k for k in s3.keys(bucket) if not k.endswith("/")]
     assert objects == ["runs/exp/trial/checkpoint_000001/checkpoint.pt", "runs/exp/trial/checkpoint_000003/checkpoint.pt",
                        "runs/warmups/wabc/checkpoint.pt"], objects
-    for uri in [*resume_candidates(recorded), kept]:
+    later = f"s3://{bucket}/runs/exp/trial/checkpoint_000003{query}"
+    assert trial_checkpoints(later) == [later, recorded]        # the older one a killed driver left, for the sweep
+    assert resume_candidates(later) == [later]
+    for uri in [*trial_checkpoints(later), kept]:
         delete_checkpoint(uri, storage)
     assert [k for k in s3.keys(bucket) if not k.endswith("/")] == []
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)      # the endpoint the AWS way, no query

@@ -12,7 +12,7 @@ from .cluster import (LOOPBACK_ENV, addable_node_types, check_resources, check_s
                       node_hosts, private_token, start_ray, worker_runtime_env)
 from .driver import run_grid
 from .protocol import TRACKER_EXCLUDES
-from .storage import checkpoint_at, checkpoint_uri, delete_checkpoint, keep_checkpoint, resume_candidates
+from .storage import checkpoint_at, checkpoint_uri, delete_checkpoint, keep_checkpoint, resume_candidates, trial_checkpoints
 from .summary import RunSummary
 from .trackers import TRACKER_NEEDS, TRACKERS, mlflow_ui, mlflow_uri, tracker_callbacks, tracker_problem
 from .warmups import drop_finished_warmups, plan_warmups, say_warmups
@@ -21,5 +21,5 @@ from .worker import trainable
 __all__ = ["LOOPBACK_ENV", "TRACKERS", "TRACKER_EXCLUDES", "TRACKER_NEEDS",
            "RunSummary", "addable_node_types", "check_resources", "check_storage", "checkpoint_at", "checkpoint_uri",
            "delete_checkpoint", "drop_finished_warmups", "keep_checkpoint", "mlflow_ui", "mlflow_uri",
-           "mount_fs_type", "node_hosts", "plan_warmups", "private_token", "resume_candidates", "run_grid", "say_warmups",
+           "mount_fs_type", "node_hosts", "plan_warmups", "private_token", "resume_candidates", "run_grid", "trial_checkpoints", "say_warmups",
            "start_ray", "tracker_callbacks", "tracker_problem", "trainable", "worker_runtime_env"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import interrupts
 from .callback import store_callback
 from .fence import Fence, lost_stopper
-from .storage import delete_checkpoint, experiment_at, is_remote, open_storage, resume_candidates
+from .storage import delete_checkpoint, experiment_at, is_remote, open_storage, resume_candidates, trial_checkpoints
 from .summary import RunSummary
 from .trackers import tracker_callbacks
 from .worker import trainable
@@ -71,13 +71,12 @@ def tune_batch(grid, store, batch, shared, summary: RunSummary, held: dict, *, s
         rec = recs.get(s.key) or {}
         resume = None
         if rec.get("checkpoint"):
-            found = resume_candidates(rec["checkpoint"])     # newest first: one a killed driver did not record too
             if rec.get("status") == "failed":        # a failure starts over: its checkpoints are stale
                 if store.take_checkpoint(s.key) is not None:     # (None: the claim moved meanwhile, not ours)
-                    for c in found:
+                    for c in trial_checkpoints(rec["checkpoint"]):   # (older ones a killed driver left too)
                         delete_checkpoint(c, storage_path)
             else:
-                resume = found
+                resume = resume_candidates(rec["checkpoint"])   # newest first: one a killed driver did not record too
         items.append({"key": s.key, "label": trial_label(s),
                       "name": _readable("-".join([s.label, *([_col(s.column)] if s.column else []), f"seed{s.seed}"]))
                       + f"-{s.key[:8]}",

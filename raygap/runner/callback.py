@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .failures import NODE_LOSSES_MAX, alive_nodes, last_error, node_lost
 from .protocol import decode
-from .storage import checkpoint_uri, delete_checkpoint
+from .storage import checkpoint_uri, delete_checkpoint, trial_checkpoints
 from .summary import RunSummary
 
 
@@ -46,6 +46,7 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
             self.warned: set[str] = set()
             self.history: dict[str, list] = {}
             self.ours: set[str] = set()              # checkpoints this experiment wrote
+            self.swept: set[str] = set()             # trials whose earlier run's checkpoints are deleted
             self.node: dict[str, str] = {}           # the node each trial last reported from since it (re)started
             self.own: dict[str, int] = {}            # each trial's own errors so far (retried up to max_failures)
             self.lost: dict[str, int] = {}           # each trial's node losses so far (not counted against them)
@@ -93,8 +94,15 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                 self._drop_earlier(trial)
 
         def _drop_earlier(self, trial):
-            """The earlier run's checkpoints of this trial: of no use once it has its own, or is done."""
-            for c in trial.config["t"].get("resume") or []:
+            """The earlier run's checkpoints of this trial: of no use once it has its own, or is done.
+            All of its trial folder's, once: a driver killed after recording checkpoint N but before
+            Tune deleted N-1 left that one behind too (seen in the bucket after a kill)."""
+            resume = trial.config["t"].get("resume") or []
+            key = self._key(trial)
+            if not resume or key in self.swept:
+                return
+            self.swept.add(key)
+            for c in dict.fromkeys([*resume, *trial_checkpoints(resume[-1])]):
                 if c not in self.ours:
                     delete_checkpoint(c, storage)
 

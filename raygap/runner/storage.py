@@ -196,10 +196,11 @@ def _fs_path(uri: str):
     return fs, path, (uri.split("://", 1)[0] + "://" if is_remote(uri) else ""), split_query(uri)[1]
 
 
-def resume_candidates(uri: str) -> list[str]:
-    """The checkpoints a trial may resume from, newest first: any later checkpoint in the
-    Tune trial folder of ``uri`` (written to storage by a driver killed before it could
-    record it in the store), then ``uri`` itself, the one the store recorded."""
+def trial_checkpoints(uri: str) -> list[str]:
+    """Every ``checkpoint_N`` folder in the Tune trial folder of ``uri``, newest first, ``uri``
+    among them: the ones a driver killed between recording a checkpoint and Tune deleting the
+    one before it (or before recording a newer one) left behind. ``[uri]`` when it is no Tune
+    checkpoint folder or the storage cannot be listed."""
     import re
 
     import pyarrow.fs
@@ -208,16 +209,27 @@ def resume_candidates(uri: str) -> list[str]:
     try:
         fs, path, prefix, query = _fs_path(uri)
         parent, _, name = path.rstrip("/").rpartition("/")
-        m = pattern.fullmatch(name)
-        if not m:
+        own = pattern.fullmatch(name)
+        if not own:
             return [uri]
         infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
     except Exception:  # noqa: BLE001 -- storage unreachable: the recorded one (the trial says if it fails)
         return [uri]
-    later = sorted((int(mm.group(1)), i.path) for i in infos
-                   if i.type == pyarrow.fs.FileType.Directory and (mm := pattern.fullmatch(i.base_name))
-                   and int(mm.group(1)) > int(m.group(1)))
-    return [prefix + p + query for _, p in reversed(later)] + [uri]
+    found = sorted((int(mm.group(1)), i.path) for i in infos
+                   if i.type == pyarrow.fs.FileType.Directory and (mm := pattern.fullmatch(i.base_name)))
+    out = [prefix + p + query for _, p in reversed(found)]
+    if uri not in out:      # the recorded one is gone (or spelt otherwise): in its place by number
+        at = sum(1 for n, _ in found if n > int(own.group(1)))
+        out.insert(at, uri)
+    return out
+
+
+def resume_candidates(uri: str) -> list[str]:
+    """The checkpoints a trial may resume from, newest first: any later checkpoint in the
+    Tune trial folder of ``uri`` (written to storage by a driver killed before it could
+    record it in the store), then ``uri`` itself, the one the store recorded."""
+    found = trial_checkpoints(uri)
+    return found[:found.index(uri) + 1]
 
 
 def checkpoint_at(uri: str):
