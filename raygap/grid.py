@@ -24,7 +24,9 @@ Grid file (``grids/*.yaml``)
                   {alpha: 0.5}}}}}`` (applied over the row, under the column values),
                   and ``search: {space, samples, searcher, scheduler, seeds}``: hyperparameters
                   tuned per column on the validation split instead of fixed values; the row's
-                  cells are the winner trained on ``seeds`` (:mod:`raygap.search`)
+                  cells are the winner trained on ``seeds`` (:mod:`raygap.search`),
+                  and ``versus: <row label>``: a second row it is compared with seed by seed,
+                  beside the ``reference`` (a tuned row and the same method's fixed row)
 ``sweep``         dotted key -> list of values, expanded as a cartesian product into more
                   rows, after the ``rows``. A sweep row is labelled ``leaf=value`` with the
                   last part of the key (``rho=0.95``, ``purify_tau=0.5``), joined with
@@ -117,6 +119,7 @@ class Grid:
     resources: dict = field(default_factory=dict)
     sets: list[str] = field(default_factory=list)       # the --set items, as given
     reference: str | None = None                        # the row the others are compared with
+    versus: dict = field(default_factory=dict)          # row label -> a second row it is compared with
     paper: dict = field(default_factory=dict)           # paper_results: label -> column value -> metric -> number
     profiles_dir: Path | None = None                    # the profiles folder it was expanded with (None: the default)
     profile_note: str | None = None                     # the profile is raygap's own, the grid's folder has none
@@ -254,7 +257,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
     grid = Grid(name=f.name, description=f.description, path=Path(path), metrics=[str(m) for m in f.metrics],
                 row_labels=list(rows), columns=columns, column_labels=f.column_labels, seeds=seeds, notes=f.notes,
                 profile=profile, resources={**f.resources, **prof_resources}, sets=list(sets or []),
-                reference=f.reference, profile_note=prof.get("_note"),   # paper_results name the grid file's columns, not a profile's:
+                reference=f.reference, versus=dict(f.row_versus), profile_note=prof.get("_note"),   # paper_results name the grid file's columns, not a profile's:
                 paper=check_paper_results(f.paper_results, rows, f.columns, f.metrics, file),
                 profiles_dir=Path(profiles_dir) if profiles_dir else None)
     missing: dict[str, str] = {}
@@ -314,6 +317,7 @@ def _expand(path: str | Path, profile: str | None, sets: list[str] | None, skip_
         grid.row_labels = [r for r in grid.row_labels if r not in missing]
         if grid.reference in missing:
             grid.reference = None
+        grid.versus = {a: b for a, b in grid.versus.items() if a not in missing and b not in missing}
     attach_searches(grid, {k: v for k, v in searches.items() if k not in missing}, file)
     _check_metrics(grid, file)
     _check_selection(grid, file)

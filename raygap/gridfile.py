@@ -30,6 +30,7 @@ PROFILE_KEYS = ["description", "overlay", "overlay_by", "columns", "seeds", "res
 ROW_NOTE = "note"
 ROW_BY = "by"
 ROW_SEARCH = "search"        # a row's hyperparameter search (raygap.search)
+ROW_VERSUS = "versus"        # a second row this one is compared with, seed by seed (raygap.significance)
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "grids" / "profiles"
 
 # A grid's and a profile's names become folder names (results/<grid>/<profile>/): plain
@@ -218,6 +219,7 @@ class GridFile:
     rows: dict[str, dict]                              # label -> overrides: the file's rows, then the sweep's
     row_by: dict[str, dict[str, dict[str, dict]]]      # label -> its `by`
     row_search: dict[str, Any]                         # label -> its `search:` block, unchecked (raygap.search)
+    row_versus: dict[str, str]                         # label -> the row it is also compared with (`versus:`)
     notes: dict[str, str]
     reference: str | None
     columns: dict[str, list]
@@ -250,6 +252,7 @@ def read_grid_file(path: str | Path) -> GridFile:
     rows: dict[str, dict] = {}
     row_by: dict[str, dict[str, dict[str, dict]]] = {}
     row_search: dict[str, Any] = {}
+    row_versus: dict[str, str] = {}
     for label, over in _mapping(doc.get("rows"), "rows", file).items():
         over = dict(_mapping(over, f"rows.{label}", file))
         label = _one_line(label, "rows", file)
@@ -259,6 +262,8 @@ def read_grid_file(path: str | Path) -> GridFile:
             row_by[label] = _by_value(over.pop(ROW_BY), f"rows.{label}.by", file)
         if ROW_SEARCH in over:
             row_search[label] = over.pop(ROW_SEARCH)
+        if ROW_VERSUS in over:
+            row_versus[label] = _one_line(over.pop(ROW_VERSUS), f"rows.{label}.versus", file)
         rows[label] = over
     sweep = _mapping(doc.get("sweep"), "sweep", file)
     n_sweep = math.prod(len(_list(v, f"sweep.{k}", file)) for k, v in sweep.items()) if sweep else 0
@@ -280,6 +285,11 @@ def read_grid_file(path: str | Path) -> GridFile:
     if reference is not None and str(reference) not in rows:
         raise ConfigError(f"{reference!r} is not a row", file=file, key="reference",
                           hint=f"nearest row: {nearest(str(reference), rows)!r}")
+    for label, other in row_versus.items():
+        if other not in rows or other == label:
+            raise ConfigError(f"{other!r} is " + ("the row itself" if other == label else "not a row"),
+                              file=file, key=f"rows.{label}.versus",
+                              hint=f"nearest other row: {nearest(other, [r for r in rows if r != label])!r}")
     columns = _check_columns(_mapping(doc.get("columns"), "columns", file), file)
     seeds = check_seeds(doc["seeds"], file) if "seeds" in doc else [0]
     metrics = _list(doc.get("metrics", ["acc"]), "metrics", file)
@@ -289,7 +299,7 @@ def read_grid_file(path: str | Path) -> GridFile:
     column_labels = {k: _one_line(v, "column_labels", file)
                      for k, v in _mapping(doc.get("column_labels"), "column_labels", file).items()}
     return GridFile(file=file, name=name, description=description, base=base, base_by=base_by, rows=rows,
-                    row_by=row_by, row_search=row_search, notes=notes, reference=None if reference is None else str(reference),
+                    row_by=row_by, row_search=row_search, row_versus=row_versus, notes=notes, reference=None if reference is None else str(reference),
                     columns=columns, seeds=seeds, metrics=metrics, resources=grid_resources,
                     column_labels=column_labels, paper_results=doc.get("paper_results"),
                     plugins=plugin_list(doc.get(PLUGINS_KEY), file))

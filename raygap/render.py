@@ -17,7 +17,7 @@ import re
 from typing import Any, Callable
 
 from .cells import WARMUP_MARK, WARMUP_NOTE, metric_label, selection_note
-from .significance import comparison_note, comparison_table, comparisons_csv
+from .significance import against_reference, against_versus, comparison_note, comparison_table, comparisons_csv
 
 
 def _marks(grid) -> dict[str, str]:
@@ -78,11 +78,21 @@ def md_table(header: list[str], body: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in body])
 
 
+def comparison_sections(grid, comps: list[dict]) -> list[tuple[list[dict], bool]]:
+    """The comparisons' sections: (rows, is the ``versus`` section), those that have rows."""
+    return [(rows, versus) for rows, versus in ((against_reference(grid, comps), False),
+                                                (against_versus(grid, comps), True)) if rows]
+
+
 def comparison_md(grid, comps: list[dict], title: str) -> list[str]:
-    """The paired-comparison section (table.md and report.md)."""
-    h, b = comparison_table(grid, comps)
-    return ["", f"## {title} {md_escape(grid.reference)}", "", *md_table(h, b), "",
-            md_escape(comparison_note(grid, comps))]
+    """The paired-comparison sections (table.md and report.md): against the reference row, then
+    each row against the row its ``versus:`` names."""
+    out = []
+    for rows, versus in comparison_sections(grid, comps):
+        h, b = comparison_table(grid, rows)
+        head = f"{title} the row each is set against" if versus else f"{title} {md_escape(grid.reference)}"
+        out += ["", f"## {head}", "", *md_table(h, b), "", md_escape(comparison_note(grid, rows, versus))]
+    return out
 
 
 def to_markdown(table) -> str:
@@ -116,7 +126,7 @@ _TEX_TEXT = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#":
              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
              "<": r"\textless{}", ">": r"\textgreater{}", "–": "--", "—": "---"}
 # characters set in math mode (the inside of $...$; neighbours share one $...$)
-_TEX_MATH = {"|": "|", "±": r"\pm", "†": r"^\dagger", "‡": r"^\ddagger", "²": "^2", "≥": r"\geq", "≤": r"\leq",
+_TEX_MATH = {"|": "|", "±": r"\pm", "†": r"^\dagger", "‡": r"^\ddagger", "²": "^2", "≥": r"\geq", "−": "-", "≤": r"\leq",
              "α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "ρ": r"\rho", "τ": r"\tau",
              "λ": r"\lambda", "σ": r"\sigma", "μ": r"\mu"}
 
@@ -170,13 +180,14 @@ def to_latex(table) -> str:
                 for label in marks]
         out.append("}")
     out += [tex_comment(f"not run: {label} ({reason})") for label, reason in grid.skipped]
-    if comps:
-        h, b = comparison_table(grid, comps)
-        out += ["", tex_comment(f"paired differences vs {grid.reference}"), r"\begin{tabular}{l" + "c" * (len(h) - 1) + "}",
+    for rows, versus in comparison_sections(grid, comps):
+        h, b = comparison_table(grid, rows)
+        what = "paired differences vs the row each is set against (versus)" if versus else f"paired differences vs {grid.reference}"
+        out += ["", tex_comment(what), r"\begin{tabular}{l" + "c" * (len(h) - 1) + "}",
                 r"\toprule", " & ".join(tex_escape(x) for x in h) + r" \\", r"\midrule"]
         out += [" & ".join(tex_escape(c) for c in r) + r" \\" for r in b]
         out += [r"\bottomrule", r"\end{tabular}",
-                r"\par\smallskip{\footnotesize " + tex_escape(comparison_note(grid, comps)) + "}"]
+                r"\par\smallskip{\footnotesize " + tex_escape(comparison_note(grid, rows, versus)) + "}"]
     return "\n".join(out) + "\n"
 
 

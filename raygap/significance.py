@@ -1,6 +1,7 @@
-"""Paired comparisons with a grid's ``reference`` row, and their text.
+"""Paired comparisons with a grid's ``reference`` row (and with the row a row names in
+``versus:``), and their text.
 
-Each other row minus the reference, seed by seed (the same seed is the same split,
+Each other row minus the reference (and each ``versus`` row minus the row it names), seed by seed (the same seed is the same split,
 initialisation and data order: the comparison is paired), per column and metric: the mean
 difference, its 95 % interval and a paired t-test's p-value (scipy's ``ttest_rel``), the
 p-values adjusted by Benjamini-Hochberg (scipy's ``false_discovery_control``) within each
@@ -27,8 +28,21 @@ class Comparisons(list):
     inputs = ""
 
 
+def compared_pairs(grid) -> list[tuple[str, str]]:
+    """(row, the row it is compared with): every row but the reference against the reference,
+    then each row against the row its ``versus:`` names (unless that is the reference)."""
+    pairs = []
+    if grid.reference and grid.reference in grid.row_labels:
+        pairs += [(label, grid.reference) for label in grid.row_labels if label != grid.reference]
+    versus = getattr(grid, "versus", {}) or {}
+    pairs += [(label, versus[label]) for label in grid.row_labels
+              if versus.get(label) in grid.row_labels and versus[label] != grid.reference]
+    return pairs
+
+
 def paired_comparisons(grid, records: dict, known: dict | None = None) -> Comparisons:
-    """Every row other than ``grid.reference`` against it, per column and metric, over the
+    """Every row other than ``grid.reference`` against it, and every row with ``versus: Y``
+    against Y (:func:`compared_pairs`), per column and metric, over the
     seeds both have done (``records``: key -> stored record of the grid's trials): n, the mean
     of the per-seed differences (row - reference), its 95 % interval and the p-value of a
     paired t-test, and p adjusted over the table's comparisons of that metric (Benjamini-Hochberg;
@@ -49,29 +63,28 @@ def paired_comparisons(grid, records: dict, known: dict | None = None) -> Compar
     its rows are the result and scipy.stats, which costs most of a cached re-run's second to
     import, is not imported. The result's ``inputs`` is the digest to store with the rows."""
     out = Comparisons()
-    if not grid.reference or grid.reference not in grid.row_labels:
+    compared = compared_pairs(grid)
+    if not compared:
         return out
     combos = grid.column_combos()
-    pairs = []                          # (row, column, metric, row values, reference values) per seed
-    for label in grid.row_labels:
-        if label == grid.reference:
-            continue
+    pairs = []                  # (row, other row, column, metric, row values, other's values, tolerance) per seed
+    for label, other in compared:
         for col in combos:
             for m in grid.metrics:
                 a = seed_values(grid, records, label, col, m)
-                r = seed_values(grid, records, grid.reference, col, m)
+                r = seed_values(grid, records, other, col, m)
                 seeds = sorted(set(a) & set(r))
-                pairs.append((label, grid.column_header(col), m, [a[s] for s in seeds], [r[s] for s in seeds],
-                              _no_spread(m, _n_test(grid, records, (label, grid.reference), col))))
+                pairs.append((label, other, grid.column_header(col), m, [a[s] for s in seeds], [r[s] for s in seeds],
+                              _no_spread(m, _n_test(grid, records, (label, other), col))))
     out.inputs = hashlib.sha256(json.dumps([COMPARISON_TEST, pairs]).encode()).hexdigest()[:16]
     if known and known.get("inputs") == out.inputs and isinstance(known.get("rows"), list):
         out += [dict(row) for row in known["rows"]]
         return out
     from scipy import stats
 
-    for label, column, m, a, r, tol in pairs:
+    for label, other, column, m, a, r, tol in pairs:
         d = [x - y for x, y in zip(a, r)]
-        row = {"row": label, "column": column, "metric": m, "n": len(d),
+        row = {"row": label, "versus": other, "column": column, "metric": m, "n": len(d),
                "mean_diff": statistics.fmean(d) if d else None, "ci_low": None, "ci_high": None,
                "p": None, "p_adj": None, "note": ""}
         if len(d) < 2:
@@ -122,32 +135,54 @@ def comparison_text(c: dict, digits: int = 2) -> str:
             f" (adj {c['p_adj']:.2g}){' ' + SIGNIFICANT if c['p_adj'] < 0.05 else ''}")
 
 
+def against_reference(grid, comps: list[dict]) -> list[dict]:
+    """The comparisons with the reference row (the first section under a table)."""
+    return [c for c in comps if c.get("versus", grid.reference) == grid.reference]
+
+
+def against_versus(grid, comps: list[dict]) -> list[dict]:
+    """The comparisons of rows with the row their ``versus:`` names (the second section)."""
+    return [c for c in comps if c.get("versus", grid.reference) != grid.reference]
+
+
 def comparison_table(grid, comps: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One line per compared pair of ``comps`` (all against the reference, or all ``versus``
+    pairs): the row's label, or ``row − other`` for a ``versus`` pair."""
     combos = grid.column_combos()
     header = ["Method"] + [f"{grid.column_header(c)} {metric_label(m)}" for c in combos for m in grid.metrics]
-    by = {(c["row"], c["column"], c["metric"]): c for c in comps}
-    body = [[label] + [comparison_text(by[(label, grid.column_header(col), m)], metric_digits(m))
-                       for col in combos for m in grid.metrics]
-            for label in grid.row_labels if label != grid.reference]
+    by = {(c["row"], c.get("versus", grid.reference), c["column"], c["metric"]): c for c in comps}
+    pairs = list(dict.fromkeys((c["row"], c.get("versus", grid.reference)) for c in comps))
+    body = [[label if other == grid.reference else f"{label} − {other}"]
+            + [comparison_text(by[(label, other, grid.column_header(col), m)], metric_digits(m))
+               for col in combos for m in grid.metrics]
+            for label, other in pairs]
     return header, body
 
 
-def comparison_note(grid, comps: list[dict]) -> str:
+def comparison_note(grid, comps: list[dict], versus: bool = False) -> str:
+    """How one section's differences were computed: ``comps`` is that section's rows
+    (:func:`against_reference` or :func:`against_versus`), ``versus`` which section; the
+    adjusted p-values' family is every comparison of the table, both sections."""
     n_tested = sum(c["p"] is not None for c in comps)
     ns = sorted({c["n"] for c in comps})
     few = (f" With n = {max(ns)} seeds the test has {max(ns) - 1} degree(s) of freedom: only a large, consistent "
            "difference reaches p < 0.05, and a difference that does not is not shown to be absent."
            if ns and max(ns) <= 5 else "")
-    return (f"Each row minus {grid.reference}, seed by seed (same seed: same split, initialisation and data order), "
+    what = ("Each row minus the row it is set against (its `versus:` in the grid, e.g. a tuned row minus the same "
+            "method's fixed row)" if versus else f"Each row minus {grid.reference}")
+    two = bool(grid.reference) and any(grid.versus.get(r) not in (None, grid.reference) for r in grid.row_labels)
+    return (f"{what}, seed by seed (same seed: same split, initialisation and data order), "
             f"mean difference [95 % interval], paired t-test p (scipy ttest_rel), adjusted by Benjamini-Hochberg "
-            f"within each metric's comparisons ({n_tested} tested in all); {SIGNIFICANT} adjusted p < 0.05."
+            + (f"within each metric's comparisons of both sections ({n_tested} tested in this one)" if two
+               else f"within each metric's comparisons ({n_tested} tested in all)")
+            + f"; {SIGNIFICANT} adjusted p < 0.05."
             + "".join(f" {metric_label(m)} is {DESIGN[m]}, set by the method's design: reported, not tested."
                       for m in grid.metrics if m in DESIGN) + few)
 
 
 def comparisons_csv(comps: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["row", "column", "metric", "n", "mean_diff", "ci_low", "ci_high", "p",
+    w = csv.DictWriter(buf, fieldnames=["row", "versus", "column", "metric", "n", "mean_diff", "ci_low", "ci_high", "p",
                                         "p_adj", "note"], lineterminator="\n")
     w.writeheader()
     w.writerows(comps)

@@ -76,7 +76,8 @@ def test_the_tables_carry_the_comparison_and_say_how_it_was_made(tmp_path):
     assert "+11.00 \\[" in row_e and row_e.rstrip(" |").endswith("‡")            # adjusted p < 0.05
     assert "| C | +0.00 (identical in every seed) |" in section
     csv_lines = paths["significance.csv"].read_text().splitlines()
-    assert csv_lines[0] == "row,column,metric,n,mean_diff,ci_low,ci_high,p,p_adj,note" and len(csv_lines) == 5
+    assert csv_lines[0] == "row,versus,column,metric,n,mean_diff,ci_low,ci_high,p,p_adj,note" and len(csv_lines) == 5
+    assert all(line.split(",")[1] == "Ref" for line in csv_lines[1:])
     tex = paths["table.tex"].read_text()
     assert "paired differences vs Ref" in tex and r"$^\ddagger$" in tex
 
@@ -383,3 +384,48 @@ def test_two_rows_that_are_one_trial_with_two_selections_are_one_line(tmp_path):
     msg = str(e.value)
     assert "rows 'Ours' and 'Ours (adaptive)' are the same trial" in msg and "train.select_from" in msg
     assert "both.yaml" in msg and "\n" not in msg
+
+
+def test_a_row_set_versus_another_is_compared_with_it_too_by_hand(tmp_path):
+    # E (say, a tuned row) also against B (its fixed row), beside both against Ref
+    rows = {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}},
+            "E": {"optim": {"lr": 0.5}, "versus": "B"}}
+    grid = _grid_of(tmp_path, rows, ["acc"], name="vs")
+    with _store_of(tmp_path, grid, lambda lab, s: {"acc": ACC[lab][s]}) as store:
+        comps = {(c["row"], c["versus"]): c for c in read_table(grid, store).comparisons}
+        paths = export_grid(grid, store, tmp_path / "out")
+    assert set(comps) == {("B", "Ref"), ("E", "Ref"), ("E", "B")}
+    # E - B in percent: 8, 7, 10 -> mean 25/3, sd sqrt(7/3), t = 25 / sqrt(7)
+    eb = comps[("E", "B")]
+    assert eb["n"] == 3 and eb["mean_diff"] == pytest.approx(25 / 3)
+    p_eb, p_e, p_b = t2_p(25 / math.sqrt(7)), t2_p(11 * math.sqrt(3)), t2_p(8 / math.sqrt(13))
+    assert eb["p"] == pytest.approx(p_eb, rel=1e-6)
+    half = 4.302653 * math.sqrt(7 / 3) / math.sqrt(3)
+    assert eb["ci_low"] == pytest.approx(25 / 3 - half, rel=1e-5)
+    # Benjamini-Hochberg over all three acc comparisons: p_e < p_eb < p_b (0.0027, 0.011, 0.157),
+    # so x3, x3/2 and x1, none capped by the next one up
+    assert p_e < p_eb < p_b and 3 * p_e < 1.5 * p_eb < p_b
+    assert comps[("E", "Ref")]["p_adj"] == pytest.approx(3 * p_e, rel=1e-6)
+    assert eb["p_adj"] == pytest.approx(1.5 * p_eb, rel=1e-6)
+    assert comps[("B", "Ref")]["p_adj"] == pytest.approx(p_b, rel=1e-6)
+    md = paths["table.md"].read_text()
+    first, second = md.split("## Paired differences vs Ref")[1].split("## Paired differences vs the row each is set against")
+    assert "| B |" in first and "| E |" in first and "−" not in first
+    row = next(line for line in second.splitlines() if line.startswith("| E − B |"))
+    assert "+8.33 \\[" in row and row.rstrip(" |").endswith("‡")          # adjusted p 0.017 < 0.05
+    assert "of both sections (1 tested in this one)" in second and "versus:" in second
+    csv_rows = paths["significance.csv"].read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in csv_rows] == [["B", "Ref"], ["E", "Ref"], ["E", "B"]]
+    tex = paths["table.tex"].read_text()
+    assert "% paired differences vs the row each is set against (versus)" in tex and "E $-$ B & +8.33" in tex
+
+
+@pytest.mark.parametrize("versus, problem, nearest_row", [("Bee", "'Bee' is not a row", "B"),
+                                                          ("E", "'E' is the row itself", "Ref")])
+def test_a_versus_that_is_no_other_row_is_one_line(tmp_path, versus, problem, nearest_row):
+    rows = {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}},
+            "E": {"optim": {"lr": 0.5}, "versus": versus}}
+    with pytest.raises(ConfigError) as e:
+        _grid_of(tmp_path, rows, ["acc"], name="vs")
+    assert str(e.value) == (f"{tmp_path / 'vs.yaml'}: rows.E.versus: {problem} "
+                            f"(nearest other row: {nearest_row!r})")
