@@ -255,6 +255,16 @@ def attach_searches(grid, searches: dict[str, Search], file: str) -> None:
 FINAL = ("done", "stopped", "failed")          # a sample's statuses that count against the budget
 
 
+def best_sample(samples: list[dict], mode: str) -> dict | None:
+    """The best done sample by its validation value (a tie maximised: the earlier sample), or None:
+    the winner once the budget is spent, the best so far before."""
+    done = [x for x in samples if x.get("status") == "done" and x.get("value") == x.get("value")
+            and x.get("value") is not None]
+    if not done:
+        return None
+    return (min if mode == "min" else max)(done, key=lambda x: (x["value"], -x["index"]))
+
+
 def search_ids(grid) -> list[str]:
     return [s.search_id(raw) for s in getattr(grid, "searches", {}).values() for _, raw in s.bases]
 

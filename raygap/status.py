@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import epochs_not_trained_again, warmup_groups
 from .grid import Grid
 from .registry import METHODS
+from .search_progress import search_lines
 
 
 def stale_trials(grid: Grid, store) -> dict[str, list[str]]:
@@ -87,7 +88,8 @@ def with_stale(store, keys, watch=None) -> dict[str, str]:
 def status_text(grid: Grid, store, watch=None) -> str:
     """``raygap status``: per row and column the trials done / running / stale / failed /
     interrupted / missing (missing = pending or never started), the totals over distinct
-    trials, each failed trial's error on one line, and the skipped rows. A trial whose
+    trials, each searched (row, column)'s search progress or winner (its cells before the winner:
+    ``searching``), each failed trial's error on one line, and the skipped rows. A trial whose
     driver on this machine is gone counts as interrupted, never as running; one whose driver
     elsewhere has not moved its heartbeat for its lease, as this observer (``watch``) has seen
     it, counts as stale."""
@@ -101,10 +103,15 @@ def status_text(grid: Grid, store, watch=None) -> str:
     cols = [", ".join(str(v) for v in c.values()) or "-" for c in combos]
     cw = max([len(c) for c in cols] + [6])
     kinds = ("done", "running", "stale", "failed", "interrupted")
+    searched = set(getattr(grid, "searches", None) or {})
     lines.append(f"  {'row':{lw}s}  {'column':{cw}s}  done running stale failed interrupted missing")
     for label in grid.row_labels:
         for col, colname in zip(combos, cols, strict=True):
             keys = [t.key for t in grid.cell(label, col)]
+            if not keys and label in searched:
+                lines.append(f"  {label:{lw}s}  {colname:{cw}s}  (searching: no table trials before its winner; "
+                             "see the search line below)")
+                continue
             c = {s: sum(1 for k in keys if st.get(k) == s) for s in kinds}
             miss = len(keys) - sum(c.values())
             lines.append(f"  {label:{lw}s}  {colname:{cw}s}  {c['done']:4d} {c['running']:7d} {c['stale']:5d} "
@@ -113,6 +120,7 @@ def status_text(grid: Grid, store, watch=None) -> str:
     lines.append(f"total: {tot['done']} done, {tot['running']} running, {tot['stale']} stale, {tot['failed']} failed, "
                  f"{tot['interrupted']} interrupted, {len(distinct) - sum(tot.values())} missing "
                  f"(of {len(distinct)} distinct trials)")
+    lines += search_lines(grid, store)
     failed = [k for k in distinct if st.get(k) == "failed"]
     if failed:
         recs = store.records(failed)

@@ -199,6 +199,21 @@ def test_the_winner_is_trained_on_the_table_seed(searched):
     assert "| Tuned \\* |" in md and "(n=1)" in md.split("| Tuned \\* |")[1].splitlines()[0], md
 
 
+def test_raygap_status_shows_the_real_search_and_its_winners_cell(searched):
+    # the status of the search the runner wrote: its samples as search.json holds them, its winner, and
+    # the winner's table trial (done) as the row's ordinary cell
+    g, res, _ = searched
+    s = json.loads((res / "tiny" / "four" / "search.json").read_text())["searches"][0]
+    stopped = sum(1 for x in s["samples"] if x["status"] == "stopped")
+    code, out, err = raygap("status", g, "--profile", "four", "--results", res, timeout=120)
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert (f"  search Tuned | -: 4/4 samples finished ({stopped} stopped early by ASHA, 0 failed): winner chosen: "
+            f"optim.lr={s['winner']['params']['optim.lr']:.3g} (val_acc {s['winner']['value']:.3f}), trained on "
+            "the table seeds [0] as the row's cells") in lines, out
+    assert "  Tuned   -          1       0     0      0           0       0" in lines, out
+
+
 def test_results_in_python_hold_the_tuned_row_as_the_table_does(searched):
     # raygap.results() reads the searched row's cells from the store's winner, as the export does
     import csv

@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import interrupts
 from ..atomic import atomic_write
 from ..grid import Grid
-from ..search import FINAL, apply_winners
+from ..search import FINAL, apply_winners, best_sample
 
 @dataclasses.dataclass
 class SearchGrid(Grid):
@@ -193,11 +193,8 @@ def _col(column: dict) -> str:
 
 
 def _winner(c: _Col) -> tuple[dict | None, float | None]:
-    done = [x for x in c.samples if x["status"] == "done" and x.get("value") == x.get("value")]
-    if c.open() or not done:
-        return None, None
-    best = (min if c.s.mode == "min" else max)(done, key=lambda x: (x["value"], -x["index"]))
-    return best["params"], best["value"]
+    best = None if c.open() else best_sample(c.samples, c.s.mode)
+    return (None, None) if best is None else (best["params"], best["value"])
 
 
 def _save(store, grid, c: _Col) -> None:
