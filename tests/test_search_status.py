@@ -149,3 +149,19 @@ def test_a_smaller_budget_than_the_samples_stored_says_so(setup, tmp_path):
         "  search Tuned | avdigits: 4 samples (more than this grid's budget of 2: a larger budget ran) finished "
         "(0 stopped early by ASHA, 0 failed): winner chosen: optim.lr=0.04 (val_acc 0.530), trained on the table "
         "seeds [0] as the row's cells")
+
+
+def test_the_status_of_a_searched_grid_imports_no_torch_nor_ray_nor_optuna(setup, tmp_path):
+    from test_import_cost import loaded_after
+
+    g, _, store, save = setup
+    save([sample(0, 0.11, "done", 0.781), sample(1, 0.004, "stopped"), sample(2, 0.05, "done", 0.7)],
+         {"optim.lr": 0.11}, 0.781)
+    store.close()
+    code = f"""
+from raygap.cli import main
+assert main(["status", {str(g)!r}, "--results", {str(tmp_path)!r}]) == 0
+import sys
+assert "optuna" not in sys.modules
+"""
+    assert loaded_after(code) == []
