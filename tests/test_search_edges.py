@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import textwrap
 from pathlib import Path
 
-import pytest
 import yaml
 
 from _proc import raygap
