@@ -201,6 +201,7 @@ def test_a_trials_own_crash_still_counts_against_max_failures(local_ray, tmp_pat
     assert store.killed is not None, "the trial's checkpoint of epoch 1 was never registered"
     rec = store.get(key)
     assert s.done == 0 and list(s.failed) == [key] and s.exit_code == 1 and rec["status"] == "failed"
+    assert rec["attempts"] == 1, rec["attempts"]        # the restart that only reports the failure is no attempt
     assert rec["error"].startswith("failed 1 time(s) of its own, retried 0 (--max-failures 0): "), rec["error"]
     assert "worker process has died" in rec["error"] or "died unexpectedly" in rec["error"], rec["error"]
     assert [h["epoch"] for h in rec["history"]] == [0, 1]          # nothing trained after the kill

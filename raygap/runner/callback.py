@@ -74,6 +74,8 @@ def store_callback(store, summary: RunSummary, progress, max_failures: int = 1, 
                 log(f"  {self._label(trial)}: resuming from the checkpoint of an earlier run "
                     f"(recorded: epoch {upto}){newer}")
             self.history.setdefault(key, [])
+            if trial.config["t"].get("give_up"):    # Tune's restart of a trial out of retries only reports
+                return                              # its failure: no attempt (and still running in the store)
             if fence.after_write(key, store.mark_running(key, trial.config["t"]["trial"]), self._label(trial)):
                 progress.trial_started(key, self._label(trial))
 

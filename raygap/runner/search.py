@@ -179,6 +179,14 @@ def run_searches(grid, store, run, results_dir: Path | None = None, log=print) -
     if n:
         log(f"searches: {n} (row, column) pair(s) take their winner's config, trained on the table seeds "
             f"{grid.seeds}")
+    for c in cols:                              # a spent budget with no done sample: no cell, said on every run
+        if not c.open() and _winner(c)[0] is None:
+            counts: dict[str, int] = {}
+            for x in c.samples:
+                counts[x["status"]] = counts.get(x["status"], 0) + 1
+            log(f"search {c.label!r} [{_col(c.column)}]: no winner: none of its {len(c.samples)} sample(s) finished "
+                f"with a validation value ({', '.join(f'{n} {st}' for st, n in sorted(counts.items()))}); its table "
+                "cells stay empty")
     return out
 
 
