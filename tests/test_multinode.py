@@ -69,7 +69,7 @@ def test_trials_use_both_nodes_survive_losing_one_and_gpu_shares_without_cuda_fa
                     hist = (reader.get(t.key) or {}).get("history") or []
                     if len(hist) >= 2 and hist[-1].get("worker_node") == worker.node_id:
                         cluster.remove_node(worker)
-                        removed["key"] = t.key
+                        removed["key"], removed["reported"] = t.key, hist[-1]["epoch"]
                         return
                 time.sleep(0.2)
 
@@ -88,7 +88,10 @@ def test_trials_use_both_nodes_survive_losing_one_and_gpu_shares_without_cuda_fa
             assert rec["status"] == "done" and [h["epoch"] for h in rec["history"]] == list(range(6))
         lost = store.get(removed["key"])                # it ran on the worker node (epochs >= 2 there) ...
         assert lost["info"]["node"] != worker.node_id                         # ... and ended on the head ...
-        assert lost["info"]["resumed_from_epoch"] >= 1                        # ... from its checkpoint
+        # ... from a checkpoint, recomputing at most checkpoint_every (1) of the epochs it had reported when
+        # the node went (the last one reported may be newer than Tune's checkpoint at the kill: seen once)
+        resumed_from = lost["info"]["resumed_from_epoch"]
+        assert resumed_from is not None and removed["reported"] - resumed_from <= 1, (resumed_from, removed)
         for t in gpu:
             rec = store.get(t.key)
             assert rec["status"] == "failed" and rec["attempts"] == 1 and not rec["history"]
