@@ -12,13 +12,10 @@ import pytest
 import yaml
 
 from _proc import raygap
+from test_search import BASE
+from test_search import SEARCH as SEARCH_2
 
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
-        "model": {"backbone": "small", "width": 4},
-        "optim": {"lr": 0.1},
-        "train": {"epochs": 3, "batch_size": 256, "device": "cpu", "threads": 1, "checkpoint_every": 1}}
-SEARCH = {"space": {"optim.lr": {"loguniform": [0.003, 0.3]}}, "samples": 3, "searcher": "optuna",
-          "scheduler": {"name": "asha", "grace": 1, "reduction": 2}, "seeds": [100]}
+SEARCH = {**SEARCH_2, "samples": 3}          # test_search's tiny search, with a budget of 3
 
 
 def write_grid(path: Path, samples: int = 3) -> Path:
