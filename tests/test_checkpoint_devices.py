@@ -28,8 +28,9 @@ from raygap.errors import CheckpointDeviceMismatch
 from raygap.methods.base import Method, MethodContext
 from raygap.registry import METHODS
 from raygap.trial import CHECKPOINT, fit, load_data, run_trial
+from _tiny import avdigits
 
-FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+FAST = {"data": avdigits(visual_corrupt=0.3), "model": {"backbone": "small", "width": 4},
         "optim": {"name": "adam", "lr": 0.01}, "train": {"epochs": 2, "batch_size": 256, "device": "cpu",
                                                         "threads": 2, "checkpoint_every": 1}}
 # methods whose state holds tensors (AGM's running means, the gap method's gaps and weights,

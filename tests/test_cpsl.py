@@ -15,6 +15,7 @@ from raygap.methods.cpsl import (CPSL, conflict_coefficient, conflict_ratios, pr
                                  statistical_loss_classification, statistical_loss_regression)
 from raygap.metrics import regression_metrics, sentiment_metrics
 from raygap.models import build_model
+from _tiny import avdigits
 
 LN3 = math.log(3.0)
 
@@ -198,7 +199,7 @@ def test_gap_adaptive_on_three_modalities_and_cpsl_on_two():
     """The paper's method on three-modality avdigits with its gap on a configured pair, and CPSL on
     the two-modality data, each end to end through the engine."""
     from raygap.trial import run_trial
-    fast = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+    fast = {"data": avdigits(visual_corrupt=0.3), "model": {"backbone": "small", "width": 4},
             "optim": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint_every": 1}}
     ga = run_trial(resolve({**fast, "data": {**fast["data"], "text": True},
                             "method": {"name": "gap_adaptive", "pair": ["text", "visual"], "warmup_epochs": 1}}))

@@ -19,6 +19,7 @@ from raygap.export import export_grid
 from raygap.grid import load_grid
 from raygap.store import Store
 from test_import_cost import loaded_after
+from _tiny import avdigits
 
 ROOT = Path(__file__).resolve().parent.parent
 ACC = {("A", 0.1, 0): 0.8, ("A", 0.1, 1): 0.9, ("B", 0.1, 0): 0.75}
@@ -30,7 +31,7 @@ HIST = [{"epoch": 0, "val_acc": 0.5, "test_acc": 0.4, "stage": "warmup", "gap": 
 def filled(tmp_path):
     """A grid of 3 rows (A2 is A again: the same trials) x 2 columns x 2 seeds = 12 cells, 8
     distinct trials: 3 done, 1 failed, 1 running (one epoch so far), 3 pending."""
-    doc = {"name": "dfx", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+    doc = {"name": "dfx", "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4},
                                    "train": {"epochs": 2, "device": "cpu"}},
            "rows": {"A": {}, "A2": {}, "B": {"optim": {"lr": 0.2}}},
            "columns": {"data.val_fraction": [0.1, 0.2]}, "seeds": [0, 1], "metrics": ["acc"],

@@ -17,8 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from raygap import system
 from raygap import trial as T
 from raygap.config import resolve
+from _tiny import avdigits
 
-FAST = {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+FAST = {"data": avdigits(), "model": {"backbone": "small", "width": 4},
         "train": {"epochs": 1, "device": "cpu", "threads": 2}}
 
 # torch.use_deterministic_algorithms' list of ops that have no deterministic CUDA kernel (its

@@ -15,8 +15,9 @@ from raygap.config import resolve
 from raygap.registry import METHODS
 from raygap.trial import run_trial
 from test_determinism import AtenOps
+from _tiny import avdigits
 
-FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+FAST = {"data": avdigits(visual_corrupt=0.3), "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.05}, "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2,
                                          "checkpoint_every": 1}}
 # what makes each method act inside 3 epochs (its stage switch, window or first re-initialization

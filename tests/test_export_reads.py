@@ -15,13 +15,14 @@ from raygap.cli import main as cli_main
 from raygap.export import export_grid
 from raygap.grid import load_grid
 from raygap.store import Store
+from _tiny import avdigits
 
 READS = ("records", "get", "status_of", "finished_times", "done_infos")     # every read of trials by key
 ACC = {("Ref", 0): 0.80, ("Ref", 1): 0.70, ("Ref", 2): 0.90, ("B", 0): 0.82, ("B", 1): 0.75, ("B", 2): 0.91}
 
 
 def _grid(tmp_path):
-    doc = {"name": "reads", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+    doc = {"name": "reads", "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4},
                                      "train": {"epochs": 2, "device": "cpu"}},
            "rows": {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}}},
            "seeds": [0, 1, 2], "metrics": ["acc"], "resources": {"cpu": 1, "gpu": 0}, "reference": "Ref"}

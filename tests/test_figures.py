@@ -8,10 +8,11 @@ from raygap.grid import load_grid
 from raygap.figures import grid_figures
 from raygap.store import Store
 from raygap.table import read_table
+from _tiny import avdigits
 
 
 def _grid(tmp_path: Path):
-    doc = {"name": "figs", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+    doc = {"name": "figs", "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4},
                                     "train": {"epochs": 2, "device": "cpu"}},
            "rows": {"A": {"method": {"name": "concat"}}, "B": {"method": {"name": "warmup_objective"}}},
            "seeds": [0, 1], "metrics": ["acc"], "resources": {"cpu": 1, "gpu": 0}}
@@ -108,7 +109,7 @@ def test_rows_whose_ascii_names_collide_keep_a_figure_each(tmp_path):
     neither figure is drawn over the other (issue 25); a label alone in its form keeps it."""
     import hashlib
 
-    doc = {"name": "greek", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+    doc = {"name": "greek", "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4},
                                      "train": {"epochs": 2, "device": "cpu"}},
            "rows": {"Ours α": {"method": {"name": "concat"}}, "Ours β": {"method": {"name": "warmup_objective"}},
                     "Base": {"method": {"name": "concat"}, "optim": {"lr": 0.05}}},

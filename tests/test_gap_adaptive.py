@@ -12,6 +12,7 @@ from raygap.methods.base import MethodContext
 from raygap.methods.gap_adaptive import GapAdaptive
 from raygap.models.net import ModelOutput
 from raygap.trial import run_trial
+from _tiny import avdigits
 
 LN3 = math.log(3.0)
 
@@ -165,7 +166,7 @@ def test_purification_keeps_w0_above_tau_and_reports_data_pct():
 
 
 def test_end_to_end_refits_log_the_mixture_and_resume_exactly(tmp_path):
-    raw = {"data": {"name": "avdigits", "visual_corrupt": 0.3, "visual_noise": 0.5, "audio_speed": 0.0},
+    raw = {"data": avdigits(visual_corrupt=0.3, visual_noise=0.5, audio_speed=0.0),
            "model": {"backbone": "small", "width": 4}, "optim": {"lr": 0.1},
            "method": {"name": "gap_adaptive", "warmup_epochs": 1, "mixture": "smm"},
            "train": {"epochs": 3, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint_every": 1}}

@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 from _proc import Raygap, leftovers, listening
+from _tiny import avdigits
 
 SIGS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+BASE = {"data": avdigits(visual_corrupt=0.3),
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},
         "train": {"epochs": 3, "batch_size": 256, "device": "cpu", "threads": 1}}
@@ -58,23 +59,39 @@ def finished(results: Path) -> dict:
         return dict(c.execute("SELECT key, finished FROM trials WHERE status='done'").fetchall())
 
 
+EPOCHS = 6
+
+
+def mid_trial(results: Path, timeout: float = 120) -> None:
+    """Until a trial in the store is running with at least one epoch reported and not its last."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with sqlite3.connect(results / "store.sqlite") as c:
+            rows = c.execute("SELECT status, history FROM trials").fetchall()
+        if any(st == "running" and 1 <= len(json.loads(h or "[]")) < EPOCHS for st, h in rows):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no trial was mid-way within {timeout} s: {rows}")
+
+
 @pytest.mark.parametrize("sig", SIGS)
 def test_the_interrupt_matrix(sig, tmp_path):
     """One grid of 3 trials (2 at a time), interrupted by ``sig`` in each phase in turn:
     mid-grid, inside Ray's start-up, in Ray's teardown and in the table export; then twice."""
     results = tmp_path / "results"
-    g = grid(tmp_path, ONE, epochs=2, seeds=[0, 1, 2])
+    g = grid(tmp_path, ONE, epochs=EPOCHS, seeds=[0, 1, 2])
     cmd = ("run", str(g), "--results", str(results), "--num-cpus", "2")
 
     # 1. mid-grid: what finished is kept, the trials it had started are marked interrupted
     run = Raygap(*cmd)
-    run.wait_for(r"\[1/3\] done")
+    run.wait_for(r"\[2/3\] done")          # (the first two, 2 at a time, end together) ...
+    mid_trial(results)                       # ... and the third is mid-way
     socks = listening(run.tree())            # while it runs, nothing of its tree listens beyond this machine
     assert socks and all(loopback(ip) for _, ip, _ in socks), socks
     run.send(sig)
     code, out = run.finish(180)
     assert code == 130, out
-    assert "Traceback" not in out and "trial(s) not finished" in out and "marked interrupted in the store" in out
+    assert "Traceback" not in out and "trial(s) not finished" in out and "marked interrupted in the store" in out, out
     assert "Tuner.restore" not in out                       # Tune's advice is not raygap's: the same command is
     first, st = finished(results), statuses(results)
     assert 1 <= st.count("done") < 3 and "running" not in st and "interrupted" in st, st

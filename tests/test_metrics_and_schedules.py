@@ -9,6 +9,7 @@ import torch
 from raygap.config import resolve
 from raygap.metrics import accuracy, classification_metrics, cross_entropy, macro_f1
 from raygap.trial import build_scheduler, run_trial
+from _tiny import avdigits
 
 Y = np.array([0, 0, 1, 1, 2, 2])
 PRED = np.array([0, 1, 1, 1, 2, 0])
@@ -65,7 +66,7 @@ def test_step_and_cosine_schedules_by_hand():
 
 
 def test_bf16_autocast_on_the_cpu_trains_and_steps_the_schedule():
-    base = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+    base = {"data": avdigits(visual_corrupt=0.3), "model": {"backbone": "small", "width": 4},
             "optim": {"lr": 0.1, "scheduler": "step", "step_size": 1, "gamma": 0.5},
             "train": {"epochs": 2, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint": False}}
     fp32 = run_trial(resolve(base))

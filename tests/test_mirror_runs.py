@@ -18,8 +18,9 @@ import yaml
 from _proc import Raygap, raygap, tagged
 from raygap.grid import load_grid
 from raygap.store import Store
+from _tiny import avdigits
 
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+BASE = {"data": avdigits(visual_corrupt=0.3),
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},
         "train": {"epochs": 2, "batch_size": 256, "device": "cpu", "threads": 1, "checkpoint_every": 1}}

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from _proc import raygap
+from _tiny import avdigits
 
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+BASE = {"data": avdigits(visual_corrupt=0.3),
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},
         "train": {"epochs": 2, "batch_size": 256, "device": "cpu", "threads": 1, "checkpoint_every": 1}}

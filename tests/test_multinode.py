@@ -17,8 +17,9 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 from raygap.grid import load_grid  # noqa: E402
 from raygap.runner import run_grid  # noqa: E402
 from raygap.store import Store  # noqa: E402
+from _tiny import avdigits
 
-BASE = {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4}, "optim": {"lr": 0.1},
+BASE = {"data": avdigits(), "model": {"backbone": "small", "width": 4}, "optim": {"lr": 0.1},
         "train": {"epochs": 1, "batch_size": 256, "device": "cpu", "threads": 1}}
 
 

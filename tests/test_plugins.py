@@ -18,6 +18,7 @@ from raygap.config import load_config, resolve
 from raygap.errors import ConfigError
 from raygap.grid import load_grid
 from raygap.registry import BACKBONES, DATASETS, FUSIONS, METHODS, MIXTURES, _file_digest
+from _tiny import avdigits
 
 METHOD = '''\
 """A plug-in method, outside the package."""
@@ -56,7 +57,7 @@ def build(params, common):
 DATASETS.register("{name}", params=None, in_memory=True, layout=lambda p: DataLayout(["audio", "visual"]))(build)
 '''
 
-BASE = {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+BASE = {"data": avdigits(), "model": {"backbone": "small", "width": 4},
         "train": {"epochs": 1, "batch_size": 256, "device": "cpu", "threads": 1}}
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from _tiny import avdigits
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
@@ -46,7 +47,7 @@ def test_a_trial_on_the_second_node_imports_the_plugin_file_ray_shipped(tmp_path
     g = project / "far.yaml"
     g.write_text(yaml.safe_dump({
         "name": "far", "plugins": ["far_plugin.py"], "seeds": [0, 1], "metrics": ["acc"], "resources": {"cpu": 1},
-        "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4}, "method": {"name": "far_mine"},
+        "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4}, "method": {"name": "far_mine"},
                  "train": {"epochs": 2, "batch_size": 256, "device": "cpu", "threads": 1}},
         "rows": {"Far": {}}}))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

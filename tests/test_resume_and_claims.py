@@ -18,8 +18,9 @@ from _proc import Raygap, tagged
 from raygap.config import resolve
 from raygap.store import Store
 from raygap.trial import run_trial
+from _tiny import avdigits
 
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+BASE = {"data": avdigits(visual_corrupt=0.3),
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},
         "train": {"epochs": 7, "batch_size": 256, "device": "cpu", "threads": 1, "checkpoint_every": 1}}

@@ -19,8 +19,9 @@ from raygap.export import export_grid  # noqa: E402
 from raygap.grid import load_grid  # noqa: E402
 from raygap.runner import check_resources, run_grid  # noqa: E402
 from raygap.store import Store  # noqa: E402
+from _tiny import avdigits
 
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+BASE = {"data": avdigits(visual_corrupt=0.3),
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1},
         "train": {"epochs": 2, "batch_size": 256, "device": "cpu", "threads": 1, "checkpoint_every": 1}}

@@ -24,8 +24,9 @@ from _proc import Raygap, raygap, tagged  # noqa: E402
 from s3server import KEYS, free_port  # noqa: E402
 
 from raygap.store import Store  # noqa: E402
+from _tiny import avdigits
 
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+BASE = {"data": avdigits(visual_corrupt=0.3), "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.1}, "train": {"epochs": 6, "batch_size": 256, "device": "cpu", "threads": 1,
                                         "checkpoint_every": 1}}
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")

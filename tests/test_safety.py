@@ -24,6 +24,7 @@ import yaml
 from _proc import Raygap, mount_namespace, raygap
 from raygap.cli import main as cli_main
 from raygap.store import Store
+from _tiny import avdigits
 
 # rows win over the profile: the demo profile's avdigits column, seeds [0, 1, 2] and CPU
 # resources, with one tiny epoch per trial
@@ -167,7 +168,7 @@ def test_exported_files_follow_the_umask(demo, tmp_path):
 
 
 # ----------------------------------------------------------------------------- raygap train
-TRAIN = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+TRAIN = {"data": avdigits(visual_corrupt=0.3), "model": {"backbone": "small", "width": 4},
          "optim": {"lr": 0.1}, "train": {"epochs": 1, "batch_size": 256, "device": "cpu", "threads": 2}}
 
 

@@ -15,10 +15,11 @@ import pytest
 import yaml
 
 from _proc import raygap
+from _tiny import avdigits
 
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+BASE = {"data": avdigits(visual_corrupt=0.3),
         "model": {"backbone": "small", "width": 4},
-        "optim": {"lr": 0.1},
+        "optim": {"name": "adam", "lr": 0.01},
         "train": {"epochs": 3, "batch_size": 256, "device": "cpu", "threads": 1, "checkpoint_every": 1}}
 SEARCH = {"space": {"optim.lr": {"loguniform": [0.003, 0.3]}}, "samples": 2, "searcher": "optuna",
           "scheduler": {"name": "asha", "grace": 1, "reduction": 2}, "seeds": [100]}

@@ -19,6 +19,7 @@ from raygap.errors import StoreError
 from raygap.store import Store
 from raygap.store.hosts import other_hosts_holding, refuse_other_hosts
 from test_figures import _grid
+from _tiny import avdigits
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +114,7 @@ def test_a_driver_on_another_host_starting_mid_run_stops_this_one_before_its_nex
     exit 2; the leader it finished is kept, the other host's trial is not touched."""
     import yaml
 
-    doc = {"name": "mid", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+    doc = {"name": "mid", "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4},
                                    "train": {"epochs": 3, "device": "cpu", "threads": 1, "checkpoint_every": 1},
                                    "method": {"name": "gap_adaptive", "warmup_epochs": 1}},
            "rows": {"Lead": {}, "Variant": {"method": {"alpha": 0.5}}},

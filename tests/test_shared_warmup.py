@@ -8,9 +8,10 @@ import raygap.methods  # noqa: F401  (registers the methods)
 from raygap.config import resolve
 from raygap.errors import CheckpointMismatch
 from raygap.trial import CHECKPOINT, run_trial
+from _tiny import avdigits
 
 E, W = 4, 2
-BASE = {"data": {"name": "avdigits", "visual_corrupt": 0.3}, "model": {"backbone": "small", "width": 4},
+BASE = {"data": avdigits(visual_corrupt=0.3), "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.05}, "train": {"epochs": E, "batch_size": 128, "device": "cpu", "threads": 2,
                                          "checkpoint_every": 100},   # no regular checkpoint: only the warm-up's
         "method": {"name": "gap_adaptive", "warmup_epochs": W}}

@@ -11,6 +11,7 @@ from raygap.export import export_grid
 from raygap.grid import load_grid
 from raygap.store import Store
 from raygap.table import read_table
+from _tiny import avdigits
 
 ACC = {"Ref": [0.80, 0.70, 0.90], "B": [0.82, 0.75, 0.91], "C": [0.80, 0.70, 0.90], "D": [0.81, 0.71, 0.91],
        "E": [0.90, 0.82, 1.01]}
@@ -19,7 +20,7 @@ ACC = {"Ref": [0.80, 0.70, 0.90], "B": [0.82, 0.75, 0.91], "C": [0.80, 0.70, 0.9
 def _grid(tmp_path, reference="Ref"):
     rows = {"Ref": {"method": {"name": "concat"}}, "B": {"optim": {"lr": 0.2}}, "C": {"optim": {"lr": 0.3}},
             "D": {"optim": {"lr": 0.4}}, "E": {"optim": {"lr": 0.5}}}
-    doc = {"name": "sig", "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+    doc = {"name": "sig", "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4},
                                    "train": {"epochs": 2, "device": "cpu"}},
            "rows": rows, "seeds": [0, 1, 2], "metrics": ["acc"], "resources": {"cpu": 1, "gpu": 0},
            "reference": reference}
@@ -233,7 +234,7 @@ print(json.dumps({{"scipy.stats": "scipy.stats" in sys.modules,
 
 
 def _grid_of(tmp_path, rows: dict, metrics: list[str], name="fam"):
-    doc = {"name": name, "base": {"data": {"name": "avdigits"}, "model": {"backbone": "small", "width": 4},
+    doc = {"name": name, "base": {"data": avdigits(), "model": {"backbone": "small", "width": 4},
                                   "train": {"epochs": 2, "device": "cpu"}},
            "rows": rows, "seeds": [0, 1, 2], "metrics": metrics, "resources": {"cpu": 1, "gpu": 0},
            "reference": next(iter(rows))}

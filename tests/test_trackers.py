@@ -21,13 +21,14 @@ import pytest
 import yaml
 
 from raygap.store import Store
+from _tiny import avdigits
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3
 
 
 def tiny_grid(tmp_path: Path) -> Path:
-    doc = {"name": "trk", "base": {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+    doc = {"name": "trk", "base": {"data": avdigits(visual_corrupt=0.3),
                                    "model": {"backbone": "small", "width": 4}, "optim": {"lr": 0.1},
                                    "train": {"epochs": EPOCHS, "batch_size": 256, "device": "cpu", "threads": 1},
                                    "method": {"name": "concat"}},

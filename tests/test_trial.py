@@ -7,8 +7,9 @@ import torch
 from raygap.config import resolve
 from raygap.selection import final_metrics, select_epoch
 from raygap.trial import TrialDiverged, checkpoint_due, load_data, run_trial
+from _tiny import avdigits
 
-FAST = {"data": {"name": "avdigits", "visual_corrupt": 0.3},
+FAST = {"data": avdigits(visual_corrupt=0.3),
         "model": {"backbone": "small", "width": 4},
         "optim": {"lr": 0.05}, "train": {"epochs": 4, "batch_size": 128, "device": "cpu", "threads": 2, "checkpoint_every": 1}}
 
