@@ -209,6 +209,48 @@ def _wait(what, cond, timeout, *runs):
                                                                                   for r in runs))
 
 
+def test_two_threads_losing_trials_at_once_print_a_whole_line_each(tmp_path, monkeypatch):
+    """The lease renewer and Tune's stopper may both find lost claims at the same moment: each
+    lost-claim line reaches stderr whole (seen in CI: two lines glued into one). stderr here pauses
+    inside every write, so any line written in two pieces would be split by the other thread."""
+    import threading
+
+    from raygap.runner.fence import Fence
+
+    class SlowStream:
+        def __init__(self):
+            self.parts: list[str] = []
+
+        def write(self, text):
+            self.parts.append(text)
+            time.sleep(0.05)                # the other thread runs here
+            return len(text)
+
+        def flush(self):
+            pass
+
+    slow = SlowStream()
+    monkeypatch.setattr(sys, "stderr", slow)
+    fence = Fence(Store(tmp_path / "store.sqlite"))
+    go = threading.Barrier(2)
+
+    def lose(key):
+        go.wait()
+        fence.lose([key])
+
+    threads = [threading.Thread(target=lose, args=(k,)) for k in ("aaaa", "bbbb")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    lines = "".join(slow.parts).splitlines()
+    assert sorted(lines) == [
+        "raygap: lost the claim on trial aaaa: it was taken out of the store (--rerun); this driver was stopped "
+        "past its lease. It drops the trial and writes nothing more of it",
+        "raygap: lost the claim on trial bbbb: it was taken out of the store (--rerun); this driver was stopped "
+        "past its lease. It drops the trial and writes nothing more of it"], slow.parts
+
+
 def test_a_driver_stopped_past_its_lease_loses_its_trials_and_writes_nothing(tmp_path):
     """Driver A runs a grid of two trials; `--rerun all` meanwhile is refused (A holds them);
     A is stopped (SIGSTOP) past its lease: `status` shows its running trial stale, driver B takes

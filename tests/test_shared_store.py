@@ -6,6 +6,7 @@ saying what to do instead, exit 2, nothing written. The mount type is faked thro
 host's driver is a second process holding (and renewing) a claim under another host's name."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -138,8 +139,10 @@ def test_a_driver_on_another_host_starting_mid_run_stops_this_one_before_its_nex
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:          # the leader has trained an epoch: the first batch runs
+            row = None
             if db.exists():
-                with sqlite3.connect(db) as c:
+                with sqlite3.connect(db) as c, contextlib.suppress(sqlite3.OperationalError):
+                    # (the file exists a moment before its tables: "no such table" is "not yet")
                     row = c.execute("SELECT status, history FROM trials WHERE key=?", (lead,)).fetchone()
                 if row and row[0] == "running" and row[1] and row[1] != "[]":
                     break

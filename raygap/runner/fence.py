@@ -59,7 +59,11 @@ class Fence:
                         + f": {now}; this driver was stopped past its lease. It drops the trial and writes "
                           "nothing more of it")
                 self.dropped[key] = line
-            print(line, file=sys.stderr, flush=True)
+                # one write of the whole line, under the lock: print() writes the text and its newline
+                # apart, and two threads losing trials at once (the lease renewer, Tune's stopper) then
+                # glued their lines into one (seen in CI)
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
             if self.summary is not None:
                 self.summary.dropped[key] = line
             if self.progress is not None:
